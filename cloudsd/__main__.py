@@ -1,0 +1,3 @@
+from cloudsd.cli.main import main
+
+main()

@@ -1,0 +1,88 @@
+"""The provider contract and a lazy registry of providers by name.
+
+Importing this module imports no network, SSH or Docker library: each provider module is imported on first
+use, so `cloudsd --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any
+
+from cloudsd.errors import ConfigError
+
+if TYPE_CHECKING:
+    from cloudsd.models import CreateRequest, MachineInfo, Offer, OfferSpec
+
+REGISTRY: dict[str, str] = {
+    "local": "cloudsd.providers.local:LocalProvider",
+    "runpod": "cloudsd.providers.runpod:RunPodProvider",
+    "vastai": "cloudsd.providers.vastai:VastProvider",
+}
+
+
+class Provider(ABC):
+    """A place that rents machines. One module per provider; only that module knows the vendor.
+
+    Rules every provider keeps (the contract suite in tests/test_provider_contract.py checks them):
+    - `create` returns as soon as the provider has given an id; it never waits for the machine to boot.
+      Waiting and polling live in the core, with explicit deadlines.
+    - `get` never sleeps; it returns None once the provider no longer knows the machine (it is gone).
+    - `destroy` is safe to repeat and quiet when the machine is already gone.
+    - Vendor JSON becomes `Offer`/`MachineInfo` here, and vendor errors become cloudsd errors here.
+    """
+
+    name: str = ""
+    # Capabilities, as attributes: the core never asks "is this vastai?".
+    supports_stop: bool = False  # can stop a machine and keep its disk (storage still bills)
+    supports_self_stop: bool = False  # a credential scoped to the machine lets it end itself
+    supports_deadline: bool = False  # the provider itself can end the machine at a time set at create
+    bills_money: bool = True  # the local engine costs nothing
+    ssh_timeout_s: float = 120.0  # how long SSH may take to answer once the provider says running
+    boot_timeout_s: float = 600.0  # how long the provider may take to say running (image pulls)
+
+    @abstractmethod
+    def offers(self, spec: OfferSpec) -> list[Offer]:
+        """Live offers that fit `spec`, cheapest first."""
+
+    @abstractmethod
+    def create(self, offer: Offer, request: CreateRequest) -> str:
+        """Start a machine from `offer`; return the provider's id as soon as there is one."""
+
+    @abstractmethod
+    def get(self, provider_id: str) -> MachineInfo | None:
+        """The machine's live state, or None when the provider says it is gone. Never sleeps."""
+
+    @abstractmethod
+    def destroy(self, provider_id: str) -> None:
+        """End the machine and every charge. Safe to repeat; quiet when already gone."""
+
+    @abstractmethod
+    def list_machines(self) -> list[MachineInfo]:
+        """Every machine on the account labelled `cloudsd-…` (for the stray sweep)."""
+
+    def stop(self, provider_id: str) -> None:
+        """Stop the machine, keeping its disk. Only where `supports_stop`."""
+        raise NotImplementedError(f"{self.name} cannot stop a machine; use destroy")
+
+    def close(self) -> None:
+        """Release connections. Safe to call more than once."""
+
+
+def provider_names() -> list[str]:
+    return list(REGISTRY)
+
+
+def get_provider(name: str, **settings: Any) -> Provider:
+    """Import and build the provider called `name` with its settings (keys, base URLs)."""
+    try:
+        target = REGISTRY[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown provider {name!r}", hint=f"Choose one of: {', '.join(REGISTRY)}."
+        ) from None
+    module_name, _, class_name = target.partition(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    provider: Provider = cls(**settings)
+    return provider
