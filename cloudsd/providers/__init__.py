@@ -66,7 +66,7 @@ class Provider(ABC):
         """Stop the machine, keeping its disk. Only where `supports_stop`."""
         raise NotImplementedError(f"{self.name} cannot stop a machine; use destroy")
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, most providers hold nothing to release
         """Release connections. Safe to call more than once."""
 
 

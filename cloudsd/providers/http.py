@@ -101,8 +101,13 @@ class JsonApi:
         params: dict[str, Any] | None = None,
         idempotent: bool,
         timeout: httpx.Timeout | None = None,
+        retry_statuses: frozenset[int] = frozenset(),
     ) -> httpx.Response:
-        """Send one call; retry it only if `idempotent`. Returns any non-retryable response for the caller."""
+        """Send one call; retry it only if `idempotent`. Returns any non-retryable response for the caller.
+
+        `retry_statuses` lets a call that is not idempotent still retry answers that prove the server did
+        nothing (a create may retry 429: the rate limiter refused it before the API saw it).
+        """
         started = time.monotonic()
         attempt = 0
         while True:
@@ -111,7 +116,7 @@ class JsonApi:
                 response = self._client.request(
                     method, path, json=json, params=params, timeout=timeout or self._client.timeout
                 )
-            except (httpx.TransportError,) as exc:
+            except httpx.TransportError as exc:
                 reason = self.redact(f"{type(exc).__name__}: {exc}".strip())
                 if not idempotent or not self._may_retry(attempt, started, None):
                     raise ConnectFailed(
@@ -125,7 +130,8 @@ class JsonApi:
                     hint=self.key_hint,
                 )
             if response.status_code in RETRY_STATUSES:
-                if idempotent and self._may_retry(attempt, started, response):
+                retryable = idempotent or response.status_code in retry_statuses
+                if retryable and self._may_retry(attempt, started, response):
                     continue
                 if response.status_code == 429:
                     raise RateLimited(

@@ -1,0 +1,1 @@
+"""The command line: parse options, call one core function, render what it returns."""

@@ -1,0 +1,192 @@
+"""Entry point and the `cloudsd` command group.
+
+Everything heavy (docker, paramiko, httpx, rich) is imported inside the commands, so `cloudsd --help`
+and `cloudsd --version` start fast. Errors become one line and an exit code here, and only here.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import click
+
+from cloudsd import __version__
+from cloudsd.cli.params import DURATION, PORT
+from cloudsd.errors import CloudsdError
+
+EXIT_INTERRUPTED = 130
+EXIT_INTERNAL = 70
+
+
+def _debug() -> bool:
+    return os.environ.get("CLOUDSD_DEBUG", "") not in ("", "0")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; turn cloudsd errors and Ctrl-C into one line and an exit code."""
+    try:
+        cli.main(args=argv, prog_name="cloudsd", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except CloudsdError as exc:
+        if _debug():
+            raise
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # a bug: still one line, the traceback on request
+        if _debug():
+            raise
+        click.echo(f"internal error: {type(exc).__name__}: {exc} (run with CLOUDSD_DEBUG=1 for the traceback)",
+                   err=True)
+        sys.exit(EXIT_INTERNAL)
+
+
+class AliasedGroup(click.Group):
+    """A group that knows a few aliases (`ls` for `status`) without listing them twice in --help."""
+
+    aliases = {"ls": "status"}
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return super().get_command(ctx, self.aliases.get(cmd_name, cmd_name))
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+        _, cmd, rest = super().resolve_command(ctx, args)
+        return (cmd.name if cmd else None), cmd, rest
+
+
+@click.group(cls=AliasedGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="cloudsd")
+def cli() -> None:
+    """Stable Diffusion web UIs on a rented GPU, one command up and one command down.
+
+    \b
+    cloudsd up                 start a machine, tunnel the web UI to 127.0.0.1
+    cloudsd status             what runs, what it costs
+    cloudsd tunnel NAME        reattach the tunnel
+    cloudsd down NAME          end the machine and confirm it is gone
+
+    Config, keys and the ledger live in $CLOUDSD_HOME (default ~/.cloudsd).
+    Set CLOUDSD_DEBUG=1 to see tracebacks.
+    """
+
+
+@cli.command()
+@click.option("--force", is_flag=True, help="Overwrite an existing config.yaml.")
+def init(force: bool) -> None:
+    """Write a commented config.yaml into the config dir."""
+    from cloudsd.config import init_file
+
+    path = init_file(force=force)
+    click.echo(f"wrote {path}")
+
+
+@cli.group()
+def config() -> None:
+    """Inspect the settings."""
+
+
+@config.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def config_show(as_json: bool) -> None:
+    """Print every setting with its value and where it came from (flag > env > file > default)."""
+    from cloudsd.cli import render
+    from cloudsd.config import resolve
+
+    settings = resolve()
+    if as_json:
+        render.print_json({k: {"value": settings[k], "source": settings.source(k)} for k in settings})
+    else:
+        render.print_table(render.settings_table(settings))
+
+
+def _up_flags(provider: str | None, image: str | None, ui: str | None, port: int | None, gpu: tuple[str, ...],
+              max_price: float | None, disk: int | None, keep_on_failure: bool | None) -> dict[str, Any]:
+    return {"provider": provider, "image": image, "ui": ui, "port": port, "gpu": list(gpu) or None,
+            "max_price": max_price, "disk_gb": disk, "keep_on_failure": keep_on_failure or None}
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--provider", type=click.Choice(["local", "runpod", "vastai", "auto"]), help="Where to run.")
+@click.option("--image", help="Container image with sshd and the web UI.")
+@click.option("--ui", type=click.Choice(["a1111", "forge", "comfyui"]), help="Which web UI the image runs.")
+@click.option("--port", type=PORT, help="Local port for the web UI (the next free one if busy).")
+@click.option("--gpu", multiple=True, help="GPU to accept, e.g. 'RTX 4090' (repeatable).")
+@click.option("--max-price", type=float, help="Most USD per hour, storage included.")
+@click.option("--disk", type=int, help="Disk in GB.")
+@click.option("--detach", is_flag=True, help="Return once the machine is ready instead of holding the tunnel.")
+@click.option("--keep-on-failure", is_flag=True, default=None, help="Keep a machine that fails to start.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask before renting a machine that costs money.")
+@click.option("--json", "as_json", is_flag=True, help="Print the machine record as JSON.")
+def up(name: str | None, provider: str | None, image: str | None, ui: str | None, port: int | None,
+       gpu: tuple[str, ...], max_price: float | None, disk: int | None, detach: bool,
+       keep_on_failure: bool | None, yes: bool, as_json: bool) -> None:
+    """Start a machine with the web UI and tunnel it to http://127.0.0.1:PORT.
+
+    Attached by default: the tunnel stays up with a status line until Ctrl-C, which detaches and leaves
+    the machine running. Example: `cloudsd up mybox --provider local --detach`.
+    """
+    from cloudsd.cli import session
+
+    flags = _up_flags(provider, image, ui, port, gpu, max_price, disk, keep_on_failure)
+    session.run_up(name, flags, detach=detach, yes=yes, as_json=as_json)
+
+
+@cli.command(name="status")  # alias: ls
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def status_cmd(as_json: bool) -> None:
+    """Machines in the ledger with the provider's live view, their cost so far, and strays (alias: ls)."""
+    from cloudsd.cli import session
+
+    session.run_status(as_json)
+
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--port", type=PORT, help="Local port (default: the one used before).")
+def tunnel(name: str, port: int | None) -> None:
+    """Reattach the web UI tunnel to a running machine, until Ctrl-C."""
+    from cloudsd.cli import session
+
+    session.run_tunnel(name, port)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("name")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def ssh(name: str, command: tuple[str, ...]) -> None:
+    """Open a shell on the machine, or run one command: `cloudsd ssh NAME -- nvidia-smi`.
+
+    Uses the machine's own key and its pinned host key.
+    """
+    from cloudsd.cli import session
+
+    session.run_ssh(name, list(command))
+
+
+@cli.command()
+@click.argument("names", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="End every machine in the ledger.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+def down(names: tuple[str, ...], all_: bool, yes: bool) -> None:
+    """End machines and confirm with the provider that they are gone. Safe to repeat."""
+    from cloudsd.cli import session
+
+    if not names and not all_:
+        raise click.UsageError("name a machine, or use --all")
+    session.run_down(list(names), all_=all_, yes=yes)
+
+
+__all__ = ["cli", "main", "DURATION"]

@@ -1,0 +1,64 @@
+"""Pure rendering: data in, rich renderables out. Printing is separate, so tests can read cells."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from cloudsd.durations import format_duration
+
+
+def console(stderr: bool = False) -> Console:
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str, sort_keys=False) + "\n")
+
+
+def print_table(table: Table) -> None:
+    console().print(table)
+
+
+def money(usd: float | None, digits: int = 2) -> str:
+    return "-" if usd is None else f"${usd:,.{digits}f}"
+
+
+def settings_table(settings: Any) -> Table:
+    table = Table(title=f"settings (file: {settings.file})")
+    table.add_column("key")
+    table.add_column("value")
+    table.add_column("source")
+    for key in settings:
+        value = settings[key]
+        if isinstance(value, tuple):
+            value = ", ".join(value) or "-"
+        table.add_row(key, "-" if value is None else str(value), settings.source(key))
+    return table
+
+
+def status_table(rows: Iterable[Any]) -> Table:
+    table = Table(title="machines")
+    for column in ("name", "provider", "state", "GPU", "$/h", "up", "cost so far", "web UI"):
+        table.add_column(column)
+    for row in rows:
+        state = row.live if row.status in ("running", "stray") else f"{row.status} / {row.live}"
+        if row.stray:
+            state = f"STRAY ({row.live})"
+        table.add_row(
+            row.name, row.provider, state, row.gpu or "-", money(row.price_per_hour, 3),
+            format_duration(row.uptime_s) if not row.stray else "-",
+            money(row.cost_usd, 4) if not row.stray else "-", row.url or "-",
+        )
+    return table
+
+
+def status_line(name: str, uptime_s: float, price_per_hour: float, url: str) -> str:
+    cost = price_per_hour * uptime_s / 3600.0
+    return (f"{name} · up {format_duration(uptime_s)} · {money(price_per_hour, 3)}/h · {money(cost, 4)} so far · "
+            f"{url} · Ctrl-C detaches")

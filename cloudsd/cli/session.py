@@ -1,0 +1,217 @@
+"""Bodies of the machine commands: resolve settings, call core, draw progress and results."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from typing import Any
+
+import click
+
+from cloudsd.cli import render
+from cloudsd.config import resolve
+from cloudsd.core.deploy import Session, UpOptions, attach, down, up
+from cloudsd.core.machines import Providers
+from cloudsd.core.status import status
+from cloudsd.errors import CloudsdError
+from cloudsd.ledger import Ledger, MachineRecord
+
+CLOUDS = ("runpod", "vastai")
+
+
+class LiveReporter:
+    """Draws each phase of `up` on one updating line, keeping finished phases above it with their times."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.console = render.console(stderr=True)
+        self.quiet = quiet
+        self._status: Any = None
+        self._phase: str | None = None
+        self._phase_started = time.monotonic()
+
+    def __enter__(self) -> LiveReporter:
+        if not self.quiet:
+            self._status = self.console.status("starting")
+            self._status.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._status is not None:
+            self._status.stop()
+        self._finish_phase()
+
+    def _finish_phase(self) -> None:
+        if self._phase and self._phase != "ready" and not self.quiet:
+            self.console.print(f"  [green]✓[/] {self._phase} ({time.monotonic() - self._phase_started:.1f} s)")
+        self._phase = None
+
+    def phase(self, name: str, detail: str = "") -> None:
+        if name != self._phase:
+            self._finish_phase()
+            self._phase = name
+            self._phase_started = time.monotonic()
+        if self._status is not None:
+            self._status.update(f"{name}: {detail}")
+
+    def note(self, message: str) -> None:
+        if not self.quiet:
+            self.console.print(f"  {message}")
+
+
+def _hold(session: Session, record: MachineRecord) -> None:
+    """Keep the tunnel up with a status line until Ctrl-C, then detach and say how to come back."""
+    out = render.console(stderr=True)
+    try:
+        with out.status("") as line:
+            while True:
+                uptime = time.time() - (record.created_at or time.time())
+                text = render.status_line(record.name, uptime, record.price_per_hour, session.url)
+                if not session.forward.healthy:
+                    text += " · SSH dropped, reconnecting on next request"
+                line.update(text)
+                time.sleep(1.0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        session.close()
+    cost = f" (and billing {render.money(record.price_per_hour, 3)}/h)" if record.price_per_hour else ""
+    out.print(f"Detached. Machine {record.name} keeps running{cost}.")
+    out.print(f"  reattach: cloudsd tunnel {record.name}")
+    out.print(f"  end it:   cloudsd down {record.name}")
+
+
+def run_up(name: str | None, flags: dict[str, Any], *, detach: bool, yes: bool, as_json: bool) -> None:
+    settings = resolve(flags)
+    options = UpOptions.from_settings(settings, name)
+    ledger = Ledger()
+    providers = Providers(settings)
+
+    def confirm(offer: Any) -> bool:
+        if yes or offer.price_per_hour == 0:
+            return True
+        return click.confirm(
+            f"Rent {offer.gpu_name} ×{offer.gpu_count} on {offer.provider} at "
+            f"{render.money(offer.price_per_hour, 3)}/h?", default=True, err=True)
+
+    try:
+        with LiveReporter(quiet=as_json) as reporter:
+            session = up(options, ledger, providers, reporter, confirm=confirm)
+        record = session.record
+        out = render.console(stderr=True)
+        if as_json:
+            render.print_json({**record.to_dict(), "url": session.url})
+        else:
+            out.print(f"[bold green]{record.name} is ready:[/] {session.url}")
+            if record.price_per_hour:
+                out.print(f"  billing {render.money(record.price_per_hour, 3)}/h; end it with "
+                          f"`cloudsd down {record.name}`")
+        if detach:
+            session.close()
+            if not as_json:
+                out.print(f"  the tunnel closes now; reopen it with `cloudsd tunnel {record.name}`")
+            return
+        _hold(session, record)
+    finally:
+        providers.close()
+        ledger.close()
+
+
+def run_tunnel(name: str, port: int | None) -> None:
+    settings = resolve()
+    ledger = Ledger()
+    providers = Providers(settings)
+    try:
+        with LiveReporter() as reporter:
+            session = attach(name, port, ledger, providers, reporter)
+        render.console(stderr=True).print(f"[bold green]{name}:[/] {session.url}")
+        _hold(session, session.record)
+    finally:
+        providers.close()
+        ledger.close()
+
+
+def run_status(as_json: bool) -> None:
+    settings = resolve()
+    ledger = Ledger()
+    providers = Providers(settings)
+    try:
+        sweep = tuple(p for p in CLOUDS if _configured(providers, p))
+        rows = status(ledger, providers, sweep=sweep)
+    finally:
+        providers.close()
+        ledger.close()
+    if as_json:
+        render.print_json([r.to_dict() for r in rows])
+        return
+    if not rows:
+        render.console().print("No machines. Start one with `cloudsd up`.")
+        return
+    render.print_table(render.status_table(rows))
+    for row in rows:
+        if row.stray:
+            render.console().print(f"stray {row.name} on {row.provider} ({row.provider_id}) bills "
+                                   f"{render.money(row.price_per_hour, 3)}/h: end it with `cloudsd down --all`")
+
+
+def _configured(providers: Providers, name: str) -> bool:
+    """Whether the user has a key for this cloud (so sweeping it makes sense)."""
+    try:
+        providers.get(name)
+    except CloudsdError:
+        return False
+    return True
+
+
+def run_ssh(name: str, command: list[str]) -> None:
+    from cloudsd import keys
+
+    ledger = Ledger()
+    try:
+        record = ledger.get(name)
+    finally:
+        ledger.close()
+    if record.status == "terminated" or not record.ssh_host or not record.host_key:
+        raise CloudsdError(f"machine {name!r} is not reachable ({record.status}).",
+                           hint="`cloudsd status` shows its state.")
+    pair = keys.load_key_pair(name)
+    keys.write_known_hosts(pair, record.ssh_host, record.ssh_port or 22, record.host_key)
+    argv = ["ssh", "-i", str(pair.private_path), "-o", f"UserKnownHostsFile={pair.known_hosts_path}",
+            "-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes", "-p", str(record.ssh_port),
+            f"{record.ssh_user or 'root'}@{record.ssh_host}"]
+    if not command:
+        if shutil.which("ssh") is None:
+            raise CloudsdError("no `ssh` program on this computer for an interactive shell.",
+                               hint="Install OpenSSH, or run one command: `cloudsd ssh NAME -- CMD`.")
+        sys.exit(subprocess.call(argv))
+    from cloudsd.core.deploy import reconnect_record
+
+    with reconnect_record(record, deadline_s=30) as connection:
+        code, out, err = connection.run(" ".join(command), timeout_s=3600)
+    sys.stdout.write(out)
+    sys.stderr.write(err)
+    sys.exit(code)
+
+
+def run_down(names: list[str], *, all_: bool, yes: bool) -> None:
+    settings = resolve()
+    ledger = Ledger()
+    providers = Providers(settings)
+    out = render.console(stderr=True)
+    try:
+        if all_:
+            names = [r.name for r in ledger.machines(active_only=True)]
+            if not names:
+                out.print("No machines to end.")
+                return
+        if not yes and not click.confirm(f"Destroy {', '.join(names)}? Their disks are lost.", default=False,
+                                         err=True):
+            raise click.Abort()
+        with LiveReporter() as reporter:
+            results = down(names, ledger, providers, reporter)
+        for name, outcome in results:
+            out.print(f"{name}: {outcome}")
+    finally:
+        providers.close()
+        ledger.close()

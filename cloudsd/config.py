@@ -1,0 +1,243 @@
+"""Settings: one resolver for flag > environment > file > default, that also says where each value came from.
+
+The file is YAML with sections (`timeouts:`, `local:` …); a setting's key is its dotted path
+(`timeouts.boot`). Errors point at `file:line` and suggest the closest valid key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cloudsd import paths
+from cloudsd.durations import parse_duration
+from cloudsd.errors import ConfigError
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("expected a whole number")
+    return int(value)
+
+
+def _to_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("expected a number")
+    return float(value)
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _to_str(value: Any) -> str:
+    if isinstance(value, (dict, list)):
+        raise ValueError("expected a single value")
+    return str(value)
+
+
+def _to_port(value: Any) -> int:
+    port = _to_int(value)
+    if not 1 <= port <= 65535:
+        raise ValueError("expected a port from 1 to 65535")
+    return port
+
+
+def _to_str_list(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(v.strip() for v in value.split(",") if v.strip())
+    if isinstance(value, (list, tuple)):
+        return tuple(str(v) for v in value)
+    raise ValueError("expected a list")
+
+
+def _to_duration(value: Any) -> float:
+    return parse_duration(value)
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        text = _to_str(value)
+        if text not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}")
+        return text
+
+    return convert
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str
+    default: Any
+    convert: Callable[[Any], Any]
+    env: str | None
+    help: str
+    optional: bool = False  # None is a valid value ("no limit")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("provider", "local", _choice("local", "runpod", "vastai", "auto"), "CLOUDSD_PROVIDER",
+            "where machines run: local (your Docker engine), runpod, vastai, or auto (cheapest of the configured)"),
+    Setting("image", "cloudsd-testbed:latest", _to_str, "CLOUDSD_IMAGE", "container image with sshd and the web UI"),
+    Setting("ui", "a1111", _choice("a1111", "forge", "comfyui"), "CLOUDSD_UI", "which web UI the image runs"),
+    Setting("port", 7860, _to_port, "CLOUDSD_PORT", "local port for the web UI (the next free one if busy)"),
+    Setting("disk_gb", 40, _to_int, "CLOUDSD_DISK_GB", "disk for the machine, GB"),
+    Setting("gpu", (), _to_str_list, "CLOUDSD_GPU", "GPU names to accept, e.g. [RTX 4090, RTX 3090]"),
+    Setting("max_price", None, _to_float, "CLOUDSD_MAX_PRICE", "most $/h to pay for a machine", optional=True),
+    Setting("keep_on_failure", False, _to_bool, "CLOUDSD_KEEP_ON_FAILURE",
+            "keep a machine that failed to start (it keeps billing) instead of destroying it"),
+    Setting("timeouts.boot", 600.0, _to_duration, "CLOUDSD_BOOT_TIMEOUT",
+            "how long the provider may take to start the machine (image pull included)"),
+    Setting("timeouts.ssh", 120.0, _to_duration, "CLOUDSD_SSH_TIMEOUT", "how long sshd may take to answer"),
+    Setting("timeouts.ui", 600.0, _to_duration, "CLOUDSD_UI_TIMEOUT", "how long the web UI may take to answer"),
+    Setting("local.network", None, _to_str, "CLOUDSD_LOCAL_NETWORK",
+            "Docker network for local machines (default: the engine's bridge)", optional=True),
+    Setting("local.gpus", "auto", _choice("auto", "all", "none"), "CLOUDSD_LOCAL_GPUS",
+            "give local machines the GPUs: auto (when the engine has an NVIDIA runtime), all, none"),
+    Setting("runpod.base_url", None, _to_str, "RUNPOD_API_BASE_URL", "RunPod API base URL", optional=True),
+    Setting("vastai.base_url", None, _to_str, "VAST_URL", "Vast.ai API base URL", optional=True),
+)
+BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Resolved:
+    value: Any
+    source: str  # "flag --port", "env CLOUDSD_PORT", "/home/u/.cloudsd/config.yaml:4", "default"
+
+
+class Settings(Mapping[str, Any]):
+    """The resolved settings; `settings["port"]` is the value, `settings.source("port")` where it came from."""
+
+    def __init__(self, resolved: dict[str, Resolved], file: Path) -> None:
+        self._resolved = resolved
+        self.file = file
+
+    def __getitem__(self, key: str) -> Any:
+        return self._resolved[key].value
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._resolved)
+
+    def __len__(self) -> int:
+        return len(self._resolved)
+
+    def source(self, key: str) -> str:
+        return self._resolved[key].source
+
+    def section(self, prefix: str) -> dict[str, Any]:
+        """Settings under `prefix.`, without the prefix, None values left out (for provider constructors)."""
+        out = {}
+        for key, item in self._resolved.items():
+            if key.startswith(prefix + ".") and item.value is not None:
+                out[key[len(prefix) + 1:]] = item.value
+        return out
+
+
+def suggest(key: str) -> str:
+    close = difflib.get_close_matches(key, list(BY_KEY), n=1, cutoff=0.5)
+    return f" Did you mean {close[0]!r}?" if close else f" Valid keys: {', '.join(BY_KEY)}."
+
+
+def _convert(setting: Setting, raw: Any, where: str) -> Any:
+    if raw is None and setting.optional:
+        return None
+    try:
+        return setting.convert(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {setting.key}: {exc}, got {raw!r}") from None
+
+
+def read_file(path: Path) -> dict[str, tuple[Any, int]]:
+    """The file's settings as {dotted key: (raw value, line)}; raises ConfigError with file:line."""
+    import yaml
+
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}{line}: not valid YAML: {problem}") from None
+    if root is None:
+        return {}
+    if not isinstance(root, yaml.MappingNode):
+        raise ConfigError(f"{path}:{root.start_mark.line + 1}: expected `key: value` lines at the top level")
+    out: dict[str, tuple[Any, int]] = {}
+    _walk(path, root, "", out)
+    return out
+
+
+def _walk(path: Path, node: Any, prefix: str, out: dict[str, tuple[Any, int]]) -> None:
+    import yaml
+
+    sections = {k.split(".")[0] for k in BY_KEY if "." in k}
+    for key_node, value_node in node.value:
+        line = key_node.start_mark.line + 1
+        key = f"{prefix}{key_node.value}"
+        if key in BY_KEY:
+            value = yaml.safe_load(yaml.serialize(value_node))
+            out[key] = (value, line)
+        elif not prefix and key in sections and isinstance(value_node, yaml.MappingNode):
+            _walk(path, value_node, key + ".", out)
+        elif not prefix and key in sections and isinstance(value_node, yaml.ScalarNode) and not value_node.value:
+            continue  # an empty section
+        else:
+            raise ConfigError(f"{path}:{line}: unknown setting {key!r}.{suggest(key)}")
+
+
+def resolve(flags: Mapping[str, Any] | None = None, *, file: Path | None = None,
+            environ: Mapping[str, str] | None = None) -> Settings:
+    """Every setting from flag > environment > file > default, with its source."""
+    flags = flags or {}
+    environ = os.environ if environ is None else environ
+    file = file or paths.config_file()
+    from_file = read_file(file)
+    resolved: dict[str, Resolved] = {}
+    for setting in SETTINGS:
+        if flags.get(setting.key) is not None:
+            flag = "--" + setting.key.replace("_", "-").replace(".", "-")
+            resolved[setting.key] = Resolved(_convert(setting, flags[setting.key], f"flag {flag}"), f"flag {flag}")
+        elif setting.env and environ.get(setting.env, "") != "":
+            where = f"env {setting.env}"
+            resolved[setting.key] = Resolved(_convert(setting, environ[setting.env], where), where)
+        elif setting.key in from_file:
+            raw, line = from_file[setting.key]
+            where = f"{file}:{line}"
+            resolved[setting.key] = Resolved(_convert(setting, raw, where), where)
+        else:
+            resolved[setting.key] = Resolved(setting.default, "default")
+    return Settings(resolved, file)
+
+
+def template_text() -> str:
+    from importlib import resources
+
+    return resources.files("cloudsd").joinpath("templates/config.yaml").read_text()
+
+
+def init_file(force: bool = False) -> Path:
+    """Write the commented template into the config dir; refuse to overwrite unless `force`."""
+    path = paths.config_file()
+    if path.exists() and not force:
+        raise ConfigError(f"{path} already exists.", hint="Edit it, or run `cloudsd init --force` to start over.")
+    paths.ensure_home()
+    path.write_text(template_text())
+    return path

@@ -1,0 +1,341 @@
+"""`up`: choose an offer, create, wait, SSH, tunnel, health; and `attach`, the tunnel to a running machine.
+
+The ledger knows a machine from before the create call until the provider confirms it gone. Anything that
+fails after a create (a boot that times out, SSH that never answers, Ctrl-C) destroys that machine before
+the error reaches the user, unless they asked to keep it; then the message says how to end it.
+"""
+
+from __future__ import annotations
+
+import http.client
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cloudsd import keys
+from cloudsd.config import Settings
+from cloudsd.core import offers as offer_choice
+from cloudsd.core.machines import Providers, Reporter, end_record, wait_until_running
+from cloudsd.errors import CloudsdError, NoCapacity, ProviderError, ProvisioningError, SSHError
+from cloudsd.ledger import Ledger, MachineRecord
+from cloudsd.models import CreateRequest, MachineInfo, Offer, OfferSpec, SSHEndpoint
+from cloudsd.providers import Provider
+from cloudsd.ssh import Connection, connect
+from cloudsd.tunnel import LocalForward
+from cloudsd.ui import UIProfile, profile
+
+MAX_OFFERS_TRIED = 3
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    name: str | None
+    providers: tuple[str, ...]
+    image: str
+    ui: str
+    port: int
+    spec: OfferSpec = field(default_factory=OfferSpec)
+    keep_on_failure: bool = False
+    boot_timeout_s: float = 600.0
+    ssh_timeout_s: float = 120.0
+    ui_timeout_s: float = 600.0
+    env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, name: str | None, **overrides: Any) -> UpOptions:
+        provider = settings["provider"]
+        providers = ("runpod", "vastai") if provider == "auto" else (provider,)
+        spec = OfferSpec(gpus=tuple(settings["gpu"]), max_price_per_hour=settings["max_price"],
+                         disk_gb=settings["disk_gb"])
+        values: dict[str, Any] = dict(
+            name=name, providers=providers, image=settings["image"], ui=settings["ui"], port=settings["port"],
+            spec=spec, keep_on_failure=settings["keep_on_failure"], boot_timeout_s=settings["timeouts.boot"],
+            ssh_timeout_s=settings["timeouts.ssh"], ui_timeout_s=settings["timeouts.ui"],
+        )
+        values.update(overrides)
+        return cls(**values)
+
+
+@dataclass
+class Session:
+    """A ready machine with its SSH connection and web UI tunnel open. Close it to detach."""
+
+    record: MachineRecord
+    connection: Connection
+    forward: LocalForward
+    profile: UIProfile
+
+    @property
+    def url(self) -> str:
+        return self.forward.url
+
+    def close(self) -> None:
+        self.forward.close()
+        self.connection.close()
+
+
+def new_name() -> str:
+    return f"sd-{secrets.token_hex(2)}"
+
+
+def gather_offers(providers: Providers, names: tuple[str, ...], spec: OfferSpec,
+                  reporter: Reporter | None = None) -> list[Offer]:
+    """Live offers from every named provider; a provider that fails is reported and skipped if others answer."""
+    found: list[Offer] = []
+    errors: list[CloudsdError] = []
+    for name in names:
+        try:
+            found.extend(providers.get(name).offers(spec))
+        except CloudsdError as exc:
+            if len(names) == 1:
+                raise
+            errors.append(exc)
+            if reporter:
+                reporter.note(f"{name}: {exc}")
+    if not found and errors:
+        raise errors[0]
+    return found
+
+
+def up(options: UpOptions, ledger: Ledger, providers: Providers, reporter: Reporter,
+       confirm: Callable[[Offer], bool] | None = None) -> Session:
+    """Start a machine and return it ready, with the web UI tunneled to 127.0.0.1.
+
+    `confirm` is asked once, with the cheapest fitting offer, before anything that can cost money.
+    """
+    ui = profile(options.ui)
+    name = options.name or new_name()
+    reporter.phase("offers", f"asking {', '.join(options.providers)} for live offers")
+    candidates = offer_choice.select(gather_offers(providers, options.providers, options.spec, reporter),
+                                     options.spec)
+    if confirm is not None and not confirm(candidates[0]):
+        raise CloudsdError("nothing was rented.")
+    failures: list[str] = []
+    tries = candidates[:MAX_OFFERS_TRIED]
+    for attempt, offer in enumerate(tries, start=1):
+        if attempt > 1:
+            reporter.note(f"trying the next offer ({attempt} of {len(tries)})")
+        try:
+            return _up_on(offer, name, ui, options, ledger, providers.get(offer.provider), providers, reporter)
+        except _TryNextOffer as exc:
+            if len(tries) == 1:
+                raise exc.cause from None
+            failures.append(f"{offer.provider} {offer.gpu_name} ({offer.offer_id}): {exc}")
+            reporter.note(f"offer {offer.offer_id} failed and was cleaned up: {exc}")
+    raise NoCapacity(
+        f"no offer could be started after {len(failures)} tries: " + "; ".join(failures),
+        hint="Try again later, or loosen the filters (`cloudsd offers` lists what is available).",
+    )
+
+
+class _TryNextOffer(Exception):
+    """This offer did not work out and was cleaned up; the next one may."""
+
+    def __init__(self, cause: CloudsdError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def _up_on(offer: Offer, name: str, ui: UIProfile, options: UpOptions, ledger: Ledger, provider: Provider,
+           providers: Providers, reporter: Reporter) -> Session:
+    pair = keys.create_key_pair(name)
+    ledger.reserve(name, provider.name, options.image, ui=ui.name)
+    ledger.update(name, gpu=offer.gpu_name, price_per_hour=offer.price_per_hour,
+                  storage_price_per_hour=offer.storage_price_per_hour, key_path=str(pair.private_path))
+    request = CreateRequest(name=name, image=options.image, public_key=pair.public_line,
+                            env={"CLOUDSD_MACHINE": name, **options.env}, disk_gb=options.spec.disk_gb,
+                            cuda=options.spec.cuda, onstart="/opt/cloudsd/boot/entrypoint.sh")
+    reporter.phase("creating", f"{provider.name}: {offer.gpu_name} at ${offer.price_per_hour:.3f}/h")
+    try:
+        try:
+            provider_id = provider.create(offer, request)
+        except NoCapacity as exc:
+            _forget(ledger, name, f"not created: {exc}")
+            raise _TryNextOffer(exc) from None
+        except BaseException as exc:
+            # The create may have gone through before it failed: look for the label before giving up.
+            _cleanup(ledger, providers, name, f"create failed: {exc or type(exc).__name__}", options, reporter)
+            raise
+        ledger.update(name, provider_id=provider_id, status="booting", event="created",
+                      data={"provider_id": provider_id, "offer": offer.offer_id,
+                            "price_per_hour": offer.price_per_hour})
+        if provider.bills_money:
+            reporter.note(f"{provider.name} machine {provider_id} is billing ${offer.price_per_hour:.3f}/h; "
+                          f"end it with `cloudsd down {name}`")
+        try:
+            session = _make_ready(name, provider, provider_id, ui, options, ledger, pair, reporter)
+        except (ProvisioningError, SSHError) as exc:
+            if options.keep_on_failure:
+                raise
+            _cleanup(ledger, providers, name, f"failed: {exc}", options, reporter)
+            raise _TryNextOffer(exc) from None
+        return session
+    except _TryNextOffer:
+        raise
+    except BaseException as exc:
+        if options.keep_on_failure:
+            record = ledger.find(name)
+            if record and record.active:
+                raise CloudsdError(
+                    f"{exc or type(exc).__name__}; machine {name!r} was kept as asked and may still bill.",
+                    hint=f"End it with `cloudsd down {name}`.",
+                ) from exc
+        record = ledger.find(name)
+        if record is not None and record.active:
+            _cleanup(ledger, providers, name, f"failed: {exc or type(exc).__name__}", options, reporter)
+        raise
+
+
+def _forget(ledger: Ledger, name: str, reason: str) -> None:
+    ledger.update(name, status="terminated", terminated_at=time.time(), detail=reason, event="not-created",
+                  data={"reason": reason})
+
+
+def _cleanup(ledger: Ledger, providers: Providers, name: str, reason: str, options: UpOptions,
+             reporter: Reporter) -> None:
+    record = ledger.get(name)
+    if options.keep_on_failure and record.provider_id:
+        reporter.note(f"keeping machine {name!r} as asked; it may still bill: end it with `cloudsd down {name}`")
+        return
+    reporter.phase("cleaning up", f"destroying {name} ({reason})")
+    try:
+        end_record(ledger, providers, record, reason=reason)
+    except CloudsdError as exc:
+        raise CloudsdError(
+            f"{reason}; and destroying the machine failed too ({exc}). It may still bill.",
+            hint=f"Run `cloudsd down {name}` to try again.",
+        ) from None
+
+
+def _make_ready(name: str, provider: Provider, provider_id: str, ui: UIProfile, options: UpOptions,
+                ledger: Ledger, pair: keys.KeyPair, reporter: Reporter) -> Session:
+    reporter.phase("booting", f"{provider.name} is starting {provider_id[:12]}")
+
+    def on_change(info: MachineInfo) -> None:
+        reporter.phase("booting", f"{info.status.value}{' - ' + info.detail if info.detail else ''}")
+
+    info = wait_until_running(provider, provider_id, deadline_s=options.boot_timeout_s, on_change=on_change)
+    assert info.ssh is not None
+    ledger.update(name, status="running", ssh_host=info.ssh.host, ssh_port=info.ssh.port, ssh_user=info.ssh.user,
+                  event="running", data={"ssh": str(info.ssh)})
+    reporter.phase("ssh", f"connecting to {info.ssh}")
+    connection = connect(info.ssh, pair.private_path, None, deadline_s=options.ssh_timeout_s,
+                         on_attempt=lambda n, why: reporter.phase("ssh", f"attempt {n}: {why}"))
+    ledger.update(name, host_key=connection.host_key.text, event="host-key-pinned",
+                  data={"host_key": connection.host_key.text})
+    keys.write_known_hosts(pair, info.ssh.host, info.ssh.port, connection.host_key.text)
+    try:
+        forward = open_tunnel(ledger.get(name), connection, options.port)
+        reporter.phase("web UI", f"waiting for {ui.title} at {forward.url}")
+        wait_for_ui(forward.local_port, ui, deadline_s=options.ui_timeout_s,
+                    on_wait=lambda why: reporter.phase("web UI", why))
+    except BaseException:
+        connection.close()
+        raise
+    ledger.update(name, ready_at=time.time(), local_port=forward.local_port, event="ready",
+                  data={"url": forward.url})
+    reporter.phase("ready", forward.url)
+    return Session(ledger.get(name), connection, forward, ui)
+
+
+def open_tunnel(record: MachineRecord, connection: Connection, port: int) -> LocalForward:
+    ui = profile(record.ui or "a1111")
+
+    def reconnect() -> Connection:
+        return reconnect_record(record, deadline_s=30)
+
+    forward = LocalForward(connection, ui.internal_port, port, reconnect=reconnect)
+    forward.start()
+    return forward
+
+
+def reconnect_record(record: MachineRecord, *, deadline_s: float) -> Connection:
+    if not (record.ssh_host and record.ssh_port and record.key_path):
+        raise SSHError(f"machine {record.name!r} has no SSH endpoint yet.",
+                       hint="`cloudsd status` shows its state.")
+    endpoint = SSHEndpoint(record.ssh_host, record.ssh_port, record.ssh_user or "root")
+    from pathlib import Path
+
+    return connect(endpoint, Path(record.key_path), record.host_key, deadline_s=deadline_s)
+
+
+def ui_healthy(local_port: int, ui: UIProfile, timeout_s: float = 5.0) -> tuple[bool, str]:
+    """One health probe through the tunnel: (ready, why not)."""
+    conn = http.client.HTTPConnection("127.0.0.1", local_port, timeout=timeout_s)
+    try:
+        conn.request("GET", ui.health_path)
+        response = conn.getresponse()
+        response.read()
+        if response.status == 200:
+            return True, "ready"
+        return False, f"{ui.health_path} answered HTTP {response.status}"
+    except (OSError, http.client.HTTPException) as exc:
+        return False, f"not answering yet ({type(exc).__name__})"
+    finally:
+        conn.close()
+
+
+def wait_for_ui(local_port: int, ui: UIProfile, *, deadline_s: float, on_wait: Any = None) -> None:
+    started = time.monotonic()
+    while True:
+        ok, why = ui_healthy(local_port, ui)
+        if ok:
+            return
+        elapsed = time.monotonic() - started
+        if elapsed > deadline_s:
+            raise ProvisioningError(f"the {ui.title} web UI did not become ready within {deadline_s:.0f} s ({why}).")
+        if on_wait:
+            on_wait(f"{why}, {elapsed:.0f} s")
+        time.sleep(1.0)
+
+
+def attach(name: str, port: int | None, ledger: Ledger, providers: Providers, reporter: Reporter,
+           *, ssh_timeout_s: float = 60.0) -> Session:
+    """Reopen SSH and the web UI tunnel to a machine that runs."""
+    record = ledger.get(name)
+    if not record.active or record.status == "terminated":
+        raise CloudsdError(f"machine {name!r} is {record.status}.", hint="Start a new one with `cloudsd up`.")
+    provider = providers.get(record.provider)
+    if record.provider_id:
+        info = provider.get(record.provider_id)
+        if info is None:
+            ledger.update(name, status="terminated", terminated_at=time.time(), detail="gone (found by tunnel)",
+                          event="gone")
+            raise CloudsdError(f"machine {name!r} no longer exists at {provider.name}.",
+                               hint="Start a new one with `cloudsd up`.")
+        if info.ssh and (info.ssh.host, info.ssh.port) != (record.ssh_host, record.ssh_port):
+            ledger.update(name, ssh_host=info.ssh.host, ssh_port=info.ssh.port, event="ssh-moved",
+                          data={"ssh": str(info.ssh)})
+            record = ledger.get(name)
+    ui = profile(record.ui or "a1111")
+    reporter.phase("ssh", f"connecting to {record.ssh_user}@{record.ssh_host}:{record.ssh_port}")
+    connection = reconnect_record(record, deadline_s=ssh_timeout_s)
+    try:
+        forward = open_tunnel(record, connection, port or record.local_port or 7860)
+        reporter.phase("web UI", f"checking {ui.title} at {forward.url}")
+        wait_for_ui(forward.local_port, ui, deadline_s=60, on_wait=lambda why: reporter.phase("web UI", why))
+    except BaseException:
+        connection.close()
+        raise
+    ledger.update(name, local_port=forward.local_port, event="attached", data={"url": forward.url})
+    return Session(ledger.get(name), connection, forward, ui)
+
+
+def down(names: list[str], ledger: Ledger, providers: Providers, reporter: Reporter) -> list[tuple[str, str]]:
+    """End each named machine and confirm it is gone; returns (name, outcome) pairs."""
+    results: list[tuple[str, str]] = []
+    for name in names:
+        record = ledger.get(name)
+        if record.status == "terminated":
+            results.append((name, "already gone"))
+            continue
+        reporter.phase("destroying", f"{name} on {record.provider}")
+        try:
+            end_record(ledger, providers, record, reason="down")
+        except ProviderError as exc:
+            raise CloudsdError(f"could not confirm that {name!r} is gone: {exc}",
+                               hint=f"Run `cloudsd down {name}` again; it is safe to repeat.") from None
+        results.append((name, "destroyed"))
+    return results

@@ -1,0 +1,37 @@
+"""Durations as people write them: `45m`, `2h`, `1h30m`, `90s`, or a number of seconds."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])")
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds in `value`; raises ValueError with what is accepted."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like 45m or 2h")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError("expected a duration that is not negative")
+        return float(value)
+    text = str(value).strip().lower().replace(" ", "")
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = _PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError("expected a duration like 45m, 2h or 1h30m")
+    return sum(float(n) * _UNITS[u] for n, u in parts)
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"

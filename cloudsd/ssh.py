@@ -1,0 +1,186 @@
+"""SSH to machines (paramiko): connect with retry, pin the host key, run commands, open channels.
+
+One long-lived `Connection` per machine carries commands, SFTP and the web UI tunnel. The socket is made
+here (TCP_NODELAY, which paramiko does not set), aes-gcm is preferred (paramiko's default ctr+hmac costs
+about 15%), and the host key is checked against the key pinned on first connect: a mismatch is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import paramiko
+
+from cloudsd.errors import HostKeyMismatch, SSHError
+from cloudsd.models import SSHEndpoint
+
+# paramiko logs every failed banner read (sshd still starting) with a traceback on stderr; the retry loop
+# below reports those attempts itself.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+
+PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes256-ctr")
+# A channel carries at most window/RTT; paramiko's reads turn quadratic far above 8 MiB (see
+# shared/reference/transfer-performance.md), so 8 MiB it is.
+WINDOW_BYTES = 8 * 1024 * 1024
+MAX_PACKET_BYTES = 32768
+KEEPALIVE_S = 15
+
+
+@dataclass(frozen=True)
+class HostKey:
+    text: str  # "ssh-ed25519 AAAA…"
+
+    @classmethod
+    def of(cls, key: paramiko.PKey) -> HostKey:
+        return cls(f"{key.get_name()} {key.get_base64()}")
+
+
+class Connection:
+    """An authenticated SSH transport to one machine."""
+
+    def __init__(self, transport: paramiko.Transport, endpoint: SSHEndpoint, host_key: HostKey) -> None:
+        self.transport = transport
+        self.endpoint = endpoint
+        self.host_key = host_key
+        self._lock = threading.Lock()
+
+    @property
+    def active(self) -> bool:
+        return self.transport.is_active()
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def run(self, command: str, *, timeout_s: float = 60.0, stdin: bytes | None = None) -> tuple[int, str, str]:
+        """Run `command`; return (exit status, stdout, stderr)."""
+        try:
+            channel = self.transport.open_session(timeout=timeout_s)
+            channel.settimeout(timeout_s)
+            channel.exec_command(command)
+            if stdin is not None:
+                channel.sendall(stdin)
+                channel.shutdown_write()
+            out = _read_all(channel.makefile("rb"))
+            err = _read_all(channel.makefile_stderr("rb"))
+            status = channel.recv_exit_status()
+            channel.close()
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            raise SSHError(f"lost the SSH connection to {self.endpoint} ({exc or type(exc).__name__}).",
+                           hint="Run the command again; `cloudsd status` shows whether the machine runs.") from None
+        return status, out.decode(errors="replace"), err.decode(errors="replace")
+
+    def open_forward_channel(self, port: int, origin: tuple[str, int]) -> paramiko.Channel:
+        """A direct-tcpip channel to 127.0.0.1:`port` on the machine, with a large window."""
+        return self.transport.open_channel(
+            "direct-tcpip", ("127.0.0.1", port), origin, window_size=WINDOW_BYTES, max_packet_size=MAX_PACKET_BYTES,
+            timeout=30,
+        )
+
+    def open_pty_keeper(self) -> paramiko.Channel:
+        """A session with a pty that just waits.
+
+        sshd turns TCP_NODELAY on only once a pty is allocated on the connection; without one, a response
+        written in two pieces waits ~40 ms for the client's delayed ACK (shared/reference, section 4).
+        """
+        channel = self.transport.open_session(timeout=30)
+        channel.get_pty(term="dumb", width=80, height=24)
+        channel.exec_command("exec sleep 2147483647")
+        return channel
+
+
+def _read_all(stream: paramiko.ChannelFile) -> bytes:
+    chunks = []
+    while True:
+        chunk = stream.read(65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _open_socket(endpoint: SSHEndpoint, timeout_s: float) -> socket.socket:
+    sock = socket.create_connection((endpoint.host, endpoint.port), timeout=timeout_s)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    return sock
+
+
+def connect_once(
+    endpoint: SSHEndpoint,
+    key_path: Path,
+    pinned: str | None,
+    *,
+    timeout_s: float = 15.0,
+) -> Connection:
+    """One attempt: TCP, SSH handshake, host-key check against `pinned` (None: first connect), key auth."""
+    sock = _open_socket(endpoint, timeout_s)
+    transport = paramiko.Transport(sock, default_window_size=WINDOW_BYTES, default_max_packet_size=MAX_PACKET_BYTES)
+    try:
+        options = transport.get_security_options()
+        supported = [c for c in PREFERRED_CIPHERS if c in options.ciphers]
+        options.ciphers = tuple(supported) + tuple(c for c in options.ciphers if c not in supported)
+        transport.banner_timeout = timeout_s
+        transport.handshake_timeout = timeout_s
+        transport.start_client(timeout=timeout_s)
+        host_key = HostKey.of(transport.get_remote_server_key())
+        if pinned is not None and host_key.text != pinned:
+            raise HostKeyMismatch(
+                f"the machine at {endpoint} presented a different SSH host key than the one pinned when it "
+                "was first reached; refusing to connect (someone may be intercepting the connection, or the "
+                "provider reused the address).",
+                hint="If the machine was rebuilt on purpose, end it with `cloudsd down NAME` and start a new one.",
+            )
+        pkey = paramiko.Ed25519Key.from_private_key_file(str(key_path))
+        transport.auth_publickey(endpoint.user, pkey)
+        transport.set_keepalive(KEEPALIVE_S)
+        return Connection(transport, endpoint, host_key)
+    except BaseException:
+        transport.close()
+        raise
+
+
+def connect(
+    endpoint: SSHEndpoint,
+    key_path: Path,
+    pinned: str | None,
+    *,
+    deadline_s: float,
+    on_attempt: Callable[[int, str], None] | None = None,
+) -> Connection:
+    """Connect, retrying until sshd answers and accepts the key, within `deadline_s`.
+
+    Refused connections, banners cut short (a port proxy that accepts before sshd listens) and keys not yet
+    installed are retried; a host-key mismatch is not.
+    """
+    started = time.monotonic()
+    attempt = 0
+    last = "no attempt"
+    while True:
+        attempt += 1
+        remaining = deadline_s - (time.monotonic() - started)
+        try:
+            return connect_once(endpoint, key_path, pinned, timeout_s=max(2.0, min(15.0, remaining)))
+        except HostKeyMismatch:
+            raise
+        except paramiko.AuthenticationException:
+            last = "the machine did not accept cloudsd's key"
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            last = str(exc) or type(exc).__name__
+        if on_attempt:
+            on_attempt(attempt, last)
+        if time.monotonic() - started + 1.0 > deadline_s:
+            raise SSHError(
+                f"SSH to {endpoint} did not work within {deadline_s:.0f} s ({last}).",
+            )
+        time.sleep(min(1.0 + attempt * 0.25, 3.0))

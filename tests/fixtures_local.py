@@ -1,0 +1,50 @@
+"""Fixtures for tests on the local Docker engine: the test image, the isolated network, cleanup."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.fakes.machines import TEST_NETWORK, ensure_test_network
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[object]:
+    from tests.support.images import docker_client_or_skip
+
+    client = docker_client_or_skip()
+    ensure_test_network(client)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def testbed_image(docker_client: object) -> str:
+    from tests.support.images import ensure_testbed_image
+
+    return ensure_testbed_image(docker_client)
+
+
+def _remove_local_machines(client: object) -> None:
+    for container in client.containers.list(all=True, filters={"label": "cloudsd.machine"}):  # type: ignore[attr-defined]
+        container.remove(force=True, v=True)
+
+
+@pytest.fixture
+def local_env(monkeypatch: pytest.MonkeyPatch, docker_client: object, testbed_image: str) -> Iterator[dict[str, str]]:
+    """Environment for running cloudsd against the local engine with the test image, on the test network."""
+    env = {"CLOUDSD_LOCAL_NETWORK": TEST_NETWORK, "CLOUDSD_IMAGE": testbed_image, "CLOUDSD_LOCAL_GPUS": "none"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    yield env
+    _remove_local_machines(docker_client)
+
+
+@pytest.fixture
+def local_provider(local_env: dict[str, str]) -> Iterator[object]:
+    from cloudsd.providers.local import LocalProvider
+
+    provider = LocalProvider(network=TEST_NETWORK, gpus="none")
+    yield provider
+    provider.close()

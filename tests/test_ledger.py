@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from cloudsd.errors import CloudsdError, MachineNotFound
+from cloudsd.ledger import Ledger
+
+
+def test_reserve_update_and_events(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "l.db")
+    ledger.reserve("a", "local", "img")
+    ledger.update("a", provider_id="c1", status="booting", event="created")
+    record = ledger.get("a")
+    assert (record.provider_id, record.status, record.image) == ("c1", "booting", "img")
+    assert [kind for _, _, kind, _ in ledger.events("a")] == ["reserved", "created"]
+    with pytest.raises(CloudsdError, match="already exists"):
+        ledger.reserve("a", "local", "img")
+    with pytest.raises(MachineNotFound):
+        ledger.get("nope")
+
+
+def test_name_reused_after_termination_keeps_old_session(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "l.db")
+    ledger.reserve("a", "local", "img")
+    ledger.update("a", status="terminated", terminated_at=1.0)
+    ledger.reserve("a", "vastai", "img2")
+    assert ledger.get("a").provider == "vastai"
+    assert [r.provider for r in ledger.machines()] == ["local", "vastai"]
+    assert [r.provider for r in ledger.machines(active_only=True)] == ["vastai"]
+
+
+def test_wal_mode(tmp_path: Path) -> None:
+    Ledger(tmp_path / "l.db")
+    mode = sqlite3.connect(tmp_path / "l.db").execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+
+
+def _writer(path: str, prefix: str, count: int) -> None:
+    ledger = Ledger(Path(path))
+    for i in range(count):
+        name = f"{prefix}-{i}"
+        ledger.reserve(name, "local", "img")
+        ledger.update(name, provider_id=f"id-{name}", status="booting", event="created")
+        ledger.event(name, "note", {"i": i})
+
+
+def test_two_processes_at_once_lose_nothing(tmp_path: Path) -> None:
+    path = str(tmp_path / "l.db")
+    Ledger(Path(path)).close()
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(path, p, 60)) for p in ("x", "y")]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(120)
+        assert proc.exitcode == 0
+    ledger = Ledger(Path(path))
+    records = ledger.machines()
+    assert len(records) == 120
+    assert all(r.provider_id == f"id-{r.name}" for r in records)
+    assert len(ledger.events()) == 360
+    assert sqlite3.connect(path).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_two_processes_cannot_claim_one_name(tmp_path: Path) -> None:
+    path = tmp_path / "l.db"
+    first, second = Ledger(path), Ledger(path)
+    first.reserve("same", "local", "img")
+    with pytest.raises(CloudsdError, match="already exists"):
+        second.reserve("same", "local", "img")
