@@ -110,10 +110,32 @@ def config_show(as_json: bool) -> None:
         render.print_table(render.settings_table(settings))
 
 
-def _up_flags(provider: str | None, image: str | None, ui: str | None, port: int | None, gpu: tuple[str, ...],
-              max_price: float | None, disk: int | None, keep_on_failure: bool | None) -> dict[str, Any]:
-    return {"provider": provider, "image": image, "ui": ui, "port": port, "gpu": list(gpu) or None,
-            "max_price": max_price, "disk_gb": disk, "keep_on_failure": keep_on_failure or None}
+def offer_options(func: Any) -> Any:
+    """The flags that choose an offer, shared by `up` and `offers`, packed into one `choice` dict."""
+    options = [
+        click.option("--gpu", multiple=True, help="GPU to accept, e.g. 'RTX 4090' (repeatable)."),
+        click.option("--min-vram", type=float, help="Least GPU memory, GB."),
+        click.option("--max-price", type=float, help="Most USD per hour, storage included."),
+        click.option("--disk", type=int, help="Disk in GB (priced into the offer)."),
+        click.option("--min-reliability", type=float, help="Least host reliability, 0-1 (Vast.ai)."),
+        click.option("--region", help="Region or country, e.g. 'US' or 'Sweden'."),
+        click.option("--cuda", help="Least CUDA version the host driver supports, e.g. 12.4."),
+        click.option("--interruptible", is_flag=True, default=None, help="Spot/bid machines (cheaper, may stop)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+
+    def wrapper(**kwargs: Any) -> Any:
+        keys = ("gpu", "min_vram", "max_price", "disk", "min_reliability", "region", "cuda", "interruptible")
+        choice = {k: kwargs.pop(k) for k in keys}
+        choice["gpu"] = list(choice["gpu"]) or None
+        return func(choice=choice, **kwargs)
+
+    wrapper.__name__ = func.__name__
+    wrapper.__doc__ = func.__doc__
+    wrapper.__click_params__ = func.__click_params__  # type: ignore[attr-defined]
+    del func.__click_params__
+    return wrapper
 
 
 @cli.command()
@@ -122,25 +144,47 @@ def _up_flags(provider: str | None, image: str | None, ui: str | None, port: int
 @click.option("--image", help="Container image with sshd and the web UI.")
 @click.option("--ui", type=click.Choice(["a1111", "forge", "comfyui"]), help="Which web UI the image runs.")
 @click.option("--port", type=PORT, help="Local port for the web UI (the next free one if busy).")
-@click.option("--gpu", multiple=True, help="GPU to accept, e.g. 'RTX 4090' (repeatable).")
-@click.option("--max-price", type=float, help="Most USD per hour, storage included.")
-@click.option("--disk", type=int, help="Disk in GB.")
+@offer_options
 @click.option("--detach", is_flag=True, help="Return once the machine is ready instead of holding the tunnel.")
 @click.option("--keep-on-failure", is_flag=True, default=None, help="Keep a machine that fails to start.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask before renting a machine that costs money.")
 @click.option("--json", "as_json", is_flag=True, help="Print the machine record as JSON.")
 def up(name: str | None, provider: str | None, image: str | None, ui: str | None, port: int | None,
-       gpu: tuple[str, ...], max_price: float | None, disk: int | None, detach: bool,
-       keep_on_failure: bool | None, yes: bool, as_json: bool) -> None:
+       choice: dict[str, Any], detach: bool, keep_on_failure: bool | None, yes: bool, as_json: bool) -> None:
     """Start a machine with the web UI and tunnel it to http://127.0.0.1:PORT.
 
     Attached by default: the tunnel stays up with a status line until Ctrl-C, which detaches and leaves
-    the machine running. Example: `cloudsd up mybox --provider local --detach`.
+    the machine running. Example: `cloudsd up mybox --provider vastai --gpu 'RTX 4090' --max-price 0.5`.
     """
     from cloudsd.cli import session
 
-    flags = _up_flags(provider, image, ui, port, gpu, max_price, disk, keep_on_failure)
-    session.run_up(name, flags, detach=detach, yes=yes, as_json=as_json)
+    flags = {"provider": provider, "image": image, "ui": ui, "port": port, "keep_on_failure": keep_on_failure}
+    session.run_up(name, flags, choice, detach=detach, yes=yes, as_json=as_json)
+
+
+@cli.command()
+@click.option("--provider", type=click.Choice(["local", "runpod", "vastai", "all"]), default="all",
+              show_default=True, help="Which providers to ask.")
+@offer_options
+@click.option("--limit", type=int, default=20, show_default=True, help="How many offers to show.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def offers(provider: str, choice: dict[str, Any], limit: int, as_json: bool) -> None:
+    """Live offers from every configured provider, cheapest first, total $/h with storage for --disk.
+
+    Example: `cloudsd offers --gpu 'RTX 4090' --gpu 'RTX 3090' --max-price 0.6 --disk 60`.
+    """
+    from cloudsd.cli import session
+
+    session.run_offers(provider, choice, limit, as_json)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def doctor(as_json: bool) -> None:
+    """Check each provider with one live call and say which key it used (last four characters only)."""
+    from cloudsd.cli import session
+
+    session.run_doctor(as_json)
 
 
 @cli.command(name="status")  # alias: ls

@@ -62,3 +62,26 @@ def status_line(name: str, uptime_s: float, price_per_hour: float, url: str) -> 
     cost = price_per_hour * uptime_s / 3600.0
     return (f"{name} · up {format_duration(uptime_s)} · {money(price_per_hour, 3)}/h · {money(cost, 4)} so far · "
             f"{url} · Ctrl-C detaches")
+
+
+def offers_table(offers: Iterable[Any], spec: Any) -> Table:
+    table = Table(title=f"offers (price includes {spec.disk_gb} GB of disk)")
+    for column in ("provider", "offer", "GPU", "#", "VRAM", "$/h", "reliability", "region", "CUDA", "down Mb/s",
+                   "spot"):
+        table.add_column(column, justify="right" if column in ("#", "VRAM", "$/h", "down Mb/s") else "left")
+    for o in offers:
+        table.add_row(
+            o.provider, o.offer_id, o.gpu_name, str(o.gpu_count), f"{o.vram_gb:g} GB", money(o.price_per_hour, 3),
+            "-" if o.reliability is None else f"{o.reliability:.3f}", o.region or "-", o.cuda_version or "-",
+            "-" if o.download_mbps is None else f"{o.download_mbps:,.0f}", "yes" if o.interruptible else "",
+        )
+    return table
+
+
+def doctor_table(results: Iterable[Any]) -> Table:
+    table = Table(title="providers")
+    for column in ("provider", "ok", "credential", "detail"):
+        table.add_column(column)
+    for r in results:
+        table.add_row(r.provider, "[green]yes[/]" if r.ok else "[red]no[/]", r.credential, r.detail)
+    return table

@@ -12,11 +12,12 @@ import click
 
 from cloudsd.cli import render
 from cloudsd.config import resolve
-from cloudsd.core.deploy import Session, UpOptions, attach, down, up
+from cloudsd.core.deploy import Session, UpOptions, attach, down, gather_offers, spec_from, up
 from cloudsd.core.machines import Providers
 from cloudsd.core.status import status
 from cloudsd.errors import CloudsdError
 from cloudsd.ledger import Ledger, MachineRecord
+from cloudsd.models import OfferSpec
 
 CLOUDS = ("runpod", "vastai")
 
@@ -82,9 +83,15 @@ def _hold(session: Session, record: MachineRecord) -> None:
     out.print(f"  end it:   cloudsd down {record.name}")
 
 
-def run_up(name: str | None, flags: dict[str, Any], *, detach: bool, yes: bool, as_json: bool) -> None:
-    settings = resolve(flags)
-    options = UpOptions.from_settings(settings, name)
+def _settings_and_spec(flags: dict[str, Any], choice: dict[str, Any]) -> tuple[Any, OfferSpec]:
+    settings = resolve({**flags, "gpu": choice["gpu"], "max_price": choice["max_price"], "disk_gb": choice["disk"]})
+    return settings, spec_from(settings, choice)
+
+
+def run_up(name: str | None, flags: dict[str, Any], choice: dict[str, Any], *, detach: bool, yes: bool,
+           as_json: bool) -> None:
+    settings, spec = _settings_and_spec(flags, choice)
+    options = UpOptions.from_settings(settings, name, spec=spec)
     ledger = Ledger()
     providers = Providers(settings)
 
@@ -195,23 +202,80 @@ def run_ssh(name: str, command: list[str]) -> None:
 
 
 def run_down(names: list[str], *, all_: bool, yes: bool) -> None:
+    from cloudsd.core.deploy import end_stray
+
     settings = resolve()
     ledger = Ledger()
     providers = Providers(settings)
     out = render.console(stderr=True)
     try:
+        strays = []
         if all_:
             names = [r.name for r in ledger.machines(active_only=True)]
-            if not names:
+            sweep = tuple(p for p in CLOUDS if _configured(providers, p))
+            strays = [r for r in status(ledger, providers, sweep=sweep) if r.stray]
+            if not names and not strays:
                 out.print("No machines to end.")
                 return
-        if not yes and not click.confirm(f"Destroy {', '.join(names)}? Their disks are lost.", default=False,
-                                         err=True):
+        if names and not yes and not click.confirm(
+                f"Destroy {', '.join(names)}? Their disks are lost.", default=False, err=True):
             raise click.Abort()
+        if strays:
+            listing = ", ".join(f"{r.name} ({r.provider} {r.provider_id}, {render.money(r.price_per_hour, 3)}/h)"
+                                for r in strays)
+            out.print(f"Not in this ledger but labelled cloudsd- on your accounts: {listing}")
+            if not yes and not click.confirm("End these strays too?", default=False, err=True):
+                strays = []
         with LiveReporter() as reporter:
             results = down(names, ledger, providers, reporter)
+            for row in strays:
+                reporter.phase("destroying", f"stray {row.name} on {row.provider}")
+                end_stray(providers, row.provider, str(row.provider_id))
+                results.append((row.name, "stray destroyed"))
         for name, outcome in results:
             out.print(f"{name}: {outcome}")
     finally:
         providers.close()
         ledger.close()
+
+
+def run_offers(provider: str, choice: dict[str, Any], limit: int, as_json: bool) -> None:
+    from cloudsd.core.offers import select
+
+    settings, spec = _settings_and_spec({}, choice)
+    providers = Providers(settings)
+    try:
+        if provider == "all":
+            names = tuple(p for p in CLOUDS if _configured(providers, p))
+            if not names:
+                raise CloudsdError(
+                    "no cloud provider is configured.",
+                    hint="Set RUNPOD_API_KEY or VAST_API_KEY (or write ~/.runpod/config.toml or "
+                         "~/.config/vastai/vast_api_key); `cloudsd doctor` checks them. "
+                         "`cloudsd offers --provider local` shows this computer.")
+        else:
+            names = (provider,)
+        chosen = select(gather_offers(providers, names, spec, LiveReporter(quiet=True)), spec)[:limit]
+    finally:
+        providers.close()
+    if as_json:
+        render.print_json([o.to_dict() for o in chosen])
+    else:
+        render.print_table(render.offers_table(chosen, spec))
+
+
+def run_doctor(as_json: bool) -> None:
+    from cloudsd.core.doctor import check_all
+
+    settings = resolve()
+    providers = Providers(settings)
+    try:
+        results = check_all(providers)
+    finally:
+        providers.close()
+    if as_json:
+        render.print_json([r.to_dict() for r in results])
+    else:
+        render.print_table(render.doctor_table(results))
+    if not any(r.ok for r in results):
+        sys.exit(1)

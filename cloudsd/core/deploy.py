@@ -47,8 +47,7 @@ class UpOptions:
     def from_settings(cls, settings: Settings, name: str | None, **overrides: Any) -> UpOptions:
         provider = settings["provider"]
         providers = ("runpod", "vastai") if provider == "auto" else (provider,)
-        spec = OfferSpec(gpus=tuple(settings["gpu"]), max_price_per_hour=settings["max_price"],
-                         disk_gb=settings["disk_gb"])
+        spec = spec_from(settings)
         values: dict[str, Any] = dict(
             name=name, providers=providers, image=settings["image"], ui=settings["ui"], port=settings["port"],
             spec=spec, keep_on_failure=settings["keep_on_failure"], boot_timeout_s=settings["timeouts.boot"],
@@ -74,6 +73,16 @@ class Session:
     def close(self) -> None:
         self.forward.close()
         self.connection.close()
+
+
+def spec_from(settings: Settings, choice: dict[str, Any] | None = None) -> OfferSpec:
+    """The offer filters: gpu, max price and disk from the settings, the rest from flags."""
+    choice = choice or {}
+    return OfferSpec(
+        gpus=tuple(settings["gpu"]), max_price_per_hour=settings["max_price"], disk_gb=settings["disk_gb"],
+        min_vram_gb=choice.get("min_vram"), min_reliability=choice.get("min_reliability"),
+        region=choice.get("region"), cuda=choice.get("cuda"), interruptible=bool(choice.get("interruptible")),
+    )
 
 
 def new_name() -> str:
@@ -339,3 +348,10 @@ def down(names: list[str], ledger: Ledger, providers: Providers, reporter: Repor
                                hint=f"Run `cloudsd down {name}` again; it is safe to repeat.") from None
         results.append((name, "destroyed"))
     return results
+
+
+def end_stray(providers: Providers, provider_name: str, provider_id: str) -> None:
+    """End a `cloudsd-` machine the ledger does not know, and confirm it is gone."""
+    from cloudsd.core.machines import destroy_and_confirm
+
+    destroy_and_confirm(providers.get(provider_name), provider_id)

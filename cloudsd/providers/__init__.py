@@ -62,6 +62,11 @@ class Provider(ABC):
     def list_machines(self) -> list[MachineInfo]:
         """Every machine on the account labelled `cloudsd-…` (for the stray sweep)."""
 
+    def check(self) -> str:
+        """One cheap live call proving the credentials work; a short line on success, an error otherwise."""
+        self.list_machines()
+        return "reachable"
+
     def stop(self, provider_id: str) -> None:
         """Stop the machine, keeping its disk. Only where `supports_stop`."""
         raise NotImplementedError(f"{self.name} cannot stop a machine; use destroy")

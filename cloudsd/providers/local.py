@@ -59,6 +59,14 @@ class LocalProvider(Provider):
     def close(self) -> None:
         self.client.close()
 
+    def check(self) -> str:
+        try:
+            version = self.client.version().get("Version", "?")
+        except docker.errors.DockerException as exc:
+            raise _engine_error(exc) from None
+        gpu, count, _ = self._gpu()
+        return f"Docker engine {version}; {'GPU: ' + gpu if count else 'no GPU runtime, machines run on the CPU'}"
+
     # -- offers --------------------------------------------------------------------------------------
     def _gpu(self) -> tuple[str, int, float]:
         """(name, count, VRAM GB) of the engine's GPUs, or ("CPU", 0, 0) without them."""

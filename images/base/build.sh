@@ -12,8 +12,9 @@ tag=${1:-cloudsd-base:bookworm}
 suite=${CLOUDSD_BASE_SUITE:-bookworm}
 mirror=${CLOUDSD_BASE_MIRROR:-http://deb.debian.org/debian}
 # What every cloudsd machine needs from its base: sshd (with sftp-server) and python3 for the boot layer,
-# the stand-in UI and the on-machine helpers; procps for the watchdog's process checks.
-packages=openssh-server,python3,ca-certificates,procps
+# the stand-in UI and the on-machine helpers; procps for the watchdog; rsync and curl as the
+# reference tools the benchmarks compare against (and for users who reach for them).
+packages=openssh-server,python3,ca-certificates,procps,rsync,curl
 
 if [[ -z "${CLOUDSD_REBUILD_BASE:-}" ]] && docker image inspect "$tag" >/dev/null 2>&1; then
     echo "base image $tag already exists"

@@ -1,0 +1,258 @@
+"""The A1111/Forge half of the stand-in web UI: /internal/ping and the /sdapi/v1 routes cloudsd uses."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import random
+import re
+import threading
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from standin_common import (
+    A1111_FOLDERS,
+    HTTPError,
+    Reply,
+    Route,
+    html_reply,
+    image_size,
+    json_reply,
+    memory_stats,
+    next_counter,
+    parse_json,
+    png_image,
+    write_new_file,
+)
+
+CHECKPOINT_EXTS = (".safetensors", ".ckpt")
+LORA_EXTS = (".safetensors", ".ckpt", ".pt")
+
+
+class HashCache:
+    """sha256 digests in <data-dir>/cache.json, reused while a file's mtime and size are unchanged."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lock = threading.Lock()
+        try:
+            self.data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            self.data = {}
+        if not isinstance(self.data.get("hashes"), dict):
+            self.data["hashes"] = {}
+
+    def sha256(self, file: Path, key: str) -> str:
+        st = file.stat()
+        with self.lock:
+            entry = self.data["hashes"].get(key) or {}
+            if entry.get("mtime") == st.st_mtime and entry.get("size") == st.st_size and entry.get("sha256"):
+                return str(entry["sha256"])
+        digest = hashlib.sha256()
+        with file.open("rb") as fh:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+        with self.lock:
+            self.data["hashes"][key] = {
+                "mtime": st.st_mtime,
+                "size": st.st_size,
+                "sha256": digest.hexdigest(),
+            }
+            try:
+                write_new_file(self.path, json.dumps(self.data, indent=2).encode())
+            except OSError:
+                pass
+        return digest.hexdigest()
+
+
+def scan(folder: Path, exts: tuple[str, ...]) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in exts]
+    return sorted(found, key=lambda p: str(p.relative_to(folder)).lower())
+
+
+class A1111App:
+    """A1111/Forge: model lists are read at start and after POST /sdapi/v1/refresh-*, as the real UI does."""
+
+    title = "Stable Diffusion"
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        for rel in A1111_FOLDERS.values():
+            (data_dir / rel).mkdir(parents=True, exist_ok=True)
+        self.lock = threading.Lock()
+        self.cache = HashCache(data_dir / "cache.json")
+        self.checkpoints = self._scan_checkpoints()
+        self.loras = self._scan_loras()
+        self.vaes = self._scan_vaes()
+        first = self.checkpoints[0]["title"] if self.checkpoints else None
+        self.options: dict[str, Any] = {
+            "sd_model_checkpoint": first,
+            "sd_vae": "Automatic",
+            "samples_save": True,
+            "samples_format": "png",
+            "outdir_txt2img_samples": "outputs/txt2img-images",
+        }
+        self.routes: dict[tuple[str, str], Route] = {
+            ("GET", "/"): lambda q, b: html_reply(self.title),
+            ("GET", "/internal/ping"): lambda q, b: json_reply({}),
+            ("GET", "/sdapi/v1/sd-models"): lambda q, b: json_reply(self.checkpoints),
+            ("GET", "/sdapi/v1/loras"): lambda q, b: json_reply(self.loras),
+            ("GET", "/sdapi/v1/sd-vae"): lambda q, b: json_reply(self.vaes),
+            ("GET", "/sdapi/v1/embeddings"): self.embeddings,
+            ("GET", "/sdapi/v1/samplers"): lambda q, b: json_reply(
+                [{"name": n, "aliases": [], "options": {}} for n in ("DPM++ 2M", "Euler a", "Euler")]
+            ),
+            ("POST", "/sdapi/v1/refresh-checkpoints"): self.refresh_checkpoints,
+            ("POST", "/sdapi/v1/refresh-loras"): self.refresh_loras,
+            ("POST", "/sdapi/v1/refresh-vae"): self.refresh_vae,
+            ("GET", "/sdapi/v1/options"): lambda q, b: json_reply(self.options),
+            ("POST", "/sdapi/v1/options"): self.set_options,
+            ("GET", "/sdapi/v1/progress"): lambda q, b: json_reply(PROGRESS_IDLE),
+            ("GET", "/sdapi/v1/memory"): lambda q, b: json_reply(memory_stats()),
+            ("POST", "/sdapi/v1/txt2img"): self.txt2img,
+        }
+
+    def _scan_checkpoints(self) -> list[dict[str, Any]]:
+        root = self.data_dir / A1111_FOLDERS["checkpoints"]
+        models = []
+        for path in scan(root, CHECKPOINT_EXTS):
+            name = path.relative_to(root).as_posix()
+            sha256 = self.cache.sha256(path, f"checkpoint/{name}")
+            models.append(
+                {
+                    "title": f"{name} [{sha256[:10]}]",
+                    "model_name": os.path.splitext(name.replace("/", "_"))[0],
+                    "hash": sha256[:10],
+                    "sha256": sha256,
+                    "filename": str(path),
+                    "config": None,
+                }
+            )
+        return models
+
+    def _scan_loras(self) -> list[dict[str, Any]]:
+        paths = scan(self.data_dir / A1111_FOLDERS["loras"], LORA_EXTS)
+        return [{"name": p.stem, "alias": p.stem, "path": str(p), "metadata": {}} for p in paths]
+
+    def _scan_vaes(self) -> list[dict[str, Any]]:
+        paths = scan(self.data_dir / A1111_FOLDERS["vae"], (".safetensors", ".pt", ".ckpt"))
+        return [{"model_name": p.name, "filename": str(p)} for p in paths]
+
+    def refresh_checkpoints(self, query: dict[str, list[str]], body: bytes) -> Reply:
+        self.checkpoints = self._scan_checkpoints()
+        return json_reply(None)
+
+    def refresh_loras(self, query: dict[str, list[str]], body: bytes) -> Reply:
+        self.loras = self._scan_loras()
+        return json_reply(None)
+
+    def refresh_vae(self, query: dict[str, list[str]], body: bytes) -> Reply:
+        self.vaes = self._scan_vaes()
+        return json_reply(None)
+
+    def embeddings(self, query: dict[str, list[str]], body: bytes) -> Reply:
+        paths = scan(self.data_dir / A1111_FOLDERS["embeddings"], (".pt", ".safetensors", ".bin"))
+        loaded = {p.stem: {"step": None, "sd_checkpoint": None, "shape": 768, "vectors": 1} for p in paths}
+        return json_reply({"loaded": loaded, "skipped": {}})
+
+    def find_checkpoint(self, alias: str | None) -> dict[str, Any] | None:
+        for model in self.checkpoints:
+            names = {model["title"], model["model_name"], model["hash"], model["sha256"]}
+            names |= {model["title"].rsplit(" [", 1)[0], Path(model["filename"]).stem}
+            if alias in names:
+                return model
+        return None
+
+    def set_options(self, query: dict[str, list[str]], body: bytes) -> Reply:
+        update = parse_json(body)
+        if "sd_model_checkpoint" in update:
+            model = self.find_checkpoint(update["sd_model_checkpoint"])
+            if model is None:
+                message = f"model {update['sd_model_checkpoint']!r} not found"
+                raise HTTPError(500, {"error": "RuntimeError", "detail": "", "body": "", "errors": message})
+            update["sd_model_checkpoint"] = model["title"]
+        self.options.update(update)
+        return json_reply(None)
+
+    def txt2img(self, query: dict[str, list[str]], body: bytes) -> Reply:
+        req = parse_json(body)
+        prompt, negative = str(req.get("prompt", "")), str(req.get("negative_prompt", ""))
+        seed = int(req.get("seed", -1))
+        if seed == -1:
+            seed = random.randrange(2**32)
+        count = max(1, min(int(req.get("batch_size", 1)) * int(req.get("n_iter", 1)), 8))
+        width, height = int(req.get("width", 512)), int(req.get("height", 512))
+        steps, cfg = int(req.get("steps", 20)), float(req.get("cfg_scale", 7.0))
+        sampler = str(req.get("sampler_name") or "DPM++ 2M")
+        wanted = (req.get("override_settings") or {}).get("sd_model_checkpoint") or self.options[
+            "sd_model_checkpoint"
+        ]
+        model = self.find_checkpoint(wanted) or {}
+        model_name, model_hash = model.get("model_name"), model.get("hash")
+        seeds = [seed + i for i in range(count)]
+        infotexts = []
+        for s in seeds:
+            parts = [f"Steps: {steps}", f"Sampler: {sampler}", f"CFG scale: {cfg:g}", f"Seed: {s}"]
+            parts.append(f"Size: {width}x{height}")
+            if model_hash:
+                parts += [f"Model hash: {model_hash}", f"Model: {model_name}"]
+            lines = [prompt] + ([f"Negative prompt: {negative}"] if negative else []) + [", ".join(parts)]
+            infotexts.append("\n".join(lines))
+        images = [
+            png_image(*image_size(req), f"{prompt}\x00{s}", {"parameters": text})
+            for s, text in zip(seeds, infotexts, strict=True)
+        ]
+        if req.get("save_images", False):
+            self._save(images, seeds)
+        info = {
+            "prompt": prompt,
+            "all_prompts": [prompt] * count,
+            "negative_prompt": negative,
+            "seed": seed,
+            "all_seeds": seeds,
+            "width": width,
+            "height": height,
+            "sampler_name": sampler,
+            "steps": steps,
+            "cfg_scale": cfg,
+            "sd_model_name": model_name,
+            "sd_model_hash": model_hash,
+            "infotexts": infotexts,
+        }
+        sent = [base64.b64encode(png).decode() for png in images] if req.get("send_images", True) else []
+        return json_reply({"images": sent, "parameters": req, "info": json.dumps(info)})
+
+    def _save(self, images: list[bytes], seeds: list[int]) -> None:
+        folder = self.data_dir / "outputs" / "txt2img-images" / datetime.now().strftime("%Y-%m-%d")
+        folder.mkdir(parents=True, exist_ok=True)
+        with self.lock:
+            for png, seed in zip(images, seeds, strict=True):
+                number = next_counter(folder, re.compile(r"(\d+)-"), 0)
+                write_new_file(folder / f"{number:05d}-{seed}.png", png)
+
+    def handle(self, method: str, path: str, query: dict[str, list[str]], body: bytes) -> Reply | None:
+        route = self.routes.get((method, path))
+        return route(query, body) if route else None
+
+
+PROGRESS_IDLE = {
+    "progress": 0.0,
+    "eta_relative": 0.0,
+    "state": {
+        "skipped": False,
+        "interrupted": False,
+        "job": "",
+        "job_count": 0,
+        "job_timestamp": "0",
+        "job_no": 0,
+        "sampling_step": 0,
+        "sampling_steps": 0,
+    },
+    "current_image": None,
+    "textinfo": None,
+}

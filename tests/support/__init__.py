@@ -1,0 +1,1 @@
+"""Helpers shared by tests: building the testbed image, finding a Docker engine."""

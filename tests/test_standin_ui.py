@@ -1,0 +1,400 @@
+"""The stand-in web UI (images/testbed/standin_ui.py), run in-process on 127.0.0.1 with a temp data dir."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.client
+import importlib.util
+import json
+import os
+import re
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+STANDIN_DIR = Path(__file__).resolve().parents[1] / "images" / "testbed"
+STANDIN_PATH = STANDIN_DIR / "standin_ui.py"
+
+
+def _load_standin() -> ModuleType:
+    """The stand-in is a script with sibling modules, not a package: import it the way it runs."""
+    if str(STANDIN_DIR) not in sys.path:
+        sys.path.insert(0, str(STANDIN_DIR))
+    return importlib.import_module("standin_ui")
+
+
+standin = _load_standin()
+
+
+class UI:
+    def __init__(self, flavor: str, data_dir: Path, activity: Path) -> None:
+        self.data_dir = data_dir
+        self.activity = activity
+        self.server = standin.make_server(flavor, "127.0.0.1", 0, data_dir, str(activity), log=False)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def request(self, method: str, path: str, body: Any = None) -> tuple[int, dict[str, str], bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            payload = None if body is None else json.dumps(body).encode()
+            headers = {"Content-Type": "application/json"} if payload is not None else {}
+            conn.request(method, path, body=payload, headers=headers)
+            resp = conn.getresponse()
+            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+        finally:
+            conn.close()
+
+    def json(self, method: str, path: str, body: Any = None, status: int = 200) -> Any:
+        code, _, data = self.request(method, path, body)
+        assert code == status, data
+        return json.loads(data)
+
+
+@pytest.fixture
+def make_ui(tmp_path: Path) -> Iterator[Any]:
+    started: list[UI] = []
+
+    def make(flavor: str = "a1111") -> UI:
+        ui = UI(flavor, tmp_path / flavor, tmp_path / "run" / "ui-activity")
+        started.append(ui)
+        return ui
+
+    yield make
+    for ui in started:
+        ui.close()
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_model(path: Path, content: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    return path
+
+
+def check_png(data: bytes) -> tuple[int, int]:
+    """Signature, IHDR and an IDAT that inflates to exactly the rows an 8-bit RGB image needs."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, chunks = 8, dict[bytes, list[bytes]]()
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        tag, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+        (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
+        assert crc == zlib.crc32(tag + body)
+        chunks.setdefault(tag, []).append(body)
+        pos += 12 + length
+    assert list(chunks)[0] == b"IHDR" and b"IEND" in chunks
+    width, height, depth, color, _, _, _ = struct.unpack(">IIBBBBB", chunks[b"IHDR"][0])
+    assert (depth, color) == (8, 2)
+    raw = zlib.decompress(b"".join(chunks[b"IDAT"]))
+    assert len(raw) == height * (1 + 3 * width)
+    return width, height
+
+
+# -- A1111 --------------------------------------------------------------------------------------------------
+
+
+def test_ping_index_and_layout(make_ui: Any) -> None:
+    ui = make_ui()
+    assert ui.json("GET", "/internal/ping") == {}
+    status, headers, body = ui.request("GET", "/")
+    assert status == 200 and headers["content-type"].startswith("text/html")
+    assert b"<title>" in body and b"Stable Diffusion" in body
+    for rel in (
+        "models/Stable-diffusion",
+        "models/Lora",
+        "models/VAE",
+        "embeddings",
+        "models/ControlNet",
+        "models/ESRGAN",
+        "outputs",
+    ):
+        assert (ui.data_dir / rel).is_dir(), rel
+    assert ui.request("GET", "/no/such/route")[0] == 404
+
+
+def test_models_listed_at_start_and_after_refresh_only(make_ui: Any, tmp_path: Path) -> None:
+    ckpts = tmp_path / "a1111" / "models" / "Stable-diffusion"
+    first = write_model(ckpts / "first.safetensors", b"first model" * 1000)
+    ui = make_ui()
+    models = ui.json("GET", "/sdapi/v1/sd-models")
+    assert len(models) == 1
+    digest = sha256_of(first)
+    assert models[0] == {
+        "title": f"first.safetensors [{digest[:10]}]",
+        "model_name": "first",
+        "hash": digest[:10],
+        "sha256": digest,
+        "filename": str(first),
+        "config": None,
+    }
+
+    second = write_model(ckpts / "sub" / "second.ckpt", b"second")
+    write_model(ckpts / "notes.txt", b"not a model")
+    lora = write_model(ui.data_dir / "models" / "Lora" / "style.safetensors", b"lora")
+    assert len(ui.json("GET", "/sdapi/v1/sd-models")) == 1
+    assert ui.json("GET", "/sdapi/v1/loras") == []
+
+    assert ui.json("POST", "/sdapi/v1/refresh-checkpoints") is None
+    assert ui.json("POST", "/sdapi/v1/refresh-loras") is None
+    assert ui.json("POST", "/sdapi/v1/refresh-vae") is None
+    models = {m["model_name"]: m for m in ui.json("GET", "/sdapi/v1/sd-models")}
+    assert set(models) == {"first", "sub_second"}
+    assert models["sub_second"]["title"] == f"sub/second.ckpt [{sha256_of(second)[:10]}]"
+    assert ui.json("GET", "/sdapi/v1/loras") == [
+        {"name": "style", "alias": "style", "path": str(lora), "metadata": {}}
+    ]
+
+
+def test_hash_cache_reused_while_mtime_and_size_hold(make_ui: Any, tmp_path: Path) -> None:
+    model = write_model(tmp_path / "a1111" / "models" / "Stable-diffusion" / "m.safetensors", b"weights")
+    make_ui().close()
+    cache_file = tmp_path / "a1111" / "cache.json"
+    cache = json.loads(cache_file.read_text())
+    entry = cache["hashes"]["checkpoint/m.safetensors"]
+    assert entry["sha256"] == sha256_of(model) and entry["size"] == len(b"weights")
+
+    # An unchanged file is not hashed again: a planted digest comes back as is.
+    entry["sha256"] = "ab" * 32
+    cache_file.write_text(json.dumps(cache))
+    ui = make_ui()
+    assert ui.json("GET", "/sdapi/v1/sd-models")[0]["hash"] == "abababab" + "ab"
+
+    # A new mtime invalidates the entry.
+    os.utime(model, (time.time() + 10, time.time() + 10))
+    ui.json("POST", "/sdapi/v1/refresh-checkpoints")
+    assert ui.json("GET", "/sdapi/v1/sd-models")[0]["sha256"] == sha256_of(model)
+
+
+def test_options_switch_checkpoint(make_ui: Any, tmp_path: Path) -> None:
+    ckpts = tmp_path / "a1111" / "models" / "Stable-diffusion"
+    write_model(ckpts / "a.safetensors", b"a")
+    b = write_model(ckpts / "b.safetensors", b"b")
+    ui = make_ui()
+    assert ui.json("GET", "/sdapi/v1/options")["sd_model_checkpoint"].startswith("a.safetensors [")
+    assert ui.json("POST", "/sdapi/v1/options", {"sd_model_checkpoint": "b"}) is None
+    assert (
+        ui.json("GET", "/sdapi/v1/options")["sd_model_checkpoint"] == f"b.safetensors [{sha256_of(b)[:10]}]"
+    )
+    error = ui.json("POST", "/sdapi/v1/options", {"sd_model_checkpoint": "nope"}, status=500)
+    assert "not found" in error["errors"]
+
+
+def test_txt2img_png_info_and_save_only_when_asked(make_ui: Any, tmp_path: Path) -> None:
+    model = write_model(tmp_path / "a1111" / "models" / "Stable-diffusion" / "m.safetensors", b"m")
+    ui = make_ui()
+    request = {"prompt": "a red fox", "seed": 1234, "steps": 4}
+    result = ui.json("POST", "/sdapi/v1/txt2img", request)
+    assert result["parameters"] == request
+    info = json.loads(result["info"])
+    assert (info["seed"], info["prompt"], info["sd_model_hash"]) == (1234, "a red fox", sha256_of(model)[:10])
+    png = base64.b64decode(result["images"][0])
+    assert check_png(png) == (64, 64)
+    outputs = ui.data_dir / "outputs"
+    assert not any(p.is_file() for p in outputs.rglob("*")), "save_images defaults to false"
+
+    again = ui.json("POST", "/sdapi/v1/txt2img", request)
+    assert base64.b64decode(again["images"][0]) == png, "pixels follow from prompt and seed"
+    other = ui.json("POST", "/sdapi/v1/txt2img", {**request, "seed": 5})
+    assert base64.b64decode(other["images"][0]) != png
+
+    ui.json("POST", "/sdapi/v1/txt2img", {**request, "save_images": True})
+    ui.json("POST", "/sdapi/v1/txt2img", {**request, "seed": 7, "save_images": True})
+    day = outputs / "txt2img-images" / datetime.now().strftime("%Y-%m-%d")
+    assert sorted(p.name for p in day.iterdir()) == ["00000-1234.png", "00001-7.png"]
+    assert (day / "00000-1234.png").read_bytes() == png
+
+
+def test_progress_and_memory(make_ui: Any) -> None:
+    ui = make_ui()
+    progress = ui.json("GET", "/sdapi/v1/progress")
+    assert progress["progress"] == 0.0 and "state" in progress
+    memory = ui.json("GET", "/sdapi/v1/memory")
+    assert memory["ram"]["total"] > 0 and memory["cuda"]["system"]["total"] > 0
+
+
+def test_keep_alive_two_requests_one_connection(make_ui: Any) -> None:
+    ui = make_ui()
+    conn = http.client.HTTPConnection("127.0.0.1", ui.port, timeout=10)
+    try:
+        conn.request("GET", "/internal/ping")
+        first = conn.getresponse()
+        assert first.getheader("Content-Length") == "2" and first.read() == b"{}"
+        sock = conn.sock
+        assert sock is not None and not first.will_close
+        conn.request("POST", "/sdapi/v1/refresh-checkpoints", body=b"")
+        second = conn.getresponse()
+        assert second.status == 200 and second.read() == b"null"
+        conn.request("GET", "/bench/small")
+        assert len(conn.getresponse().read()) == 4096
+        assert conn.sock is sock, "the server closed the connection between requests"
+    finally:
+        conn.close()
+
+
+def test_bench_routes(make_ui: Any) -> None:
+    ui = make_ui()
+    n = 3 * 65536 + 123
+    status, headers, body = ui.request("GET", f"/bench/bytes?n={n}")
+    assert status == 200 and headers["content-length"] == str(n) and len(body) == n
+    assert ui.request("GET", "/bench/bytes?n=0")[2] == b""
+    status, headers, body = ui.request("GET", "/bench/small")
+    assert status == 200 and headers["content-length"] == "4096" and len(body) == 4096
+
+
+def test_activity_file_records_last_request(make_ui: Any) -> None:
+    ui = make_ui()
+    time.sleep(1.2)  # past the once-a-second limit that the start's own write began
+    before = time.time()
+    ui.request("GET", "/internal/ping")
+    deadline = time.time() + 3
+    while time.time() < deadline:
+        try:
+            stamp = float(ui.activity.read_text())
+        except (OSError, ValueError):
+            stamp = 0.0
+        if stamp >= before - 0.01:
+            break
+        time.sleep(0.05)
+    assert before - 0.01 <= stamp <= time.time()
+
+
+# -- ComfyUI ------------------------------------------------------------------------------------------------
+
+
+def comfy_graph(ckpt: str, prefix: str = "ComfyUI") -> dict[str, Any]:
+    return {
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a castle", "clip": ["4", 1]}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 512, "batch_size": 1}},
+        "3": {"class_type": "KSampler", "inputs": {"seed": 42, "steps": 4, "model": ["4", 0]}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": prefix}},
+    }
+
+
+def test_comfyui_stats_models_and_rescan_on_mtime(make_ui: Any) -> None:
+    ui = make_ui("comfyui")
+    stats = ui.json("GET", "/system_stats")
+    assert "system" in stats and stats["devices"][0]["vram_total"] > 0
+    for rel in (
+        "models/checkpoints",
+        "models/loras",
+        "models/vae",
+        "models/embeddings",
+        "models/controlnet",
+        "models/upscale_models",
+        "output",
+    ):
+        assert (ui.data_dir / rel).is_dir(), rel
+    assert {"checkpoints", "loras", "vae", "embeddings", "controlnet", "upscale_models"} <= set(
+        ui.json("GET", "/models")
+    )
+    assert ui.json("GET", "/models/checkpoints") == []
+    assert ui.request("GET", "/models/nope")[0] == 404
+
+    write_model(ui.data_dir / "models" / "checkpoints" / "sd15.safetensors", b"x")
+    write_model(ui.data_dir / "models" / "checkpoints" / "xl" / "base.safetensors", b"y")
+    assert ui.json("GET", "/models/checkpoints") == ["sd15.safetensors", "xl/base.safetensors"]
+    info = ui.json("GET", "/object_info")
+    assert info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0] == [
+        "sd15.safetensors",
+        "xl/base.safetensors",
+    ]
+    write_model(ui.data_dir / "models" / "checkpoints" / "xl" / "refiner.safetensors", b"z")
+    assert "xl/refiner.safetensors" in ui.json("GET", "/models/checkpoints")
+
+
+def test_comfyui_prompt_history_and_view(make_ui: Any) -> None:
+    ui = make_ui("comfyui")
+    write_model(ui.data_dir / "models" / "checkpoints" / "sd15.safetensors", b"x")
+    queued = ui.json("POST", "/prompt", {"prompt": comfy_graph("sd15.safetensors"), "client_id": "t"})
+    assert set(queued) == {"prompt_id", "number", "node_errors"} and queued["node_errors"] == {}
+    assert re.fullmatch(r"[0-9a-f-]{36}", queued["prompt_id"])
+    second = ui.json("POST", "/prompt", {"prompt": comfy_graph("sd15.safetensors")})
+    assert second["number"] == queued["number"] + 1
+
+    out = ui.data_dir / "output"
+    assert sorted(p.name for p in out.iterdir()) == ["ComfyUI_00001_.png", "ComfyUI_00002_.png"]
+    history = ui.json("GET", f"/history/{queued['prompt_id']}")
+    image = history[queued["prompt_id"]]["outputs"]["9"]["images"][0]
+    assert image == {"filename": "ComfyUI_00001_.png", "subfolder": "", "type": "output"}
+    assert history[queued["prompt_id"]]["status"]["completed"] is True
+    assert ui.json("GET", "/history/unknown") == {}
+
+    status, headers, body = ui.request("GET", "/view?filename=ComfyUI_00001_.png&subfolder=&type=output")
+    assert status == 200 and headers["content-type"] == "image/png"
+    assert body == (out / "ComfyUI_00001_.png").read_bytes() and check_png(body) == (64, 64)
+    assert ui.request("GET", "/view?filename=../../etc/passwd&type=output")[0] == 400
+    assert ui.request("GET", "/view?filename=missing.png&type=output")[0] == 404
+
+
+def test_comfyui_prompt_validation(make_ui: Any) -> None:
+    ui = make_ui("comfyui")
+    error = ui.json("POST", "/prompt", {"prompt": comfy_graph("missing.safetensors")}, status=400)
+    assert error["node_errors"]["4"]["errors"][0]["type"] == "value_not_in_list"
+    assert ui.json("POST", "/prompt", {}, status=400)["error"]["type"] == "no_prompt"
+    assert not any((ui.data_dir / "output").iterdir())
+
+
+def test_comfyui_bench_and_index(make_ui: Any) -> None:
+    ui = make_ui("comfyui")
+    assert b"ComfyUI" in ui.request("GET", "/")[2]
+    assert len(ui.request("GET", "/bench/bytes?n=70000")[2]) == 70000
+    assert len(ui.request("GET", "/bench/small")[2]) == 4096
+
+
+# -- as a program ---------------------------------------------------------------------------------------------
+
+
+def test_cli_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(STANDIN_PATH),
+            "--port",
+            "0",
+            "--flavor",
+            "comfyui",
+            "--data-dir",
+            str(tmp_path / "c"),
+            "--activity-file",
+            str(tmp_path / "activity"),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        match = re.search(r"http://127\.0\.0\.1:(\d+)", line)
+        assert match, line
+        conn = http.client.HTTPConnection("127.0.0.1", int(match.group(1)), timeout=10)
+        conn.request("GET", "/system_stats")
+        assert conn.getresponse().status == 200
+        conn.close()
+        assert (tmp_path / "c" / "models" / "checkpoints").is_dir()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=5)
