@@ -62,6 +62,7 @@ class JsonApi:
         backoff_cap_s: float = 10.0,
         sleep: Callable[[float], None] = time.sleep,
         transport: httpx.BaseTransport | None = None,
+        no_retry: Callable[[httpx.Response], bool] | None = None,
     ) -> None:
         self.provider_label = provider_label
         self.key_hint = key_hint  # what to do about a rejected key, e.g. "set RUNPOD_API_KEY …"
@@ -70,6 +71,7 @@ class JsonApi:
         self.backoff_base_s = backoff_base_s
         self.backoff_cap_s = backoff_cap_s
         self._sleep = sleep
+        self._no_retry = no_retry  # answers that look retryable but are final (a daily quota's 429)
         self._api_key = api_key
         self._client = httpx.Client(
             base_url=base_url.rstrip("/"),
@@ -130,6 +132,8 @@ class JsonApi:
                     hint=self.key_hint,
                 )
             if response.status_code in RETRY_STATUSES:
+                if self._no_retry is not None and self._no_retry(response):
+                    return response  # final: the caller turns it into its own error
                 retryable = idempotent or response.status_code in retry_statuses
                 if retryable and self._may_retry(attempt, started, response):
                     continue

@@ -10,6 +10,7 @@ query, so a `"` or a newline in an env value breaks its documents (runpod-python
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any, Protocol
@@ -60,6 +61,7 @@ KNOWN_CUDA_VERSIONS = (
     "11.8", "12.0", "12.1", "12.2", "12.3", "12.4", "12.5", "12.6", "12.7", "12.8", "12.9", "13.0",
 )
 CAPACITY_PHRASE = "no longer any instances available"
+NOT_FOUND = re.compile(r"not found|does not exist|no pod", re.IGNORECASE)
 
 
 class GatewayError(ProviderError):
@@ -214,7 +216,13 @@ class GraphQLBackend:
         return pod
 
     def pod(self, pod_id: str) -> dict[str, Any] | None:
-        pod = self.call("pod", POD, {"input": {"podId": pod_id}}, idempotent=True)
+        """The pod, or None when RunPod no longer knows it (`pod: null`, or a not-found error)."""
+        try:
+            pod = self.call("pod", POD, {"input": {"podId": pod_id}}, idempotent=True)
+        except RunPodApiError as exc:
+            if any(NOT_FOUND.search(message) for message in exc.messages):
+                return None
+            raise
         return pod if isinstance(pod, dict) else None
 
     def pods(self) -> list[dict[str, Any]]:

@@ -47,6 +47,7 @@ class _Box:
     boot_delay_s: float
     never_ready: bool
     entrypoint: list[str] | None = None
+    host_port: int | None = None
     container_id: str | None = None
     removed: bool = False
     error: str | None = None
@@ -83,12 +84,15 @@ class FakeMachines:
         never_ready: bool = False,
         image: str | None = None,
         entrypoint: list[str] | None = None,
+        host_port: int | None = None,
     ) -> None:
         """Start the machine's container in the background; returns at once.
 
-        `entrypoint` replaces the image's own, as Vast.ai's ssh launch modes do.
+        `entrypoint` replaces the image's own, as Vast.ai's ssh launch modes do. `host_port` fixes the
+        127.0.0.1 port for sshd (a fake that must tell the machine its own port, as VAST_TCP_PORT_22 does);
+        by default the engine picks one.
         """
-        box = _Box(machine_id, dict(env), boot_delay_s, never_ready, entrypoint)
+        box = _Box(machine_id, dict(env), boot_delay_s, never_ready, entrypoint, host_port)
         with self._lock:
             self._boxes[machine_id] = box
         threading.Thread(target=self._run, args=(box, image or self.image), daemon=True).start()
@@ -108,7 +112,7 @@ class FakeMachines:
                     name=f"cloudsd-fake-{self.owner}-{box.machine_id}",
                     environment=box.env,
                     labels={"cloudsd.fake": self.owner, "cloudsd.fake.machine": box.machine_id},
-                    ports={"22/tcp": ("127.0.0.1", None)},
+                    ports={"22/tcp": ("127.0.0.1", box.host_port)},
                     network=self.network,
                     volumes=self._volumes(),
                     entrypoint=box.entrypoint,
@@ -180,6 +184,11 @@ class FakeMachines:
             raise RuntimeError(f"machine {machine_id} has no running container")
         result = container.exec_run(cmd)
         return result.exit_code, result.output.decode(errors="replace")
+
+    def boot_error(self, machine_id: str) -> str | None:
+        """The engine's error if the container could not be started, else None."""
+        box = self._boxes.get(machine_id)
+        return box.error if box else None
 
     def container_id(self, machine_id: str) -> str | None:
         box = self._boxes.get(machine_id)
