@@ -1,0 +1,200 @@
+"""End to end against the fake clouds, driving the real `cloudsd` program: offers, up, tunnel, down, faults.
+
+The fakes' machines are real containers with a real sshd, so the same SSH and tunnel code runs as against
+RunPod and Vast.ai. Each fault switch has a test in which nothing leaks and the user sees one clear line.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cli_helpers import cloudsd, cloudsd_json, free_port, interrupt, start, wait_for_line, wait_http
+
+pytestmark = pytest.mark.docker
+HOURS_PER_MONTH = 730.0
+
+
+@dataclass
+class Cloud:
+    """One fake cloud behind a common face, so every test runs against both."""
+
+    name: str
+    fake: Any
+
+    def live(self) -> list[Any]:
+        if self.name == "runpod":
+            return list(self.fake.live_pods())
+        return list(self.fake.live_instances())
+
+    def true_cheapest(self, gpu: str, disk_gb: int) -> float:
+        """The cheapest on-demand price for one `gpu` with `disk_gb` of storage, from the fake's own catalog."""
+        if self.name == "runpod":
+            from tests.fakes.runpod_cloud import CATALOG
+
+            prices = [p for g in CATALOG if g.display_name == gpu for p in (g.secure, g.community) if p]
+            return min(prices) + disk_gb * 0.10 / HOURS_PER_MONTH
+        rows = [r for r in self.fake.catalog if r["gpu_name"] == gpu and r["num_gpus"] == 1 and r["rentable"]
+                and r["verified"] and r["direct_port_count"] >= 1 and not r.get("rented")]
+        return min(r["dph_base"] + r["storage_cost"] * disk_gb / HOURS_PER_MONTH for r in rows)
+
+    def make_stray(self, label: str) -> str:
+        if self.name == "runpod":
+            pod = self.fake.cloud.create_pod(name=label, image="cloudsd-testbed:latest",
+                                             gpu_type_id="NVIDIA GeForce RTX 3090", gpu_count=1, cloud_type="ALL",
+                                             bid_per_gpu=None, env={})
+            return str(pod.id)
+        return str(self.fake.create_stray(label))
+
+
+@pytest.fixture(params=["runpod", "vastai"])
+def cloud(request: pytest.FixtureRequest) -> Iterator[Cloud]:
+    fake = request.getfixturevalue("fake_runpod" if request.param == "runpod" else "fake_vast")
+    yield Cloud(request.param, fake)
+
+
+def _row(home: Path, name: str) -> dict[str, Any]:
+    db = sqlite3.connect(home / "ledger.sqlite3")
+    db.row_factory = sqlite3.Row
+    return dict(db.execute("SELECT * FROM machines WHERE name = ? ORDER BY id DESC LIMIT 1", (name,)).fetchone())
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def test_offers_json_is_the_true_cheapest(cloud: Cloud) -> None:
+    offers = cloudsd_json("offers", "--provider", cloud.name, "--gpu", "RTX 4090", "--disk", "40")
+    assert offers, "the catalog has RTX 4090s"
+    assert offers[0]["price_per_hour"] == pytest.approx(cloud.true_cheapest("RTX 4090", 40), abs=1e-6)
+    assert [o["price_per_hour"] for o in offers] == sorted(o["price_per_hour"] for o in offers)
+    assert all(o["gpu_name"] == "RTX 4090" and o["provider"] == cloud.name for o in offers)
+
+
+def test_no_offer_fits_names_the_filter(cloud: Cloud) -> None:
+    result = cloudsd("offers", "--provider", cloud.name, "--gpu", "RTX 4090", "--max-price", "0.01", "--json")
+    assert result.returncode != 0
+    (line,) = _error_lines(result.stderr)
+    assert "--max-price 0.01" in line
+
+
+def test_up_tunnel_down(cloud: Cloud, cloudsd_home: Path) -> None:
+    record = cloudsd_json("up", "c1", "--provider", cloud.name, "--gpu", "RTX 4090", "--disk", "40", "--detach",
+                          "--yes", timeout=300)
+    assert record["provider"] == cloud.name and record["status"] == "running"
+    assert record["price_per_hour"] == pytest.approx(cloud.true_cheapest("RTX 4090", 40), abs=1e-6)
+    assert len(cloud.live()) == 1
+
+    port = free_port()
+    tunnel = start("tunnel", "c1", "--port", str(port))
+    try:
+        wait_for_line(tunnel, "c1:")
+        assert wait_http(f"http://127.0.0.1:{port}/internal/ping") == b"{}"
+    finally:
+        interrupt(tunnel)
+
+    result = cloudsd("down", "c1", "--yes")
+    assert result.returncode == 0, result.stderr
+    assert cloud.live() == []
+    assert _row(cloudsd_home, "c1")["status"] == "terminated"
+
+
+def test_rate_limits_and_502s_are_ridden_out(cloud: Cloud) -> None:
+    cloud.fake.faults.rate_limit_burst = 3
+    offers = cloudsd_json("offers", "--provider", cloud.name)
+    assert offers
+    cloud.fake.faults.html_502 = 2
+    offers = cloudsd_json("offers", "--provider", cloud.name)
+    assert offers
+
+
+def test_capacity_errors_try_the_next_offers_then_one_line(cloud: Cloud, cloudsd_home: Path) -> None:
+    cloud.fake.faults.capacity_error = True
+    result = cloudsd("up", "full", "--provider", cloud.name, "--detach", "--yes")
+    assert result.returncode == 5, result.stderr
+    (line,) = _error_lines(result.stderr)
+    assert "no offer could be started after 3 tries" in line
+    assert cloud.live() == []
+    assert _row(cloudsd_home, "full")["status"] == "terminated"
+
+
+def test_never_ready_machines_are_destroyed(cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> None:
+    cloud.fake.faults.never_ready = True
+    monkeypatch.setenv("CLOUDSD_BOOT_TIMEOUT", "3")
+    result = cloudsd("up", "stuck", "--provider", cloud.name, "--detach", "--yes")
+    assert result.returncode != 0
+    assert len(_error_lines(result.stderr)) == 1
+    assert "was not running after 3 s" in result.stderr
+    assert cloud.live() == []
+
+
+def test_slow_boot_is_waited_for(cloud: Cloud) -> None:
+    cloud.fake.faults.boot_delay_s = 4
+    record = cloudsd_json("up", "slow", "--provider", cloud.name, "--detach", "--yes")
+    assert record["status"] == "running"
+    assert cloudsd("down", "slow", "--yes").returncode == 0
+    assert cloud.live() == []
+
+
+def test_create_that_times_out_is_found_not_repeated(cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> None:
+    cloud.fake.faults.create_timeout_once = True
+    record = cloudsd_json("up", "late", "--provider", cloud.name, "--detach", "--yes")
+    assert record["status"] == "running"
+    assert len(cloud.live()) == 1, "the create was not repeated"
+    assert cloudsd("down", "late", "--yes").returncode == 0
+    assert cloud.live() == []
+
+
+def test_ctrl_c_while_booting_destroys(cloud: Cloud, cloudsd_home: Path) -> None:
+    cloud.fake.faults.boot_delay_s = 60
+    proc = start("up", "cc", "--provider", cloud.name, "--yes")
+    wait_for_line(proc, "✓ creating")
+    code, _, err = interrupt(proc)
+    assert code == 130, err
+    assert cloud.live() == []
+    assert _row(cloudsd_home, "cc")["status"] == "terminated"
+
+
+def test_strays_are_listed_and_ended_by_down_all(cloud: Cloud) -> None:
+    stray_id = cloud.make_stray("cloudsd-orphan")
+    rows = cloudsd_json("status")
+    strays = [r for r in rows if r["stray"]]
+    assert [(r["name"], r["provider_id"]) for r in strays] == [("orphan", stray_id)]
+    assert strays[0]["price_per_hour"] > 0
+    result = cloudsd("down", "--all", "--yes")
+    assert result.returncode == 0, result.stderr
+    assert "orphan: stray destroyed" in result.stderr
+    assert cloud.live() == []
+
+
+def test_missing_key_names_env_and_file(cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RUNPOD_API_KEY" if cloud.name == "runpod" else "VAST_API_KEY")
+    result = cloudsd("up", "nokey", "--provider", cloud.name, "--detach", "--yes")
+    assert result.returncode == 3
+    (line,) = _error_lines(result.stderr)
+    if cloud.name == "runpod":
+        assert "RUNPOD_API_KEY" in line and "~/.runpod/config.toml" in line
+    else:
+        assert "VAST_API_KEY" in line and "vast_api_key" in line
+
+
+def test_wrong_key_is_one_line_without_the_key(cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> None:
+    var = "RUNPOD_API_KEY" if cloud.name == "runpod" else "VAST_API_KEY"
+    monkeypatch.setenv(var, "wrong-key-1234567890")
+    result = cloudsd("offers", "--provider", cloud.name)
+    assert result.returncode == 3
+    assert len(_error_lines(result.stderr)) == 1
+    assert "wrong-key-1234567890" not in result.stderr + result.stdout
+
+
+def test_doctor_says_which_key_source(cloud: Cloud) -> None:
+    checks = {c["provider"]: c for c in cloudsd_json("doctor")}
+    mine = checks[cloud.name]
+    assert mine["ok"] is True
+    assert mine["credential"].endswith(f"(…{cloud.fake.api_key[-4:]})")
+    assert cloud.fake.api_key not in str(checks)
