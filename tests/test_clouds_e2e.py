@@ -43,13 +43,15 @@ class Cloud:
                 and r["verified"] and r["direct_port_count"] >= 1 and not r.get("rented")]
         return min(r["dph_base"] + r["storage_cost"] * disk_gb / HOURS_PER_MONTH for r in rows)
 
-    def make_stray(self, label: str) -> str:
+    def make_stray(self) -> tuple[str, str]:
+        """A `cloudsd-` machine made behind this ledger's back (another laptop): (provider id, name)."""
         if self.name == "runpod":
-            pod = self.fake.cloud.create_pod(name=label, image="cloudsd-testbed:latest",
+            pod = self.fake.cloud.create_pod(name="cloudsd-orphan", image="cloudsd-testbed:latest",
                                              gpu_type_id="NVIDIA GeForce RTX 3090", gpu_count=1, cloud_type="ALL",
                                              bid_per_gpu=None, env={})
-            return str(pod.id)
-        return str(self.fake.create_stray(label))
+            return str(pod.id), "orphan"
+        (instance_id,) = self.fake.seed_instances(1, label_prefix="cloudsd-orphan")
+        return str(instance_id), "orphan0"
 
 
 @pytest.fixture(params=["runpod", "vastai"])
@@ -84,10 +86,11 @@ def test_no_offer_fits_names_the_filter(cloud: Cloud) -> None:
 
 
 def test_up_tunnel_down(cloud: Cloud, cloudsd_home: Path) -> None:
+    cheapest = cloud.true_cheapest("RTX 4090", 40)  # before the rental takes that offer off the market
     record = cloudsd_json("up", "c1", "--provider", cloud.name, "--gpu", "RTX 4090", "--disk", "40", "--detach",
                           "--yes", timeout=300)
     assert record["provider"] == cloud.name and record["status"] == "running"
-    assert record["price_per_hour"] == pytest.approx(cloud.true_cheapest("RTX 4090", 40), abs=1e-6)
+    assert record["price_per_hour"] == pytest.approx(cheapest, abs=1e-6)
     assert len(cloud.live()) == 1
 
     port = free_port()
@@ -161,14 +164,14 @@ def test_ctrl_c_while_booting_destroys(cloud: Cloud, cloudsd_home: Path) -> None
 
 
 def test_strays_are_listed_and_ended_by_down_all(cloud: Cloud) -> None:
-    stray_id = cloud.make_stray("cloudsd-orphan")
+    stray_id, stray_name = cloud.make_stray()
     rows = cloudsd_json("status")
     strays = [r for r in rows if r["stray"]]
-    assert [(r["name"], r["provider_id"]) for r in strays] == [("orphan", stray_id)]
+    assert [(r["name"], r["provider_id"]) for r in strays] == [(stray_name, stray_id)]
     assert strays[0]["price_per_hour"] > 0
     result = cloudsd("down", "--all", "--yes")
     assert result.returncode == 0, result.stderr
-    assert "orphan: stray destroyed" in result.stderr
+    assert f"{stray_name}: stray destroyed" in result.stderr
     assert cloud.live() == []
 
 
