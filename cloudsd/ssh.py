@@ -101,7 +101,7 @@ class Connection:
 
 
 def _read_all(stream: paramiko.ChannelFile) -> bytes:
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         chunk = stream.read(65536)
         if not chunk:

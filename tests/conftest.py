@@ -5,9 +5,7 @@ from pathlib import Path
 
 import pytest
 
-_HERE = Path(__file__).parent
-pytest_plugins = [m for m in ("tests.fakes.fixtures_vast", "tests.fakes.fixtures_runpod", "tests.fixtures_local")
-                  if (_HERE.parent / (m.replace(".", "/") + ".py")).exists()]  # TODO strict once all exist
+pytest_plugins = ["tests.fakes.fixtures_vast", "tests.fakes.fixtures_runpod", "tests.fixtures_local"]
 
 
 @pytest.fixture(autouse=True)
