@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib.util
 import json
 import os
 import random
 import re
+import sys
 import threading
+import types
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -75,13 +78,70 @@ def scan(folder: Path, exts: tuple[str, ...]) -> list[Path]:
     return sorted(found, key=lambda p: str(p.relative_to(folder)).lower())
 
 
+def _scripts_module() -> types.ModuleType:
+    """The part of A1111's `modules.scripts` an always-on script uses: `Script` and `AlwaysVisible`."""
+    existing = sys.modules.get("modules.scripts")
+    if existing is not None:
+        return existing
+
+    class Script:
+        def title(self) -> str:
+            return type(self).__name__
+
+        def show(self, is_img2img: bool) -> Any:
+            return True
+
+        def process(self, p: Any, *args: Any) -> None:
+            pass
+
+    package = sys.modules.setdefault("modules", types.ModuleType("modules"))
+    module = types.ModuleType("modules.scripts")
+    module.Script = Script  # type: ignore[attr-defined]
+    module.AlwaysVisible = object()  # type: ignore[attr-defined]
+    package.scripts = module  # type: ignore[attr-defined]
+    sys.modules["modules.scripts"] = module
+    return module
+
+
+def load_always_on_scripts(app_dir: Path | None) -> list[Any]:
+    """The always-on scripts of <app>/extensions-builtin/*/scripts/*.py, loaded as A1111 loads them:
+    each subclass of `modules.scripts.Script` is made once and kept if `show()` says AlwaysVisible."""
+    if app_dir is None:
+        return []
+    scripts = _scripts_module()
+    found = []
+    for path in sorted(app_dir.glob("extensions-builtin/*/scripts/*.py")):
+        spec = importlib.util.spec_from_file_location(f"standin_script_{path.parent.parent.name}_{path.stem}", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        for obj in vars(module).values():
+            if isinstance(obj, type) and issubclass(obj, scripts.Script) and obj is not scripts.Script:
+                script = obj()
+                if script.show(False) is scripts.AlwaysVisible:
+                    found.append(script)
+    return found
+
+
 class A1111App:
-    """A1111/Forge: model lists are read at start and after POST /sdapi/v1/refresh-*, as the real UI does."""
+    """A1111/Forge: model lists are read at start and after POST /sdapi/v1/refresh-*, as the real UI does.
+
+    API renders are saved only when the request says "save_images": true, unless an always-on script of
+    `app_dir`'s built-in extensions turns saving on, as in the real UI (where `process()` runs before the
+    samples are saved)."""
 
     title = "Stable Diffusion"
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        app_dir: Path | None = None,
+        api: bool = True,
+        cmd_flags: dict[str, Any] | None = None,
+    ) -> None:
         self.data_dir = data_dir
+        self.scripts = load_always_on_scripts(app_dir)
+        self.cmd_flags = dict(cmd_flags or {})
         for rel in A1111_FOLDERS.values():
             (data_dir / rel).mkdir(parents=True, exist_ok=True)
         self.lock = threading.Lock()
@@ -115,7 +175,10 @@ class A1111App:
             ("GET", "/sdapi/v1/progress"): lambda q, b: json_reply(PROGRESS_IDLE),
             ("GET", "/sdapi/v1/memory"): lambda q, b: json_reply(memory_stats()),
             ("POST", "/sdapi/v1/txt2img"): self.txt2img,
+            ("GET", "/sdapi/v1/cmd-flags"): lambda q, b: json_reply(self.cmd_flags),
         }
+        if not api:  # without --api, A1111 serves only the web UI and /internal/*
+            self.routes = {k: v for k, v in self.routes.items() if not k[1].startswith("/sdapi/")}
 
     def _scan_checkpoints(self) -> list[dict[str, Any]]:
         root = self.data_dir / A1111_FOLDERS["checkpoints"]
@@ -207,7 +270,13 @@ class A1111App:
             png_image(*image_size(req), f"{prompt}\x00{s}", {"parameters": text})
             for s, text in zip(seeds, infotexts, strict=True)
         ]
-        if req.get("save_images", False):
+        save = bool(req.get("save_images", False))
+        p = types.SimpleNamespace(
+            is_api=True, prompt=prompt, seeds=seeds, do_not_save_samples=not save, do_not_save_grid=not save
+        )
+        for script in self.scripts:
+            script.process(p)
+        if not p.do_not_save_samples:
             self._save(images, seeds)
         info = {
             "prompt": prompt,

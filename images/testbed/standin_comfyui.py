@@ -53,8 +53,9 @@ class ComfyApp:
 
     title = "ComfyUI"
 
-    def __init__(self, base_dir: Path) -> None:
+    def __init__(self, base_dir: Path, argv: list[str] | None = None) -> None:
         self.base_dir = base_dir
+        self.argv = list(argv) if argv is not None else list(sys.argv)  # what /system_stats reports
         for rel in COMFYUI_FOLDERS.values():
             (base_dir / rel).mkdir(parents=True, exist_ok=True)
         self.folders = {k: base_dir / v for k, v in COMFYUI_FOLDERS.items() if k != "outputs"}
@@ -278,19 +279,23 @@ class ComfyApp:
                 "python_version": sys.version,
                 "pytorch_version": "standin",
                 "embedded_python": False,
-                "argv": sys.argv,
+                "argv": self.argv,
             },
-            "devices": [
-                {
-                    "name": "cuda:0 Stand-in GPU",
-                    "type": "cuda",
-                    "index": 0,
-                    "vram_total": VRAM_TOTAL,
-                    "vram_free": VRAM_TOTAL,
-                    "torch_vram_total": VRAM_TOTAL,
-                    "torch_vram_free": VRAM_TOTAL,
-                }
-            ],
+            "devices": [self._device(ram)],
+        }
+
+    def _device(self, ram: dict[str, int]) -> dict[str, Any]:
+        if "--cpu" in self.argv:  # as the real one reports itself with --cpu
+            return {"name": "cpu", "type": "cpu", "index": None, "vram_total": ram["total"],
+                    "vram_free": ram["free"], "torch_vram_total": ram["total"], "torch_vram_free": ram["free"]}
+        return {
+            "name": "cuda:0 Stand-in GPU",
+            "type": "cuda",
+            "index": 0,
+            "vram_total": VRAM_TOTAL,
+            "vram_free": VRAM_TOTAL,
+            "torch_vram_total": VRAM_TOTAL,
+            "torch_vram_free": VRAM_TOTAL,
         }
 
     def handle(self, method: str, path: str, query: dict[str, list[str]], body: bytes) -> Reply | None:

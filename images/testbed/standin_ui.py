@@ -11,12 +11,15 @@ serve bytes for tunnel benchmarks. The time of the last request (and of the star
 /run/cloudsd/ui-activity, at most once a second, for the idle watchdog.
 
 Runs from its own directory: standin_common.py, standin_a1111.py and standin_comfyui.py sit beside it
-(in the testbed image, all four are in /opt/cloudsd/ui/).
+(in the testbed image, all four are in /opt/cloudsd/ui/). In the image it is started through stand-ins for
+the real entry points (/opt/cloudsd/app/launch.py and main.py), which check the real UIs' flags and pass
+what they parsed in CLOUDSD_STANDIN_CMD_FLAGS, CLOUDSD_STANDIN_API and CLOUDSD_STANDIN_ARGV.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import queue
 import sys
@@ -219,13 +222,21 @@ def make_server(
     data_dir: str | Path | None = None,
     activity_file: str | None = ACTIVITY_FILE,
     log: bool = True,
+    app_dir: str | Path | None = None,
+    api: bool = True,
+    cmd_flags: dict[str, Any] | None = None,
+    argv: list[str] | None = None,
 ) -> StandinServer:
-    """Build (not start) a stand-in server; `port=0` picks a free port."""
+    """Build (not start) a stand-in server; `port=0` picks a free port.
+
+    `app_dir` is where the real UI would be installed (A1111/Forge load the always-on scripts of its
+    extensions-builtin/ folder); `api=False` leaves out /sdapi/v1 as A1111 without --api does;
+    `cmd_flags` is what /sdapi/v1/cmd-flags answers, `argv` what ComfyUI's /system_stats reports."""
     if flavor == "comfyui":
-        app: A1111App | ComfyApp = ComfyApp(Path(data_dir or COMFYUI_BASE_DIR))
+        app: A1111App | ComfyApp = ComfyApp(Path(data_dir or COMFYUI_BASE_DIR), argv)
         default_port = COMFYUI_PORT
     elif flavor in ("a1111", "forge"):
-        app = A1111App(Path(data_dir or A1111_DATA_DIR))
+        app = A1111App(Path(data_dir or A1111_DATA_DIR), Path(app_dir) if app_dir else None, api, cmd_flags)
         default_port = A1111_PORT
     else:
         raise ValueError(f"unknown flavor {flavor!r}: use a1111 or comfyui")
@@ -243,9 +254,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=None, help=f"default {A1111_DATA_DIR} or {COMFYUI_BASE_DIR}")
     parser.add_argument("--activity-file", default=ACTIVITY_FILE, help="'' to disable")
     parser.add_argument("--quiet", action="store_true", help="no per-request log lines")
+    parser.add_argument("--app-dir", default=None, help="where the real UI would be (extensions-builtin/)")
     args = parser.parse_args(argv)
+    # Set by the stand-in entry points (/opt/cloudsd/app/launch.py, main.py) from the flags they parsed.
+    cmd_flags = json.loads(os.environ.get("CLOUDSD_STANDIN_CMD_FLAGS") or "{}")
+    argv_env = os.environ.get("CLOUDSD_STANDIN_ARGV")
     server = make_server(
-        args.flavor, args.host, args.port, args.data_dir, args.activity_file or None, not args.quiet
+        args.flavor, args.host, args.port, args.data_dir, args.activity_file or None, not args.quiet,
+        args.app_dir, os.environ.get("CLOUDSD_STANDIN_API", "1") != "0", cmd_flags,
+        json.loads(argv_env) if argv_env else None,
     )
     host, port = str(server.server_address[0]), int(server.server_address[1])
     print(f"stand-in {args.flavor} UI on http://{host}:{port}", file=sys.stderr, flush=True)

@@ -3,8 +3,8 @@
     client = docker_client_or_skip()
     image = ensure_testbed_image(client)     # "cloudsd-testbed:latest"
 
-The image carries the label `cloudsd.testbed.hash`: a digest of every file under images/boot and
-images/testbed (names, exec bits, contents) and of the base image's id. A matching label means the image
+The image carries the label `cloudsd.testbed.hash`: a digest of every file under images/boot,
+images/testbed and images/ui (names, exec bits, contents) and of the base image's id. A matching label means the image
 is current, so a test session does no build at all.
 """
 
@@ -29,7 +29,7 @@ TESTBED_DOCKERFILE = "testbed/Dockerfile"  # relative to IMAGES_DIR, the build c
 TESTBED_IMAGE = "cloudsd-testbed:latest"
 DEFAULT_BASE_IMAGE = "cloudsd-base:bookworm"
 HASH_LABEL = "cloudsd.testbed.hash"
-HASHED_DIRS = ("boot", "testbed")
+HASHED_DIRS = ("boot", "testbed", "ui")
 
 _lock = threading.Lock()
 _ready: dict[str, str] = {}  # base image -> testbed image, once checked in this session
