@@ -1,0 +1,118 @@
+"""`cloudsd cost` and `cloudsd budget`. Only click is imported at the top, so `cloudsd --help` stays fast.
+
+Registered on the command group by one import at the end of `cloudsd/cli/main.py`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import click
+
+from cloudsd.cli.main import cli
+from cloudsd.cli.params import DURATION
+
+
+class DateType(click.ParamType):
+    """`2026-05-01` (a whole day, local time) or `2026-05-01T14:30`."""
+
+    name = "date"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[float, bool]:
+        text = str(value).strip()
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            self.fail(f"{value!r} is not a date like 2026-05-01 or 2026-05-01T14:30", param, ctx)
+        return moment.timestamp(), len(text) <= 10  # (epoch, whole day)
+
+
+DATE = DateType()
+
+
+@cli.command()
+@click.option("--since", type=DATE, help="From this date (local time), e.g. 2026-05-01.")
+@click.option("--until", type=DATE, help="Up to and including this date, or up to this time.")
+@click.option("--by", type=click.Choice(["session", "provider", "gpu", "day"]), default="session",
+              show_default=True, help="One row per session, or totals per provider, GPU or day.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def cost(since: tuple[float, bool] | None, until: tuple[float, bool] | None, by: str, as_json: bool) -> None:
+    """What every session cost, what accrues now, and this month's projection.
+
+    Figures come from the ledger at the rate locked when each machine was created, per second, with
+    stopped machines at their storage rate. Where RunPod or Vast.ai report what they billed, that is shown
+    beside the estimate with the difference. Example: `cloudsd cost --since 2026-05-01 --by day`.
+    """
+    from cloudsd.cli import render, render_cost
+    from cloudsd.config import resolve
+    from cloudsd.core.machines import Providers
+    from cloudsd.core.report import build
+    from cloudsd.ledger import Ledger
+
+    start = since[0] if since else None
+    end = None
+    if until:
+        end = (datetime.fromtimestamp(until[0]) + timedelta(days=1)).timestamp() if until[1] else until[0]
+    ledger = Ledger()
+    providers = Providers(resolve())
+    try:
+        report = build(ledger, providers, since=start, until=end, by=by)
+    finally:
+        providers.close()
+        ledger.close()
+    if as_json:
+        render.print_json(report.to_dict())
+        return
+    if not report.lines:
+        render.console().print("No machine billed in this period.")
+    elif by == "session":
+        render.print_table(render_cost.sessions_table(report))
+    else:
+        render.print_table(render_cost.groups_table(report))
+    for line in render_cost.summary_lines(report):
+        render.console().print(line)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--max-time", type=DURATION, help="End it this long after it started, e.g. 3h.")
+@click.option("--max-spend", type=float, help="End it once it has cost this many USD in all.")
+@click.option("--idle-stop", type=DURATION, help="Stop it after this long with no use.")
+@click.option("--idle-action", type=click.Choice(["stop", "terminate"]), help="What idle does.")
+def budget(name: str, max_time: float | None, max_spend: float | None, idle_stop: float | None,
+           idle_action: str | None) -> None:
+    """Change the budget of a running machine; its watchdog takes the new one at once.
+
+    A budget below what the machine has already used is refused, with the numbers.
+    Example: `cloudsd budget mybox --max-spend 5 --idle-stop 20m`.
+    """
+    from cloudsd.cli import render
+    from cloudsd.config import resolve
+    from cloudsd.core.deploy import reconnect_record
+    from cloudsd.core.guard import change_budget
+    from cloudsd.core.machines import Providers
+    from cloudsd.core.watchdog import WatchdogSettings
+    from cloudsd.ledger import Ledger
+
+    changes = {"max_time_s": max_time, "max_spend_usd": max_spend, "idle_s": idle_stop, "idle_action": idle_action}
+    if all(v is None for v in changes.values()):
+        raise click.UsageError("give at least one of --max-time, --max-spend, --idle-stop, --idle-action")
+    settings = resolve()
+    ledger = Ledger()
+    providers = Providers(settings)
+    try:
+        record = ledger.get(name)
+        provider = providers.get(record.provider)
+        with reconnect_record(record, deadline_s=30) as connection:
+            plan, notes = change_budget(ledger, record, connection, provider, changes,
+                                        WatchdogSettings.from_settings(settings))
+    finally:
+        providers.close()
+        ledger.close()
+    out = render.console(stderr=True)
+    out.print(f"{name}: {plan.budget.describe()}")
+    for deadline in plan.deadlines:
+        out.print(f"  ends at {datetime.fromtimestamp(deadline.at).strftime('%H:%M:%S')} ({deadline.reason})")
+    for note in notes:
+        out.print(f"  note: {note}")

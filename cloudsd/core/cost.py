@@ -1,0 +1,261 @@
+"""Cost from the ledger: pure functions from ledger rows and events to billed intervals and dollars.
+
+The rules, per second:
+- Billing starts at the `created` event (the provider returned an id) at the $/h quoted at create, storage
+  included (`price_per_hour`), and stays at that rate while the machine boots or runs.
+- A stopped machine bills its storage (`storage_price_per_hour`) from `stopped` (or a watchdog stop) until
+  `resumed`; both clouds keep charging for the disk of a stopped machine.
+- Billing ends at the first `destroying` event (the destroy call), or where the machine was found gone
+  (`gone`, `terminated`), or at a watchdog's `terminate` (`watchdog-ended`).
+
+Times are the laptop's, from events cloudsd wrote itself. The only other times are estimates of when the
+watchdog acted, which are converted to the laptop's clock before they are written (`data["at"]`). Events are
+read in the order they were written and time never runs backwards along a session: a time earlier than the
+previous transition (a skewed clock, an estimate) is moved up to it, so no second is counted twice and none
+is negative.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from cloudsd.ledger import MachineRecord
+
+Event = tuple[float, str, str, dict[str, Any]]  # (at, machine name, kind, data), as Ledger.events() returns
+RUNNING, STOPPED, ENDED = "running", "stopped", "ended"
+_TRANSITIONS = {"created": RUNNING, "resumed": RUNNING, "stopped": STOPPED, "destroying": ENDED,
+                "terminated": ENDED, "gone": ENDED}
+
+
+@dataclass(frozen=True)
+class Interval:
+    start: float
+    end: float
+    state: str  # running | stopped
+    rate_per_hour: float
+
+    @property
+    def seconds(self) -> float:
+        return max(0.0, self.end - self.start)
+
+    @property
+    def cost_usd(self) -> float:
+        return self.rate_per_hour * self.seconds / 3600.0
+
+    def clipped(self, since: float | None, until: float | None) -> Interval | None:
+        start = self.start if since is None else max(self.start, since)
+        end = self.end if until is None else min(self.end, until)
+        return Interval(start, end, self.state, self.rate_per_hour) if end > start else None
+
+
+@dataclass(frozen=True)
+class SessionCost:
+    """One session's billing as cloudsd estimates it from its own ledger."""
+
+    record_id: int
+    name: str
+    provider: str
+    provider_id: str | None
+    gpu: str | None
+    price_per_hour: float
+    storage_price_per_hour: float
+    started_at: float | None  # the create; None: never created, nothing billed
+    ended_at: float | None  # None while it may still bill
+    state: str  # running | stopped | ended | never created
+    intervals: tuple[Interval, ...] = ()
+    ended_by: str | None = None  # "down", "the watchdog: time budget 45m reached", "gone", …
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cost_usd(self) -> float:
+        return sum(i.cost_usd for i in self.intervals)
+
+    @property
+    def running_s(self) -> float:
+        return sum(i.seconds for i in self.intervals if i.state == RUNNING)
+
+    @property
+    def stopped_s(self) -> float:
+        return sum(i.seconds for i in self.intervals if i.state == STOPPED)
+
+    @property
+    def duration_s(self) -> float:
+        return sum(i.seconds for i in self.intervals)
+
+    @property
+    def accruing_per_hour(self) -> float:
+        """What it bills now: the running or the storage rate, 0 once ended."""
+        if self.ended_at is not None or not self.intervals:
+            return 0.0
+        return self.intervals[-1].rate_per_hour
+
+    def cost_between(self, since: float | None, until: float | None) -> float:
+        return sum(c.cost_usd for i in self.intervals if (c := i.clipped(since, until)) is not None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "record_id": self.record_id, "name": self.name, "provider": self.provider,
+            "provider_id": self.provider_id, "gpu": self.gpu, "price_per_hour": self.price_per_hour,
+            "storage_price_per_hour": self.storage_price_per_hour, "started_at": self.started_at,
+            "ended_at": self.ended_at, "state": self.state, "ended_by": self.ended_by,
+            "running_s": round(self.running_s, 3), "stopped_s": round(self.stopped_s, 3),
+            "cost_usd": round(self.cost_usd, 6), "accruing_per_hour": round(self.accruing_per_hour, 6),
+            "stopped_by": self.extra.get("stopped_by"),
+        }
+
+
+def split_sessions(records: Sequence[MachineRecord], events: Iterable[Event]) -> list[tuple[MachineRecord, list[Event]]]:
+    """Each ledger row with its own events. Names are reused, so a name's events are cut at each `reserved`
+    (written in the same transaction as the row) and matched to that name's rows in order."""
+    rows_by_name: dict[str, list[MachineRecord]] = defaultdict(list)
+    for record in sorted(records, key=lambda r: r.id):
+        rows_by_name[record.name].append(record)
+    chunks: dict[str, list[list[Event]]] = defaultdict(list)
+    for event in events:
+        name, kind = event[1], event[2]
+        if kind == "reserved" or not chunks[name]:
+            chunks[name].append([])
+        chunks[name][-1].append(event)
+    out = []
+    for name, rows in rows_by_name.items():
+        named = chunks.get(name, [])
+        # Rows written before events were (an older ledger): the oldest rows get no events.
+        offset = max(0, len(rows) - len(named))
+        for index, record in enumerate(rows):
+            chunk = index - offset
+            out.append((record, named[chunk] if 0 <= chunk < len(named) else []))
+    return sorted(out, key=lambda pair: pair[0].id)
+
+
+def _transition(kind: str, data: dict[str, Any]) -> str | None:
+    if kind == "watchdog-ended":
+        return STOPPED if data.get("action") == "stop" else ENDED
+    return _TRANSITIONS.get(kind)
+
+
+def session_cost(record: MachineRecord, events: Sequence[Event], now: float | None = None) -> SessionCost:
+    """Intervals and dollars for one session, from its events (in ledger order)."""
+    now = time.time() if now is None else now
+    rates = {RUNNING: record.price_per_hour, STOPPED: record.storage_price_per_hour}
+    state: str | None = None
+    since = started = last = 0.0
+    ended_at: float | None = None
+    ended_by: str | None = None
+    stopped_by: str | None = None
+    intervals: list[Interval] = []
+    for at, _, kind, data in events:
+        if kind == "budget-reached":  # the attached CLI ends the machine next: say why it ended
+            ended_by = f"cloudsd: {data.get('reason', 'budget reached')}"
+        target = _transition(kind, data)
+        if target is None:
+            continue
+        when = float(data["at"]) if kind in ("watchdog-ended", "stopped") and data.get("at") is not None else at
+        if state is None:
+            if kind == "created":
+                state, since, started, last = RUNNING, when, when, when
+            continue
+        when = max(when, last)
+        if target == state:
+            continue
+        intervals.append(Interval(since, when, state, rates[state]))
+        state, since, last = target, when, when
+        if kind == "watchdog-ended":
+            why = f"the watchdog: {data.get('reason', 'budget reached')}"
+            ended_by, stopped_by = (why, stopped_by) if state == ENDED else (None, why)
+        elif state == STOPPED:
+            stopped_by = str(data.get("reason") or "stopped")
+        if state == ENDED:
+            ended_at = when
+            ended_by = ended_by or str(data.get("reason") or kind)
+            break
+    if state is None:
+        return SessionCost(record.id, record.name, record.provider, record.provider_id, record.gpu,
+                           record.price_per_hour, record.storage_price_per_hour, None, None, "never created")
+    if state in (RUNNING, STOPPED):
+        intervals.append(Interval(since, max(now, since), state, rates[state]))
+    return SessionCost(record.id, record.name, record.provider, record.provider_id, record.gpu,
+                       record.price_per_hour, record.storage_price_per_hour, started, ended_at, state,
+                       tuple(intervals), ended_by, {"stopped_by": stopped_by} if state == STOPPED else {})
+
+
+def session_costs(records: Sequence[MachineRecord], events: Iterable[Event],
+                  now: float | None = None) -> list[SessionCost]:
+    now = time.time() if now is None else now
+    return [session_cost(record, evs, now) for record, evs in split_sessions(records, events)]
+
+
+def to_laptop_time(machine_time: float, offset_s: float) -> float:
+    """A time read on the machine's clock, on the laptop's: offset = machine clock - laptop clock."""
+    return machine_time - offset_s
+
+
+def clock_offset(machine_time: float, sent_at: float, received_at: float) -> float:
+    """The machine's clock minus the laptop's, from one reading taken between `sent_at` and `received_at`."""
+    return machine_time - (sent_at + received_at) / 2.0
+
+
+# -- periods ---------------------------------------------------------------------------------------------------
+def month_start(now: float) -> float:
+    moment = datetime.fromtimestamp(now)
+    return moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0).timestamp()
+
+
+def month_end(now: float) -> float:
+    start = datetime.fromtimestamp(month_start(now))
+    return (start.replace(year=start.year + 1, month=1) if start.month == 12
+            else start.replace(month=start.month + 1)).timestamp()
+
+
+def day_of(at: float) -> str:
+    return datetime.fromtimestamp(at).strftime("%Y-%m-%d")
+
+
+def split_by_day(interval: Interval) -> list[tuple[str, Interval]]:
+    """The interval cut at local midnights, each piece with its date."""
+    pieces = []
+    start = interval.start
+    while start < interval.end:
+        day = datetime.fromtimestamp(start).replace(hour=0, minute=0, second=0, microsecond=0)
+        next_day = (day + timedelta(days=1)).timestamp()
+        end = min(interval.end, next_day)
+        pieces.append((day.strftime("%Y-%m-%d"), Interval(start, end, interval.state, interval.rate_per_hour)))
+        start = end
+    return pieces
+
+
+@dataclass(frozen=True)
+class Group:
+    key: str
+    sessions: int
+    seconds: float
+    cost_usd: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "sessions": self.sessions, "seconds": round(self.seconds, 3),
+                "cost_usd": round(self.cost_usd, 6)}
+
+
+def group(costs: Iterable[SessionCost], by: str, since: float | None, until: float | None) -> list[Group]:
+    """Totals per provider, GPU or day (local time) inside [since, until]."""
+    totals: dict[str, list[Any]] = {}
+    for cost in costs:
+        seen: set[str] = set()
+        for interval in cost.intervals:
+            clipped = interval.clipped(since, until)
+            if clipped is None:
+                continue
+            pieces = split_by_day(clipped) if by == "day" else [
+                (cost.provider if by == "provider" else (cost.gpu or "-") if by == "gpu" else cost.name, clipped)]
+            for key, piece in pieces:
+                entry = totals.setdefault(key, [0, 0.0, 0.0])
+                if key not in seen:
+                    entry[0] += 1
+                    seen.add(key)
+                entry[1] += piece.seconds
+                entry[2] += piece.cost_usd
+    return [Group(k, n, s, c) for k, (n, s, c) in sorted(totals.items())]
