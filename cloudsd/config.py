@@ -16,6 +16,7 @@ from typing import Any
 from cloudsd import paths
 from cloudsd.durations import parse_duration
 from cloudsd.errors import ConfigError
+from cloudsd.ui import DEFAULT_REGISTRY
 
 
 def _to_int(value: Any) -> int:
@@ -66,6 +67,20 @@ def _to_duration(value: Any) -> float:
     return parse_duration(value)
 
 
+def _to_money(value: Any) -> float:
+    amount = _to_float(value)
+    if amount < 0:
+        raise ValueError("expected an amount that is not negative")
+    return amount
+
+
+def _to_fraction(value: Any) -> float:
+    share = _to_float(value)
+    if not 0 < share <= 1:
+        raise ValueError("expected a share above 0 and at most 1, e.g. 0.8")
+    return share
+
+
 def _choice(*choices: str) -> Callable[[Any], str]:
     def convert(value: Any) -> str:
         text = _to_str(value)
@@ -89,12 +104,32 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting("provider", "local", _choice("local", "runpod", "vastai", "auto"), "CLOUDSD_PROVIDER",
             "where machines run: local (your Docker engine), runpod, vastai, or auto (cheapest of the configured)"),
-    Setting("image", "cloudsd-testbed:latest", _to_str, "CLOUDSD_IMAGE", "container image with sshd and the web UI"),
+    Setting("image", None, _to_str, "CLOUDSD_IMAGE",
+            "container image with sshd and python3 (none: cloudsd's image for the UI, CUDA 12.8 on Blackwell GPUs)",
+            optional=True),
+    Setting("registry", DEFAULT_REGISTRY, _to_str, "CLOUDSD_REGISTRY",
+            "where cloudsd's own images are pulled from and `cloudsd image push` sends them"),
+    Setting("image_pull", "auto", _choice("auto", "never"), "CLOUDSD_IMAGE_PULL",
+            "pull a missing image onto the local engine: auto (names with a registry host only) or never"),
     Setting("ui", "a1111", _choice("a1111", "forge", "comfyui"), "CLOUDSD_UI", "which web UI the image runs"),
     Setting("port", 7860, _to_port, "CLOUDSD_PORT", "local port for the web UI (the next free one if busy)"),
     Setting("disk_gb", 40, _to_int, "CLOUDSD_DISK_GB", "disk for the machine, GB"),
     Setting("gpu", (), _to_str_list, "CLOUDSD_GPU", "GPU names to accept, e.g. [RTX 4090, RTX 3090]"),
     Setting("max_price", None, _to_float, "CLOUDSD_MAX_PRICE", "most $/h to pay for a machine", optional=True),
+    Setting("max_time", None, _to_duration, "CLOUDSD_MAX_TIME",
+            "end a machine this long after it was created, e.g. 45m or 2h (none: no limit)", optional=True),
+    Setting("max_spend", None, _to_money, "CLOUDSD_MAX_SPEND",
+            "end a machine once it has cost this many USD (none: no limit)", optional=True),
+    Setting("idle_stop", None, _to_duration, "CLOUDSD_IDLE_STOP",
+            "stop a machine after this long without web UI requests, shells or GPU use (none: never)",
+            optional=True),
+    Setting("idle_action", "stop", _choice("stop", "terminate"), "CLOUDSD_IDLE_ACTION",
+            "what idle does: stop (keeps the disk, which still bills storage) or terminate (ends every charge)"),
+    Setting("warn_at", 0.8, _to_fraction, "CLOUDSD_WARN_AT", "warn when this share of a budget is used (0-1)"),
+    Setting("watchdog.poll", 20.0, _to_duration, "CLOUDSD_WATCHDOG_POLL",
+            "how often the on-machine watchdog looks for activity"),
+    Setting("watchdog.gpu_busy_percent", 10.0, _to_float, "CLOUDSD_WATCHDOG_GPU_BUSY",
+            "GPU utilisation (%) at or above which a machine counts as busy, where nvidia-smi exists"),
     Setting("keep_on_failure", False, _to_bool, "CLOUDSD_KEEP_ON_FAILURE",
             "keep a machine that failed to start (it keeps billing) instead of destroying it"),
     Setting("timeouts.boot", 600.0, _to_duration, "CLOUDSD_BOOT_TIMEOUT",

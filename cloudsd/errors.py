@@ -92,3 +92,9 @@ class BudgetError(CloudsdError):
     """A budget is invalid or already exceeded."""
 
     exit_code = 10
+
+
+class ImageBuildError(CloudsdError):
+    """Building or pushing one of cloudsd's images failed."""
+
+    exit_code = 11

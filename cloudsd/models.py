@@ -110,6 +110,7 @@ class MachineInfo:
     gpu_name: str | None = None
     image: str | None = None
     detail: str = ""  # the provider's own words about the state, for the user
+    storage_price_per_hour: float | None = None  # what it bills while stopped, where the provider says
 
     @property
     def name(self) -> str | None:

@@ -30,6 +30,11 @@ PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128
 WINDOW_BYTES = 8 * 1024 * 1024
 MAX_PACKET_BYTES = 32768
 KEEPALIVE_S = 15
+# paramiko starts a rekey after 512 MiB, and its transport thread can deadlock in it: a CHANNEL_CLOSE that
+# arrives before the server's KEXINIT is answered as a user message, which waits for the kex that only that
+# thread can finish (paramiko#822, open); 30 s later the session dies. So never start one from here, as the
+# OpenSSH client does not by default: sshd rekeys at its cipher's limit, and sends nothing else meanwhile.
+NO_CLIENT_REKEY = 1 << 62
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,7 @@ def connect_once(
     """One attempt: TCP, SSH handshake, host-key check against `pinned` (None: first connect), key auth."""
     sock = _open_socket(endpoint, timeout_s)
     transport = paramiko.Transport(sock, default_window_size=WINDOW_BYTES, default_max_packet_size=MAX_PACKET_BYTES)
+    transport.packetizer.REKEY_BYTES = transport.packetizer.REKEY_PACKETS = NO_CLIENT_REKEY
     try:
         options = transport.get_security_options()
         supported = [c for c in PREFERRED_CIPHERS if c in options.ciphers]

@@ -26,6 +26,20 @@ def testbed_image(docker_client: object) -> str:
     return ensure_testbed_image(docker_client)
 
 
+NO_UI_IMAGE = "cloudsd-testbed-noui:latest"
+
+
+@pytest.fixture(scope="session")
+def no_ui_image(docker_client: object, testbed_image: str) -> str:
+    """The test image with a web UI that never answers: for failures after the machine was created."""
+    import io
+
+    dockerfile = f'FROM {testbed_image}\nENV CLOUDSD_UI_CMD="exec sleep 86400"\n'
+    docker_client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=NO_UI_IMAGE, rm=True,  # type: ignore[attr-defined]
+                               pull=False)
+    return NO_UI_IMAGE
+
+
 def _remove_local_machines(client: object) -> None:
     for container in client.containers.list(all=True, filters={"label": "cloudsd.machine"}):  # type: ignore[attr-defined]
         container.remove(force=True, v=True)

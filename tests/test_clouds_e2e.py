@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from cloudsd.ui import DEFAULT_CUDA
 from tests.cli_helpers import cloudsd, cloudsd_json, free_port, interrupt, start, wait_for_line, wait_http
 
 pytestmark = pytest.mark.docker
@@ -39,8 +40,10 @@ class Cloud:
 
             prices = [p for g in CATALOG if g.display_name == gpu for p in (g.secure, g.community) if p]
             return min(prices) + disk_gb * 0.10 / HOURS_PER_MONTH
+        # The default image is cloudsd's CUDA 12.4 variant, so only hosts whose driver runs it are offered.
         rows = [r for r in self.fake.catalog if r["gpu_name"] == gpu and r["num_gpus"] == 1 and r["rentable"]
-                and r["verified"] and r["direct_port_count"] >= 1 and not r.get("rented")]
+                and r["verified"] and r["direct_port_count"] >= 1 and not r.get("rented")
+                and r["cuda_max_good"] >= float(DEFAULT_CUDA)]
         return min(r["dph_base"] + r["storage_cost"] * disk_gb / HOURS_PER_MONTH for r in rows)
 
     def make_stray(self) -> tuple[str, str]:

@@ -77,14 +77,18 @@ def test_host_key_mismatch_is_refused(local_env: dict[str, str], cloudsd_home: P
     assert result.returncode != 0
     assert "different SSH host key" in result.stderr
     assert "Traceback" not in result.stderr
-    assert cloudsd("down", "pin", "--yes").returncode == 0
+    refused = cloudsd("down", "pin", "--yes")  # its outputs cannot be saved from a machine it will not trust
+    assert refused.returncode != 0 and "did not destroy 'pin'" in refused.stderr
+    assert "different SSH host key" in refused.stderr
+    assert cloudsd("down", "pin", "--yes", "--force").returncode == 0
 
 
 def test_failure_after_create_destroys_the_machine(local_env: dict[str, str], docker_client: object,
-                                                   cloudsd_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The test image serves the A1111 stand-in; asking for ComfyUI's health path never succeeds.
+                                                   cloudsd_home: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   no_ui_image: str) -> None:
+    # This image's web UI never answers, so its health path never succeeds.
     monkeypatch.setenv("CLOUDSD_UI_TIMEOUT", "4")
-    result = cloudsd("up", "broken", "--provider", "local", "--ui", "comfyui", "--detach")
+    result = cloudsd("up", "broken", "--provider", "local", "--image", no_ui_image, "--detach")
     assert result.returncode != 0
     assert "did not become ready" in result.stderr
     assert "Traceback" not in result.stderr
@@ -93,9 +97,9 @@ def test_failure_after_create_destroys_the_machine(local_env: dict[str, str], do
 
 
 def test_keep_on_failure_keeps_and_says_how_to_end(local_env: dict[str, str], docker_client: object,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+                                                   monkeypatch: pytest.MonkeyPatch, no_ui_image: str) -> None:
     monkeypatch.setenv("CLOUDSD_UI_TIMEOUT", "3")
-    result = cloudsd("up", "kept", "--provider", "local", "--ui", "comfyui", "--detach", "--keep-on-failure")
+    result = cloudsd("up", "kept", "--provider", "local", "--image", no_ui_image, "--detach", "--keep-on-failure")
     assert result.returncode != 0
     assert "cloudsd down kept" in result.stderr
     assert len(_containers(docker_client, "kept")) == 1
@@ -104,9 +108,9 @@ def test_keep_on_failure_keeps_and_says_how_to_end(local_env: dict[str, str], do
 
 
 def test_ctrl_c_before_ready_destroys(local_env: dict[str, str], docker_client: object, cloudsd_home: Path,
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
+                                      monkeypatch: pytest.MonkeyPatch, no_ui_image: str) -> None:
     monkeypatch.setenv("CLOUDSD_UI_TIMEOUT", "300")
-    proc = start("up", "interrupted", "--provider", "local", "--ui", "comfyui")
+    proc = start("up", "interrupted", "--provider", "local", "--image", no_ui_image)
     wait_for_line(proc, "✓ ssh")
     code, _, err = interrupt(proc)
     assert code == 130, err

@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from cloudsd import __version__
+from cloudsd.cli import cmd_image
 from cloudsd.cli.params import DURATION, PORT
 from cloudsd.errors import CloudsdError
 
@@ -147,19 +148,34 @@ def offer_options(func: Any) -> Any:
 @offer_options
 @click.option("--detach", is_flag=True, help="Return once the machine is ready instead of holding the tunnel.")
 @click.option("--keep-on-failure", is_flag=True, default=None, help="Keep a machine that fails to start.")
+@click.option("--max-time", type=DURATION, help="End the machine this long after it starts, e.g. 45m or 2h.")
+@click.option("--max-spend", type=float, help="End the machine once it has cost this many USD.")
+@click.option("--idle-stop", type=DURATION, help="Stop the machine after this long with no use, e.g. 30m.")
+@click.option("--idle-action", type=click.Choice(["stop", "terminate"]),
+              help="What idle does: stop (keeps the disk, which still bills storage) or terminate.")
+@click.option("--models", multiple=True, metavar="PATH|REF",
+              help="Models to put on the machine once it is ready (repeatable; as for `cloudsd sync models`).")
+@click.option("--manifest", type=click.Path(exists=True, dir_okay=False), help="A models.yaml to sync once ready.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask before renting a machine that costs money.")
 @click.option("--json", "as_json", is_flag=True, help="Print the machine record as JSON.")
 def up(name: str | None, provider: str | None, image: str | None, ui: str | None, port: int | None,
-       choice: dict[str, Any], detach: bool, keep_on_failure: bool | None, yes: bool, as_json: bool) -> None:
+       choice: dict[str, Any], detach: bool, keep_on_failure: bool | None, max_time: float | None,
+       max_spend: float | None, idle_stop: float | None, idle_action: str | None, models: tuple[str, ...],
+       manifest: str | None, yes: bool, as_json: bool) -> None:
     """Start a machine with the web UI and tunnel it to http://127.0.0.1:PORT.
 
     Attached by default: the tunnel stays up with a status line until Ctrl-C, which detaches and leaves
     the machine running. Example: `cloudsd up mybox --provider vastai --gpu 'RTX 4090' --max-price 0.5`.
+    With `--max-time 2h --idle-stop 30m` a watchdog on the machine ends it even with the laptop closed.
+    With `--models` or `--manifest`, the disk is sized for the models (unless --disk) and they are synced
+    once the machine is ready.
     """
     from cloudsd.cli import session
 
-    flags = {"provider": provider, "image": image, "ui": ui, "port": port, "keep_on_failure": keep_on_failure}
-    session.run_up(name, flags, choice, detach=detach, yes=yes, as_json=as_json)
+    flags = {"provider": provider, "image": image, "ui": ui, "port": port, "keep_on_failure": keep_on_failure,
+             "max_time": max_time, "max_spend": max_spend, "idle_stop": idle_stop, "idle_action": idle_action}
+    session.run_up(name, flags, choice, detach=detach, yes=yes, as_json=as_json, models=list(models),
+                   manifest=manifest)
 
 
 @cli.command()
@@ -224,13 +240,24 @@ def ssh(name: str, command: tuple[str, ...]) -> None:
 @click.argument("names", nargs=-1)
 @click.option("--all", "all_", is_flag=True, help="End every machine in the ledger.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
-def down(names: tuple[str, ...], all_: bool, yes: bool) -> None:
-    """End machines and confirm with the provider that they are gone. Safe to repeat."""
+@click.option("--no-outputs", is_flag=True, help="Do not pull the outputs first.")
+@click.option("--force", is_flag=True, help="Destroy even when the outputs cannot be saved.")
+def down(names: tuple[str, ...], all_: bool, yes: bool, no_outputs: bool, force: bool) -> None:
+    """End machines and confirm with the provider that they are gone. Safe to repeat.
+
+    First the outputs are pulled into ./cloudsd-outputs/NAME/ and verified; if that fails, the machine is
+    not destroyed (unless --force or --no-outputs).
+    """
     from cloudsd.cli import session
 
     if not names and not all_:
         raise click.UsageError("name a machine, or use --all")
-    session.run_down(list(names), all_=all_, yes=yes)
+    session.run_down(list(names), all_=all_, yes=yes, save_outputs=not no_outputs, force=force)
 
+
+cli.add_command(cmd_image.image)
+from cloudsd.cli import cmd_cost  # noqa: E402,F401 - registers `cost` and `budget` on `cli` (click only)
+
+cli.add_command(__import__("cloudsd.cli.cmd_sync", fromlist=["sync"]).sync)
 
 __all__ = ["cli", "main", "DURATION"]

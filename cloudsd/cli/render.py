@@ -44,23 +44,31 @@ def settings_table(settings: Any) -> Table:
 
 def status_table(rows: Iterable[Any]) -> Table:
     table = Table(title="machines")
-    for column in ("name", "provider", "state", "GPU", "$/h", "up", "cost so far", "web UI"):
+    rows = list(rows)
+    notes = any(getattr(row, "note", "") for row in rows)
+    for column in ("name", "provider", "state", "GPU", "$/h now", "billed time", "cost so far", "web UI") + (
+            ("note",) if notes else ()):
         table.add_column(column)
     for row in rows:
         state = row.live if row.status in ("running", "stray") else f"{row.status} / {row.live}"
         if row.stray:
             state = f"STRAY ({row.live})"
-        table.add_row(
-            row.name, row.provider, state, row.gpu or "-", money(row.price_per_hour, 3),
+        rate = getattr(row, "rate_per_hour", row.price_per_hour)
+        storage = rate and rate == getattr(row, "storage_price_per_hour", None) and rate != row.price_per_hour
+        cells = [
+            row.name, row.provider, state, row.gpu or "-", money(rate, 4 if storage else 3) + (" storage" if storage else ""),
             format_duration(row.uptime_s) if not row.stray else "-",
             money(row.cost_usd, 4) if not row.stray else "-", row.url or "-",
-        )
+        ]
+        table.add_row(*cells, *((getattr(row, "note", "") or "-",) if notes else ()))
     return table
 
 
-def status_line(name: str, uptime_s: float, price_per_hour: float, url: str) -> str:
-    cost = price_per_hour * uptime_s / 3600.0
-    return (f"{name} · up {format_duration(uptime_s)} · {money(price_per_hour, 3)}/h · {money(cost, 4)} so far · "
+def status_line(name: str, uptime_s: float, price_per_hour: float, url: str, *, cost_usd: float | None = None,
+                budget: str = "") -> str:
+    cost = price_per_hour * uptime_s / 3600.0 if cost_usd is None else cost_usd
+    used = f" · budget {budget}" if budget else ""
+    return (f"{name} · up {format_duration(uptime_s)} · {money(price_per_hour, 3)}/h · {money(cost, 4)} so far{used} · "
             f"{url} · Ctrl-C detaches")
 
 

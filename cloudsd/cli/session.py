@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -61,14 +62,34 @@ class LiveReporter:
             self.console.print(f"  {message}")
 
 
-def _hold(session: Session, record: MachineRecord) -> None:
-    """Keep the tunnel up with a status line until Ctrl-C, then detach and say how to come back."""
+def _hold(session: Session, record: MachineRecord, ledger: Ledger | None = None,
+          providers: Providers | None = None) -> None:
+    """Keep the tunnel up with a status line until Ctrl-C, then detach and say how to come back.
+
+    With the ledger and providers, the line shows the cost so far and the budget used, warns once at the
+    budget's warning share, ends the machine when a time or spend budget is reached, and stops holding when
+    the machine stops or goes away (its watchdog, or the provider).
+    """
+    from cloudsd.core.guard import BudgetGuard
+
     out = render.console(stderr=True)
+    guard = None
+    if ledger is not None and providers is not None:
+        guard = BudgetGuard(ledger, providers.get(record.provider), record.name, lambda: session.forward.connection)
+    reached = ended = None
     try:
         with out.status("") as line:
             while True:
-                uptime = time.time() - (record.created_at or time.time())
-                text = render.status_line(record.name, uptime, record.price_per_hour, session.url)
+                view = guard.tick() if guard is not None else None
+                uptime = view.uptime_s if view else time.time() - (record.created_at or time.time())
+                text = render.status_line(record.name, uptime, record.price_per_hour, session.url,
+                                          cost_usd=view.cost.cost_usd if view else None,
+                                          budget=view.budget_text if view else "")
+                if view and view.warning:
+                    out.print(f"[yellow]warning:[/] {view.warning}")
+                if view and (view.reached or view.ended):
+                    reached, ended = view.reached, view.ended
+                    break
                 if not session.forward.healthy:
                     text += " · SSH dropped, reconnecting on next request"
                 line.update(text)
@@ -77,10 +98,39 @@ def _hold(session: Session, record: MachineRecord) -> None:
         pass
     finally:
         session.close()
+    if reached is not None and ledger is not None and providers is not None:
+        out.print(f"{record.name}: {reached.reason}; ending it.")
+        ledger.event(record.name, "budget-reached", {"reason": reached.reason, "at": reached.at})
+        with LiveReporter() as reporter:  # no output pull: the watchdog ends it at the limit regardless
+            down([record.name], ledger, providers, reporter)
+        out.print(f"{record.name}: destroyed · {final_cost(ledger, record.name)}")
+        return
+    if ended is not None and ledger is not None:
+        out.print(f"{record.name}: {ended} · {final_cost(ledger, record.name)}")
+        return
     cost = f" (and billing {render.money(record.price_per_hour, 3)}/h)" if record.price_per_hour else ""
     out.print(f"Detached. Machine {record.name} keeps running{cost}.")
     out.print(f"  reattach: cloudsd tunnel {record.name}")
     out.print(f"  end it:   cloudsd down {record.name}")
+
+
+def final_cost(ledger: Ledger, name: str) -> str:
+    """"cost $0.1234 (estimate: 2m13s at $2.690/h)", or what a stopped machine still bills."""
+    from cloudsd.core.cost import session_cost
+    from cloudsd.core.guard import current
+    from cloudsd.durations import format_duration
+
+    record, events = current(ledger, name)
+    cost = session_cost(record, events)
+    text = (f"cost {render.money(cost.cost_usd, 4)} (estimate: {format_duration(cost.running_s)} at "
+            f"{render.money(record.price_per_hour, 3)}/h")
+    if cost.stopped_s:
+        text += f", {format_duration(cost.stopped_s)} stopped at {render.money(record.storage_price_per_hour, 4)}/h"
+    text += ")"
+    if cost.state == "stopped":
+        text += (f"; stopped, it still bills storage {render.money(record.storage_price_per_hour, 4)}/h: "
+                 f"end it with `cloudsd down {name}`")
+    return text
 
 
 def _settings_and_spec(flags: dict[str, Any], choice: dict[str, Any]) -> tuple[Any, OfferSpec]:
@@ -89,8 +139,20 @@ def _settings_and_spec(flags: dict[str, Any], choice: dict[str, Any]) -> tuple[A
 
 
 def run_up(name: str | None, flags: dict[str, Any], choice: dict[str, Any], *, detach: bool, yes: bool,
-           as_json: bool) -> None:
+           as_json: bool, models: list[str] | None = None, manifest: str | None = None) -> None:
     settings, spec = _settings_and_spec(flags, choice)
+    requests = _model_requests(models or [], manifest)  # a bad path or reference fails before renting
+    if requests and choice["disk"] is None:
+        from dataclasses import replace
+
+        from cloudsd.core.sync import disk_gb_for
+
+        disk_gb, notes = disk_gb_for(requests)
+        if disk_gb > spec.disk_gb:
+            spec = replace(spec, disk_gb=disk_gb)
+            if not as_json:
+                for note in [*notes, f"disk: {disk_gb} GB, for the models plus headroom"]:
+                    render.console(stderr=True).print(f"  {note}")
     options = UpOptions.from_settings(settings, name, spec=spec)
     ledger = Ledger()
     providers = Providers(settings)
@@ -98,15 +160,20 @@ def run_up(name: str | None, flags: dict[str, Any], choice: dict[str, Any], *, d
     def confirm(offer: Any) -> bool:
         if yes or offer.price_per_hour == 0:
             return True
+        budget = f" ({options.budget.describe()})" if options.budget.enforced else ""
         return click.confirm(
             f"Rent {offer.gpu_name} ×{offer.gpu_count} on {offer.provider} at "
-            f"{render.money(offer.price_per_hour, 3)}/h?", default=True, err=True)
+            f"{render.money(offer.price_per_hour, 3)}/h{budget}?", default=True, err=True)
 
     try:
         with LiveReporter(quiet=as_json) as reporter:
             session = up(options, ledger, providers, reporter, confirm=confirm)
         record = session.record
         out = render.console(stderr=True)
+        if requests:
+            from cloudsd.cli.sync_run import push_after_up
+
+            push_after_up(session, requests, as_json)
         if as_json:
             render.print_json({**record.to_dict(), "url": session.url})
         else:
@@ -119,10 +186,23 @@ def run_up(name: str | None, flags: dict[str, Any], choice: dict[str, Any], *, d
             if not as_json:
                 out.print(f"  the tunnel closes now; reopen it with `cloudsd tunnel {record.name}`")
             return
-        _hold(session, record)
+        _hold(session, record, ledger, providers)
     finally:
         providers.close()
         ledger.close()
+
+
+def _model_requests(models: list[str], manifest: str | None) -> list[Any]:
+    if not models and not manifest:
+        return []
+    from pathlib import Path
+
+    from cloudsd.sync.collect import check_sources
+    from cloudsd.sync.manifest import from_args, load_manifest
+
+    requests = from_args(models, None) + (load_manifest(Path(manifest)) if manifest else [])
+    check_sources(requests)
+    return requests
 
 
 def run_tunnel(name: str, port: int | None) -> None:
@@ -133,10 +213,22 @@ def run_tunnel(name: str, port: int | None) -> None:
         with LiveReporter() as reporter:
             session = attach(name, port, ledger, providers, reporter)
         render.console(stderr=True).print(f"[bold green]{name}:[/] {session.url}")
-        _hold(session, session.record)
+        _ensure_watchdog(ledger, providers, settings, session)
+        _hold(session, session.record, ledger, providers)
     finally:
         providers.close()
         ledger.close()
+
+
+def _ensure_watchdog(ledger: Ledger, providers: Providers, settings: Any, session: Session) -> None:
+    """A machine with a budget whose watchdog no longer runs (a restart, a resume) gets it back."""
+    from cloudsd.core.guard import ensure_watchdog
+    from cloudsd.core.watchdog import WatchdogSettings
+
+    note = ensure_watchdog(ledger, session.record, session.connection, providers.get(session.record.provider),
+                           WatchdogSettings.from_settings(settings))
+    if note:
+        render.console(stderr=True).print(f"  {note}")
 
 
 def run_status(as_json: bool) -> None:
@@ -158,8 +250,14 @@ def run_status(as_json: bool) -> None:
     render.print_table(render.status_table(rows))
     for row in rows:
         if row.stray:
-            render.console().print(f"stray {row.name} on {row.provider} ({row.provider_id}) bills "
-                                   f"{render.money(row.price_per_hour, 3)}/h: end it with `cloudsd down --all`")
+            what = "storage " if row.live == "stopped" else ""
+            render.console().print(f"stray {row.name} on {row.provider} ({row.provider_id}) bills {what}"
+                                   f"{render.money(row.rate_per_hour, 4)}/h: end it with `cloudsd down --all`")
+        elif row.note:
+            render.console().print(f"{row.name}: {row.note}")
+        if row.budget_warning and row.budget_used is not None:
+            render.console().print(f"[yellow]warning:[/] {row.name} has used {row.budget_used:.0%} of its budget "
+                                   f"(${row.cost_usd:.4f} so far)")
 
 
 def _configured(providers: Providers, name: str) -> bool:
@@ -201,7 +299,7 @@ def run_ssh(name: str, command: list[str]) -> None:
     sys.exit(code)
 
 
-def run_down(names: list[str], *, all_: bool, yes: bool) -> None:
+def run_down(names: list[str], *, all_: bool, yes: bool, save_outputs: bool = True, force: bool = False) -> None:
     from cloudsd.core.deploy import end_stray
 
     settings = resolve()
@@ -226,14 +324,17 @@ def run_down(names: list[str], *, all_: bool, yes: bool) -> None:
             out.print(f"Not in this ledger but labelled cloudsd- on your accounts: {listing}")
             if not yes and not click.confirm("End these strays too?", default=False, err=True):
                 strays = []
+        from cloudsd.core.sync import OUTPUTS_FOLDER
+
+        outputs_root = Path.cwd() / OUTPUTS_FOLDER if save_outputs else None
         with LiveReporter() as reporter:
-            results = down(names, ledger, providers, reporter)
+            results = down(names, ledger, providers, reporter, outputs_root=outputs_root, force=force)
             for row in strays:
                 reporter.phase("destroying", f"stray {row.name} on {row.provider}")
                 end_stray(providers, row.provider, str(row.provider_id))
                 results.append((row.name, "stray destroyed"))
         for name, outcome in results:
-            out.print(f"{name}: {outcome}")
+            out.print(f"{name}: {outcome}" + (f" · {final_cost(ledger, name)}" if "stray" not in outcome else ""))
     finally:
         providers.close()
         ledger.close()

@@ -12,19 +12,23 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from cloudsd import keys
 from cloudsd.config import Settings
 from cloudsd.core import offers as offer_choice
-from cloudsd.core.machines import Providers, Reporter, end_record, wait_until_running
+from cloudsd.core.budget import Budget, check_new_budget, provider_deadline
+from cloudsd.core.machines import Providers, Reporter, end_record, refresh_record, wait_until_running
+from cloudsd.core.watchdog import WatchdogSettings
 from cloudsd.errors import CloudsdError, NoCapacity, ProviderError, ProvisioningError, SSHError
+from cloudsd.images import machine_image
 from cloudsd.ledger import Ledger, MachineRecord
 from cloudsd.models import CreateRequest, MachineInfo, Offer, OfferSpec, SSHEndpoint
 from cloudsd.providers import Provider
 from cloudsd.ssh import Connection, connect
 from cloudsd.tunnel import LocalForward
-from cloudsd.ui import UIProfile, profile
+from cloudsd.ui import DEFAULT_REGISTRY, UIProfile, highest_cuda, image_cuda, profile
 
 MAX_OFFERS_TRIED = 3
 
@@ -42,16 +46,27 @@ class UpOptions:
     ssh_timeout_s: float = 120.0
     ui_timeout_s: float = 600.0
     env: dict[str, str] = field(default_factory=dict)
+    default_image: bool = False  # `image` is cloudsd's own: use its CUDA 12.8 variant on Blackwell GPUs
+    registry: str = DEFAULT_REGISTRY
+    image_pull: str = "auto"  # auto | never: may a missing image be pulled onto the local engine
+    budget: Budget = field(default_factory=Budget)  # time, spend and idle limits, enforced on the machine too
+    watchdog: WatchdogSettings = field(default_factory=WatchdogSettings)
 
     @classmethod
     def from_settings(cls, settings: Settings, name: str | None, **overrides: Any) -> UpOptions:
         provider = settings["provider"]
         providers = ("runpod", "vastai") if provider == "auto" else (provider,)
         spec = spec_from(settings)
+        ui = profile(settings["ui"])
+        image = settings["image"] or ui.image(settings["registry"])
+        # Unless set, the local port is the UI's usual one: 7860 for A1111 and Forge, 8188 for ComfyUI.
+        port = ui.internal_port if settings.source("port") == "default" else settings["port"]
         values: dict[str, Any] = dict(
-            name=name, providers=providers, image=settings["image"], ui=settings["ui"], port=settings["port"],
+            name=name, providers=providers, image=image, ui=settings["ui"], port=port,
             spec=spec, keep_on_failure=settings["keep_on_failure"], boot_timeout_s=settings["timeouts.boot"],
             ssh_timeout_s=settings["timeouts.ssh"], ui_timeout_s=settings["timeouts.ui"],
+            default_image=not settings["image"], registry=settings["registry"], image_pull=settings["image_pull"],
+            budget=Budget.from_settings(settings), watchdog=WatchdogSettings.from_settings(settings),
         )
         values.update(overrides)
         return cls(**values)
@@ -76,12 +91,14 @@ class Session:
 
 
 def spec_from(settings: Settings, choice: dict[str, Any] | None = None) -> OfferSpec:
-    """The offer filters: gpu, max price and disk from the settings, the rest from flags."""
+    """The offer filters: gpu, max price and disk from the settings, the rest from flags. Without --cuda, only
+    hosts whose driver runs the image's CUDA version (its `-cuXYZ` tag) are offered."""
     choice = choice or {}
+    image = settings["image"] or profile(settings["ui"]).image(settings["registry"])
     return OfferSpec(
         gpus=tuple(settings["gpu"]), max_price_per_hour=settings["max_price"], disk_gb=settings["disk_gb"],
-        min_vram_gb=choice.get("min_vram"), min_reliability=choice.get("min_reliability"),
-        region=choice.get("region"), cuda=choice.get("cuda"), interruptible=bool(choice.get("interruptible")),
+        min_vram_gb=choice.get("min_vram"), min_reliability=choice.get("min_reliability"), region=choice.get("region"),
+        cuda=choice.get("cuda") or image_cuda(image), interruptible=bool(choice.get("interruptible")),
     )
 
 
@@ -116,6 +133,7 @@ def up(options: UpOptions, ledger: Ledger, providers: Providers, reporter: Repor
     """
     ui = profile(options.ui)
     name = options.name or new_name()
+    check_new_budget(options.budget, started_at=time.time(), now=time.time(), spent_usd=0.0)  # before renting
     reporter.phase("offers", f"asking {', '.join(options.providers)} for live offers")
     candidates = offer_choice.select(gather_offers(providers, options.providers, options.spec, reporter),
                                      options.spec)
@@ -149,14 +167,22 @@ class _TryNextOffer(Exception):
 
 def _up_on(offer: Offer, name: str, ui: UIProfile, options: UpOptions, ledger: Ledger, provider: Provider,
            providers: Providers, reporter: Reporter) -> Session:
+    image = machine_image(options, ui.name, offer.gpu_name, on_local_engine=provider.prepares_images,
+                          on_progress=lambda text: reporter.phase("image", text))  # before anything is recorded
     pair = keys.create_key_pair(name)
-    ledger.reserve(name, provider.name, options.image, ui=ui.name)
+    ledger.reserve(name, provider.name, image, ui=ui.name)
     ledger.update(name, gpu=offer.gpu_name, price_per_hour=offer.price_per_hour,
                   storage_price_per_hour=offer.storage_price_per_hour, key_path=str(pair.private_path))
-    request = CreateRequest(name=name, image=options.image, public_key=pair.public_line,
-                            env={"CLOUDSD_MACHINE": name, **options.env}, disk_gb=options.spec.disk_gb,
-                            cuda=options.spec.cuda, onstart="/opt/cloudsd/boot/entrypoint.sh")
+    cuda = highest_cuda(options.spec.cuda, image_cuda(image))  # the host's driver must run the image
+    deadline_at = (provider_deadline(options.budget, now=time.time(), price_per_hour=offer.price_per_hour)
+                   if provider.supports_deadline else None)  # RunPod's own backstop behind the watchdog
+    request = CreateRequest(name=name, image=image, public_key=pair.public_line,
+                            env={"CLOUDSD_MACHINE": name, **ui.machine_env(), **options.env},
+                            disk_gb=options.spec.disk_gb, cuda=cuda, onstart="/opt/cloudsd/boot/entrypoint.sh",
+                            deadline_at=deadline_at)
     reporter.phase("creating", f"{provider.name}: {offer.gpu_name} at ${offer.price_per_hour:.3f}/h")
+    if offer.gpu_count == 0:
+        reporter.note(f"no GPU: {ui.title} runs in CPU mode (slow)")
     try:
         try:
             provider_id = provider.create(offer, request)
@@ -169,7 +195,7 @@ def _up_on(offer: Offer, name: str, ui: UIProfile, options: UpOptions, ledger: L
             raise
         ledger.update(name, provider_id=provider_id, status="booting", event="created",
                       data={"provider_id": provider_id, "offer": offer.offer_id,
-                            "price_per_hour": offer.price_per_hour})
+                            "price_per_hour": offer.price_per_hour, "deadline_at": deadline_at})
         if provider.bills_money:
             reporter.note(f"{provider.name} machine {provider_id} is billing ${offer.price_per_hour:.3f}/h; "
                           f"end it with `cloudsd down {name}`")
@@ -180,6 +206,8 @@ def _up_on(offer: Offer, name: str, ui: UIProfile, options: UpOptions, ledger: L
                 raise
             _cleanup(ledger, providers, name, f"failed: {exc}", options, reporter)
             raise _TryNextOffer(exc) from None
+        if options.budget.enforced:
+            _arm_watchdog(session, provider, options, ledger, reporter)
         return session
     except _TryNextOffer:
         raise
@@ -195,6 +223,23 @@ def _up_on(offer: Offer, name: str, ui: UIProfile, options: UpOptions, ledger: L
         if record is not None and record.active:
             _cleanup(ledger, providers, name, f"failed: {exc or type(exc).__name__}", options, reporter)
         raise
+
+
+def _arm_watchdog(session: Session, provider: Provider, options: UpOptions, ledger: Ledger,
+                  reporter: Reporter) -> None:
+    """Start the on-machine watchdog with the budget; a budget that cannot be enforced fails the `up`."""
+    from cloudsd.core.guard import arm
+
+    reporter.phase("watchdog", options.budget.describe())
+    try:
+        arm(ledger, session.record, session.connection, provider, options.budget, options.watchdog)
+    except BaseException:
+        session.close()
+        raise
+    record = session.record
+    if options.budget.idle_s and options.budget.idle_action == "stop" and provider.bills_money:
+        reporter.note(f"when idle, {record.name} stops: its disk stays and still bills "
+                      f"${record.storage_price_per_hour:.3f}/h until `cloudsd down {record.name}`")
 
 
 def _forget(ledger: Ledger, name: str, reason: str) -> None:
@@ -265,8 +310,6 @@ def reconnect_record(record: MachineRecord, *, deadline_s: float) -> Connection:
         raise SSHError(f"machine {record.name!r} has no SSH endpoint yet.",
                        hint="`cloudsd status` shows its state.")
     endpoint = SSHEndpoint(record.ssh_host, record.ssh_port, record.ssh_user or "root")
-    from pathlib import Path
-
     return connect(endpoint, Path(record.key_path), record.host_key, deadline_s=deadline_s)
 
 
@@ -332,14 +375,21 @@ def attach(name: str, port: int | None, ledger: Ledger, providers: Providers, re
     return Session(ledger.get(name), connection, forward, ui)
 
 
-def down(names: list[str], ledger: Ledger, providers: Providers, reporter: Reporter) -> list[tuple[str, str]]:
-    """End each named machine and confirm it is gone; returns (name, outcome) pairs."""
+def down(names: list[str], ledger: Ledger, providers: Providers, reporter: Reporter, *,
+         outputs_root: Path | None = None, force: bool = False) -> list[tuple[str, str]]:
+    """End each named machine and confirm it is gone; returns (name, outcome) pairs.
+
+    With `outputs_root`, a machine that was ever ready has its outputs pulled into outputs_root/NAME and
+    verified first; if that fails it is not destroyed (CloudsdError), unless `force`.
+    """
     results: list[tuple[str, str]] = []
     for name in names:
-        record = ledger.get(name)
+        record = refresh_record(ledger, providers, ledger.get(name))  # gone meanwhile (its watchdog)?
         if record.status == "terminated":
             results.append((name, "already gone"))
             continue
+        if outputs_root is not None and record.ready_at:
+            _save_outputs_first(ledger, record, outputs_root / name, reporter, force)
         reporter.phase("destroying", f"{name} on {record.provider}")
         try:
             end_record(ledger, providers, record, reason="down")
@@ -348,6 +398,24 @@ def down(names: list[str], ledger: Ledger, providers: Providers, reporter: Repor
                                hint=f"Run `cloudsd down {name}` again; it is safe to repeat.") from None
         results.append((name, "destroyed"))
     return results
+
+
+def _save_outputs_first(ledger: Ledger, record: MachineRecord, dest: Path, reporter: Reporter, force: bool) -> None:
+    from cloudsd.core.sync import save_outputs
+
+    reporter.phase("saving outputs", f"{record.name} to {dest}")
+    try:
+        summary = save_outputs(ledger, record, dest)
+    except CloudsdError as exc:
+        if not force:
+            raise CloudsdError(
+                f"did not destroy {record.name!r}: its outputs could not be saved ({exc}).",
+                hint=f"Fix that and run `cloudsd down {record.name}` again; `--no-outputs` destroys it without "
+                     "saving them, `--force` destroys it even when saving fails.") from None
+        reporter.note(f"{record.name}: outputs not saved ({exc}); destroying anyway (--force)")
+        return
+    if summary.pulled:
+        reporter.note(f"{record.name}: saved {len(summary.pulled)} new output(s) in {summary.dest}")
 
 
 def end_stray(providers: Providers, provider_name: str, provider_id: str) -> None:

@@ -113,6 +113,24 @@ def destroy_and_confirm(
         sleep(POLL_S)
 
 
+def refresh_record(ledger: Ledger, providers: Providers, record: MachineRecord) -> MachineRecord:
+    """The row after asking the provider: a machine that went away or stopped meanwhile (its watchdog, the
+    provider) is recorded as such first, so billing ends when it really did and not when cloudsd looked."""
+    if not record.provider_id or record.status not in ("running", "booting"):
+        return record
+    provider = providers.get(record.provider)
+    try:
+        info = provider.get(record.provider_id)
+    except ProviderError:
+        return record
+    if info is None or info.status is MachineStatus.STOPPED:
+        from cloudsd.core.guard import reconcile
+
+        reconcile(ledger, record, None if info is None else info.status, provider)
+        return ledger.get(record.name)
+    return record
+
+
 def end_record(ledger: Ledger, providers: Providers, record: MachineRecord, *, reason: str,
                deadline_s: float = 180.0) -> None:
     """Destroy the machine behind a ledger row, confirm it is gone, then mark the row terminated.
@@ -120,6 +138,9 @@ def end_record(ledger: Ledger, providers: Providers, record: MachineRecord, *, r
     A row without a provider id (the create call never answered) is looked up by its label first.
     """
     provider = providers.get(record.provider)
+    record = refresh_record(ledger, providers, record)
+    if record.status == "terminated":
+        return
     ledger.update(record.name, status="destroying", event="destroying", data={"reason": reason})
     provider_ids = [record.provider_id] if record.provider_id else [
         m.provider_id for m in provider.list_machines() if m.name == record.name

@@ -1,13 +1,23 @@
-"""`status`: the ledger joined with each provider's live view, plus strays on the accounts."""
+"""`status`: the ledger joined with each provider's live view, plus strays on the accounts.
+
+A machine the provider says is gone or stopped, which cloudsd did not end or stop itself, is recorded here
+with who did it and why (`core/guard.reconcile`): usually the watchdog, for a budget or idleness.
+"""
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
 
+from cloudsd.core.budget import use
+from cloudsd.core.cost import Event, SessionCost, session_cost
+from cloudsd.core.guard import current, plan_of, reconcile, resumed
 from cloudsd.core.machines import Providers
 from cloudsd.errors import CloudsdError
 from cloudsd.ledger import Ledger, MachineRecord
+from cloudsd.models import MachineStatus
+
+RECENT_S = 86400.0  # machines the watchdog ended stay listed this long, so `status` can say why they are gone
 
 
 @dataclass(frozen=True)
@@ -18,54 +28,78 @@ class StatusRow:
     status: str  # the ledger's
     live: str  # the provider's word now: running, booting, stopped, gone, or "unreachable: why"
     gpu: str | None
-    price_per_hour: float
-    uptime_s: float
-    cost_usd: float  # estimate from the locked rate since create
+    price_per_hour: float  # the running rate locked at create
+    uptime_s: float  # billed time so far
+    cost_usd: float  # estimate from the ledger (running at price_per_hour, stopped at the storage rate)
     url: str | None
     ssh: str | None
     stray: bool = False
+    rate_per_hour: float = 0.0  # what it bills now: the running rate, the storage rate while stopped, or 0
+    storage_price_per_hour: float = 0.0
+    note: str = ""  # who stopped or ended it, and why; what a stopped machine still costs
+    budget_used: float | None = None  # the larger share of its time or spend budget used, 0..1+
+    budget_warning: bool = False  # at or past the warning share (`warn_at`)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
 
-def _row(record: MachineRecord, live: str, now: float) -> StatusRow:
-    uptime = now - record.created_at
+def _row(record: MachineRecord, live: str, cost: SessionCost, note: str = "",
+         events: list[Event] | None = None, now: float = 0.0) -> StatusRow:
+    if cost.state == "stopped" and record.storage_price_per_hour:
+        note = (f"{note + '; ' if note else ''}still bills storage ${record.storage_price_per_hour:.4f}/h: "
+                f"end it with `cloudsd down {record.name}`")
+    share, warn = None, False
+    plan = plan_of(events or [])
+    if plan is not None and cost.started_at is not None and cost.state != "ended":
+        share = use(plan.budget, started_at=cost.started_at, now=now, spent_usd=cost.cost_usd,
+                    price_per_hour=record.price_per_hour).share
+        warn = share is not None and share >= plan.budget.warn_at
     return StatusRow(
+        budget_used=share, budget_warning=warn,
         name=record.name, provider=record.provider, provider_id=record.provider_id, status=record.status,
-        live=live, gpu=record.gpu, price_per_hour=record.price_per_hour, uptime_s=uptime,
-        cost_usd=record.price_per_hour * uptime / 3600.0,
-        url=f"http://127.0.0.1:{record.local_port}" if record.local_port else None,
+        live=live, gpu=record.gpu, price_per_hour=record.price_per_hour, uptime_s=cost.duration_s,
+        cost_usd=cost.cost_usd, rate_per_hour=cost.accruing_per_hour,
+        storage_price_per_hour=record.storage_price_per_hour, note=note,
+        url=f"http://127.0.0.1:{record.local_port}" if record.local_port and record.status == "running" else None,
         ssh=f"{record.ssh_user}@{record.ssh_host}:{record.ssh_port}" if record.ssh_host else None,
     )
 
 
 def status(ledger: Ledger, providers: Providers, *, sweep: tuple[str, ...] = ()) -> list[StatusRow]:
-    """Active machines with their live state; machines the provider says are gone are marked terminated.
-
-    `sweep` names providers whose whole account is searched for `cloudsd-` machines the ledger does not know.
-    """
+    """Active machines with their live state, cost and notes, machines the watchdog ended in the last day,
+    and, for the providers in `sweep`, `cloudsd-` machines on the account that the ledger does not know."""
     now = time.time()
     rows: list[StatusRow] = []
-    records = ledger.machines(active_only=True)
-    for record in records:
-        live = "unknown"
+    for record in ledger.machines(active_only=True):
+        live, note = "unknown", ""
         try:
             provider = providers.get(record.provider)
             info = provider.get(record.provider_id) if record.provider_id else None
             if record.provider_id and info is None:
-                ledger.update(record.name, status="terminated", terminated_at=now, detail="gone (seen by status)",
-                              event="gone")
-                live = "gone"
-                record = ledger.get(record.name)
+                note, live = reconcile(ledger, record, None, provider, now=now), "gone"
             elif info is not None:
                 live = info.status.value + (f" ({info.detail})" if info.detail and info.detail != info.status.value
                                             else "")
+                if info.status is MachineStatus.STOPPED and record.status in ("running", "booting"):
+                    note = reconcile(ledger, record, info.status, provider, now=now)
+                elif info.status is MachineStatus.RUNNING and record.status == "stopped":
+                    resumed(ledger, record)
             else:
                 live = "not created"
         except CloudsdError as exc:
             live = f"unreachable: {exc.message}"
-        rows.append(_row(record, live, now))
+        record, events = current(ledger, record.name)
+        if not note and record.status == "stopped":
+            note = record.detail
+        rows.append(_row(record, live, session_cost(record, events, now), note, events, now))
+    listed = {(r.provider, r.provider_id) for r in rows}
+    for record in ledger.machines():
+        recent = record.terminated_at is not None and now - record.terminated_at < RECENT_S
+        if (record.status == "terminated" and recent and record.detail.startswith("ended by the watchdog")
+                and (record.provider, record.provider_id) not in listed):
+            record, events = current(ledger, record.name)
+            rows.append(_row(record, "gone", session_cost(record, events, now), record.detail))
     known = {(r.provider, r.provider_id) for r in ledger.machines() if r.provider_id}
     for provider_name in sweep:
         try:
@@ -75,10 +109,15 @@ def status(ledger: Ledger, providers: Providers, *, sweep: tuple[str, ...] = ())
         for machine in machines:
             if (provider_name, machine.provider_id) in known:
                 continue
+            stopped = machine.status is MachineStatus.STOPPED
+            storage = machine.storage_price_per_hour or 0.0
+            rate = storage if stopped else (machine.price_per_hour or 0.0)
             rows.append(StatusRow(
                 name=machine.name or machine.label or machine.provider_id, provider=provider_name,
                 provider_id=machine.provider_id, status="stray", live=machine.status.value,
                 gpu=machine.gpu_name, price_per_hour=machine.price_per_hour or 0.0, uptime_s=0.0, cost_usd=0.0,
-                url=None, ssh=str(machine.ssh) if machine.ssh else None, stray=True,
+                url=None, ssh=str(machine.ssh) if machine.ssh else None, stray=True, rate_per_hour=rate,
+                storage_price_per_hour=storage,
+                note=f"stopped: still bills storage ${storage:.4f}/h" if stopped else "",
             ))
     return rows

@@ -39,6 +39,8 @@ class Provider(ABC):
     supports_self_stop: bool = False  # a credential scoped to the machine lets it end itself
     supports_deadline: bool = False  # the provider itself can end the machine at a time set at create
     bills_money: bool = True  # the local engine costs nothing
+    prepares_images: bool = False  # the image must be on this computer's engine first (the core pulls or builds it)
+    reports_billing: bool = False  # `billing()` says what the provider actually charged, per machine
     ssh_timeout_s: float = 120.0  # how long SSH may take to answer once the provider says running
     boot_timeout_s: float = 600.0  # how long the provider may take to say running (image pulls)
 
@@ -70,6 +72,11 @@ class Provider(ABC):
     def stop(self, provider_id: str) -> None:
         """Stop the machine, keeping its disk. Only where `supports_stop`."""
         raise NotImplementedError(f"{self.name} cannot stop a machine; use destroy")
+
+    def billing(self, since: float, until: float) -> list[dict[str, Any]]:
+        """What the provider charged per machine between two epoch times, as dicts with `provider_id`,
+        `amount_usd`, `start` and `end` (epoch seconds or None). Only where `reports_billing`."""
+        raise NotImplementedError(f"{self.name} does not report billing")
 
     def close(self) -> None:  # noqa: B027 - optional hook, most providers hold nothing to release
         """Release connections. Safe to call more than once."""

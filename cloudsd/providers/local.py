@@ -44,6 +44,7 @@ class LocalProvider(Provider):
     supports_self_stop = False
     supports_deadline = False
     bills_money = False
+    prepares_images = True
     ssh_timeout_s = 60.0
     boot_timeout_s = 120.0
 
@@ -102,10 +103,10 @@ class LocalProvider(Provider):
         try:
             self.client.images.get(request.image)
         except docker.errors.ImageNotFound:
-            raise ImageMissing(
+            raise ImageMissing(  # `cloudsd up` pulls or builds it first (cloudsd.images.ensure_local)
                 f"the image {request.image!r} is not on the local Docker engine.",
-                hint="Build it: `images/base/build.sh && docker build -f images/testbed/Dockerfile "
-                     "--build-arg BASE=cloudsd-base:bookworm -t cloudsd-testbed:latest images/`.",
+                hint="Build it with `docker build`, or `cloudsd image build --ui a1111` "
+                     "(`--ui testbed` for the small test image).",
             ) from None
         except docker.errors.DockerException as exc:
             raise _engine_error(exc) from None

@@ -185,6 +185,19 @@ def offers_from_gpu_types(gpu_types: Sequence[Mapping[str, Any]], spec: OfferSpe
     return sorted(offers, key=lambda o: (o.price_per_hour, o.gpu_name, o.offer_id))
 
 
+def parse_time(value: Any) -> float | None:
+    """An ISO 8601 time from RunPod ("2026-01-02T03:04:05Z") as epoch seconds; None if it is not one."""
+    if not isinstance(value, str) or not value:
+        return None
+    from datetime import datetime, timezone
+
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
+
+
 def parse_offer_id(offer_id: str) -> tuple[str, str]:
     """("NVIDIA GeForce RTX 4090", "COMMUNITY") from "NVIDIA GeForce RTX 4090|COMMUNITY"."""
     gpu_type_id, _, cloud = offer_id.rpartition("|")
@@ -239,6 +252,7 @@ def machine_from_pod(pod: Mapping[str, Any]) -> MachineInfo:
         gpu_name=canonical_gpu_name(gpu) if gpu else None,
         image=pod.get("imageName"),
         detail=detail,
+        storage_price_per_hour=storage_price_per_hour(int(pod.get("volumeInGb") or 0), running=False),
     )
 
 
@@ -248,6 +262,7 @@ class RunPodProvider(Provider):
     supports_stop = True  # the volume (/workspace) survives; the container disk does not
     supports_self_stop = True  # each pod gets a RUNPOD_API_KEY scoped to itself
     supports_deadline = True  # terminateAfter, enforced by RunPod even while the laptop sleeps
+    reports_billing = True
 
     def __init__(
         self,
@@ -363,6 +378,24 @@ class RunPodProvider(Provider):
             "spend_usd_per_hour": number("currentSpendPerHr"),
             "spend_limit_usd": number("spendLimit"),
         }
+
+    def billing(self, since: float, until: float) -> list[dict[str, Any]]:
+        """What RunPod billed per pod between two epoch times (runpodctl's `GET /billing/pods`), one dict per
+        pod: provider_id, amount_usd, start (the first bucket's time), end (None: RunPod gives no end)."""
+        records = self._backend.billing_pods(since, until)
+        totals: dict[str, dict[str, Any]] = {}
+        for record in records:
+            pod_id = record.get("podId")
+            amount = record.get("amount")
+            if not pod_id or not isinstance(amount, (int, float)):
+                continue
+            row = totals.setdefault(str(pod_id), {"provider": "runpod", "provider_id": str(pod_id), "label": None,
+                                                  "start": None, "end": None, "amount_usd": 0.0})
+            row["amount_usd"] += float(amount)
+            started = parse_time(record.get("time"))
+            if started is not None and (row["start"] is None or started < row["start"]):
+                row["start"] = started
+        return list(totals.values())
 
     def check(self) -> str:
         """One cheap live call for `cloudsd doctor`: a short line, or CredentialsError/ProviderError."""

@@ -158,6 +158,7 @@ class RunPodBackend(Protocol):
     def stop(self, pod_id: str) -> None: ...
     def terminate(self, pod_id: str) -> None: ...
     def account(self) -> dict[str, Any]: ...
+    def billing_pods(self, since: float, until: float) -> list[dict[str, Any]]: ...
     def close(self) -> None: ...
 
 
@@ -237,6 +238,15 @@ class GraphQLBackend:
 
     def account(self) -> dict[str, Any]:
         return dict(self.call("myself", ACCOUNT, idempotent=True) or {})
+
+    def billing_pods(self, since: float, until: float) -> list[dict[str, Any]]:
+        """runpodctl's `GET /billing/pods`, grouped by pod, hourly buckets, between two epoch times."""
+        params = {"bucketSize": "hour", "grouping": "podId", "startTime": iso_utc(since), "endTime": iso_utc(until)}
+        response = self.api.request("GET", "/billing/pods", params=params, idempotent=True)
+        body = self.api.json_or_error(response, "billing")
+        if not isinstance(body, list):
+            raise ProviderError("RunPod answered the billing query with something other than a list of records.")
+        return [record for record in body if isinstance(record, dict)]
 
 
 def _graphql_error(field: str, errors: Any) -> ProviderError:

@@ -59,6 +59,7 @@ class VastProvider(Provider):
     supports_stop = True
     supports_self_stop = True  # CONTAINER_API_KEY + CONTAINER_ID inside the machine can stop/destroy it
     supports_deadline = False
+    reports_billing = True
     boot_timeout_s = 900.0  # hosts pull multi-GB images over their own links
     list_page_size = 25
     recover_settle_s = 2.0  # pause before the second label lookup after an unconfirmed create

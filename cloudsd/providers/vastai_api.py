@@ -263,7 +263,16 @@ def parse_instance(raw: Mapping[str, Any], *, fresh: bool = False) -> MachineInf
         gpu_name=canonical_gpu_name(str(gpu)) if gpu else None,
         image=raw.get("image_uuid") or None,
         detail=status_detail(raw),
+        storage_price_per_hour=storage_per_hour(raw),
     )
+
+
+def storage_per_hour(raw: Mapping[str, Any]) -> float | None:
+    """What a stopped instance bills: `storage_cost` ($/GB/month) x `disk_space` (GB) over a 730-hour month."""
+    per_gb_month, disk_gb = _float(raw.get("storage_cost")), _float(raw.get("disk_space"))
+    if per_gb_month is None or disk_gb is None:
+        return None
+    return round(per_gb_month * disk_gb / HOURS_PER_MONTH, 6)
 
 
 # -- account and billing ---------------------------------------------------------------------------------

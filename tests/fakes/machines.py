@@ -65,12 +65,19 @@ class FakeMachines:
         network: str = TEST_NETWORK,
         client: docker.DockerClient | None = None,
         mounts: list[dict[str, Any]] | None = None,
+        api_dir: str | None = None,
     ) -> None:
         self.owner = owner
         self.image = image
         self.client = client or docker.from_env()
         self.network = ensure_test_network(self.client, network)
-        self.mounts = mounts or []  # extra bind mounts, e.g. a unix socket for the on-machine watchdog
+        self.mounts = list(mounts or [])  # extra bind mounts, e.g. a unix socket for the on-machine watchdog
+        # The fake's API socket dir (machine_api.py): mounted into every machine, with a relay started in it.
+        self.api_dir = api_dir
+        if api_dir:
+            from tests.fakes.machine_api import MOUNT_DIR
+
+            self.mounts.append({"source": api_dir, "target": MOUNT_DIR, "mode": "rw"})
         self._boxes: dict[str, _Box] = {}
         self._lock = threading.Lock()
 
@@ -118,8 +125,16 @@ class FakeMachines:
                     entrypoint=box.entrypoint,
                 )
                 box.container_id = container.id
+                self._start_relay(container)
             except docker.errors.DockerException as exc:
                 box.error = str(exc)
+
+    def _start_relay(self, container: Any) -> None:
+        """Start the relay to the fake's API inside a running machine (see machine_api.py)."""
+        if self.api_dir:
+            from tests.fakes.machine_api import relay_command
+
+            container.exec_run(relay_command(), detach=True)
 
     def _volumes(self) -> dict[str, dict[str, str]]:
         return {m["source"]: {"bind": m["target"], "mode": m.get("mode", "rw")} for m in self.mounts}
@@ -133,6 +148,7 @@ class FakeMachines:
         container = self._container(machine_id)
         if container is not None:
             container.start()
+            self._start_relay(container)
 
     def remove(self, machine_id: str) -> None:
         with self._lock:

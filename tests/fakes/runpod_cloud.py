@@ -83,6 +83,7 @@ class Faults:
     never_ready: bool = False  # containers never start: runtime stays null
     create_timeout_once: bool = False  # the next create makes the pod, then answers after create_delay_s
     create_delay_s: float = 5.0
+    billing_unavailable: bool = False  # GET /billing/pods answers HTTP 500
 
 
 @dataclass
@@ -150,6 +151,8 @@ class FakeCloud:
         self.faults = Faults()
         self.pods: dict[str, FakePod] = {}
         self.lock = threading.RLock()
+        self.machine_api_url: str | None = None  # the API base a machine sees (machine_api.py), if it has one
+        self.actions: list[tuple[str, str, str]] = []  # (key scope: "account" or the pod id, mutation, pod id)
 
     # -- billing -------------------------------------------------------------------------------------
     def billed_usd(self, pod_id: str) -> float:
@@ -233,6 +236,8 @@ class FakeCloud:
         machine_env.update(
             {"RUNPOD_POD_ID": pod.id, "RUNPOD_API_KEY": pod.scoped_key, "RUNPOD_GPU_COUNT": str(gpu_count)}
         )
+        if self.machine_api_url:
+            machine_env["RUNPOD_API_BASE_URL"] = self.machine_api_url
         with self.lock:
             self.pods[pod.id] = pod
         if self.machines is not None:

@@ -24,6 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 from graphql import GraphQLError, build_schema, execute, parse, validate
 
 from tests.fakes import runpod_rest_v2
+from tests.fakes.machine_api import MACHINE_API_URL, MachineApi
 from tests.fakes.runpod_cloud import CATALOG, CloudError, FakeCloud, FakePod, Faults, GpuSpec
 
 SCHEMA = build_schema(Path(__file__).with_name("runpod_schema.graphql").read_text())
@@ -70,6 +71,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.fake._handle(self, "DELETE")
 
 
+class _UnixHandler(_Handler):
+    """The same handler on the machines' Unix socket, where TCP options do not apply."""
+
+    disable_nagle_algorithm = False
+
+
 class FakeRunPod:
     """RunPod's API on 127.0.0.1; `with FakeRunPod() as fake:` or start()/stop().
 
@@ -88,11 +95,16 @@ class FakeRunPod:
         machines: Any = None,
     ) -> None:
         self.api_key = api_key or "rpa_" + secrets.token_hex(20).upper()
+        self.machine_api: MachineApi | None = None  # the API as the pods see it (a Unix socket + relay)
         if machines is None and boot_machines:
             from tests.fakes.machines import TEST_IMAGE, FakeMachines
 
-            machines = FakeMachines(f"runpod-{secrets.token_hex(3)}", image=image or TEST_IMAGE)
+            self.machine_api = MachineApi()
+            machines = FakeMachines(f"runpod-{secrets.token_hex(3)}", image=image or TEST_IMAGE,
+                                    api_dir=self.machine_api.dir)
         self.cloud = FakeCloud(pub_key=pub_key, balance_usd=balance_usd, machines=machines)
+        if self.machine_api is not None:
+            self.cloud.machine_api_url = MACHINE_API_URL
         self.requests: list[Any] = []  # every parsed JSON body, in arrival order
         self._stopping = threading.Event()
         self._server: ThreadingHTTPServer | None = None
@@ -142,6 +154,8 @@ class FakeRunPod:
         self._server.fake = self  # type: ignore[attr-defined]
         threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
         threading.Thread(target=self._enforce_deadlines, daemon=True).start()
+        if self.machine_api is not None:
+            self.machine_api.start(_UnixHandler, fake=self)
         return self
 
     def stop(self) -> None:
@@ -151,6 +165,8 @@ class FakeRunPod:
             self._server.shutdown()
             self._server.server_close()
         self.cloud.close()
+        if self.machine_api is not None:
+            self.machine_api.stop()
 
     def __enter__(self) -> FakeRunPod:
         return self.start()
@@ -188,6 +204,8 @@ class FakeRunPod:
         if scope != ACCOUNT:
             return self._send(handler, 403, {"error": "Forbidden"})
         if url.path == "/billing/pods" and method == "GET":
+            if self.faults.billing_unavailable:
+                return self._send(handler, 500, {"error": "billing is temporarily unavailable"})
             pod_id = next(iter(parse_qs(url.query).get("podId") or []), None)
             return self._send(handler, 200, self.cloud.billing_records(pod_id))
         if url.path.startswith("/v2/"):
@@ -410,6 +428,7 @@ class FakeRunPod:
 
     def _stop(self, info: Any, input: dict[str, Any]) -> dict[str, Any]:
         pod = self._find(info, input["podId"], pod_key_ok=True)
+        self.cloud.actions.append((info.context["scope"], "podStop", pod.id))
         self.cloud.stop_pod(pod)
         return self._pod_view(pod)
 
@@ -422,7 +441,9 @@ class FakeRunPod:
         return self._pod_view(pod)
 
     def _terminate(self, info: Any, input: dict[str, Any]) -> None:
-        self.cloud.terminate_pod(self._find(info, input["podId"], pod_key_ok=True))
+        pod = self._find(info, input["podId"], pod_key_ok=True)
+        self.cloud.actions.append((info.context["scope"], "podTerminate", pod.id))
+        self.cloud.terminate_pod(pod)
 
 
 def _lowest_price(gpu: GpuSpec, filters: dict[str, Any]) -> dict[str, Any]:

@@ -337,6 +337,8 @@ class VastRoutes:
         }
 
     def _charge_rows(self: Any, since: float, until: float | None) -> list[dict[str, Any]]:
+        if self.faults.billing_unavailable:
+            raise ApiError(500, "server_error", "billing is temporarily unavailable")
         rows = []
         with self._lock:
             instances = sorted(self._instances.values(), key=lambda i: i.id)

@@ -27,6 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from .machine_api import MACHINE_API_URL, MachineApi
 from .machines import TEST_IMAGE, FakeMachines
 from .vast_catalog import default_catalog
 from .vast_routes import OCI_FAILURE, ROUTES, ApiError, VastInstance, VastRoutes
@@ -47,6 +48,7 @@ class VastFaults:
     never_ready: bool = False  # new instances stay `loading` forever (no container is started)
     oci_failure: bool = False  # new instances end `exited` with an "OCI runtime create failed" status_msg
     search_quota_exceeded: bool = False  # searches answer the daily-quota 429 (JSON) until switched off
+    billing_unavailable: bool = False  # charges and invoices answer HTTP 500
 
 
 @dataclass
@@ -114,6 +116,8 @@ class FakeVast(VastRoutes):
         self._results: dict[str, tuple[str, int, str]] = {}
         self._lock = threading.RLock()
         self._machines_obj = machines
+        # The API as the instances see it (a Unix socket + a relay in each machine), unless machines are injected.
+        self.machine_api: MachineApi | None = MachineApi() if machines is None else None
         self._server: ThreadingHTTPServer | None = None
         self.base_url = ""
 
@@ -130,6 +134,8 @@ class FakeVast(VastRoutes):
         self._server = server
         self.base_url = f"http://127.0.0.1:{server.server_address[1]}"
         threading.Thread(target=server.serve_forever, args=(0.05,), name="fake-vast", daemon=True).start()
+        if self.machine_api is not None:
+            self.machine_api.start(Handler)
         return self
 
     def stop(self) -> None:
@@ -140,6 +146,9 @@ class FakeVast(VastRoutes):
             self._server = None
         if self._machines_obj is not None:
             self._machines_obj.remove_all()
+        if self.machine_api is not None:
+            self.machine_api.stop()
+            self.machine_api = None
 
     def __enter__(self) -> FakeVast:
         return self.start()
@@ -151,7 +160,8 @@ class FakeVast(VastRoutes):
     def machines(self) -> FakeMachines:
         """The container backend, made on first use (so searches and listings need no Docker)."""
         if self._machines_obj is None:
-            self._machines_obj = FakeMachines(self.owner, image=self.image)
+            self._machines_obj = FakeMachines(self.owner, image=self.image,
+                                              api_dir=self.machine_api.dir if self.machine_api else None)
         return self._machines_obj
 
     # -- what tests read -----------------------------------------------------------------------------
@@ -233,6 +243,8 @@ class FakeVast(VastRoutes):
             VAST_CONTAINERLABEL=f"C.{inst.id}",
             VAST_TCP_PORT_22=str(inst.host_port),
         )
+        if self.machine_api is not None:
+            env["VAST_URL"] = MACHINE_API_URL  # the relay to this fake inside the machine
         entrypoint = None  # runtype "args": the image's own entrypoint runs
         if "ssh" in inst.runtype or "jupyter" in inst.runtype:
             entrypoint = ["/bin/sh", "-c", ssh_init_script(inst.ssh_keys, inst.onstart)]

@@ -1,0 +1,79 @@
+"""One cloudsd sync operation in a process of its own, as `cloudsd sync` runs: prints one JSON line.
+
+    python benchmarks/sync_client.py push|pull|fetch --ssh 127.0.0.1:PORT --key KEY [--host-key K] ...
+
+`seconds` covers the SSH connect (as scp's time does) and the whole operation; `connect_s` is the connect.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("op", choices=("push", "pull", "fetch"))
+    parser.add_argument("--ssh", required=True)
+    parser.add_argument("--key", required=True)
+    parser.add_argument("--host-key", default=None)
+    parser.add_argument("--source", help="push: the local folder")
+    parser.add_argument("--output-dir", help="pull: the folder under the UI's data dir to pull")
+    parser.add_argument("--dest", help="pull: where to")
+    parser.add_argument("--url", help="fetch: the URL")
+    parser.add_argument("--sha256", help="fetch: the file's sha256")
+    parser.add_argument("--remote", help="fetch: where it goes on the machine")
+    args = parser.parse_args(argv)
+
+    started = time.perf_counter()
+    from cloudsd.models import SSHEndpoint
+    from cloudsd.ssh import connect
+    from cloudsd.ui import profile
+
+    imported = time.perf_counter()
+    host, port = args.ssh.rsplit(":", 1)
+    connection = connect(SSHEndpoint(host, int(port)), Path(args.key), args.host_key, deadline_s=30)
+    connected = time.perf_counter()
+    ui = profile("a1111")
+    result: dict[str, object] = {}
+    if args.op == "push":
+        from cloudsd.sync.manifest import ModelRequest
+        from cloudsd.sync.models import push_models
+
+        summary = push_models(connection, ui, [ModelRequest(args.source)])
+        outcomes = sorted({r.outcome for r in summary.results})
+        result = {"outcomes": outcomes, "files": len(summary.results), "bytes": summary.bytes_sent,
+                  "agent_runs": summary.agent_runs, "failed": [r.message for r in summary.failed]}
+    elif args.op == "pull":
+        from cloudsd.sync.outputs import pull_outputs
+
+        pulled = pull_outputs(connection, replace(ui, output_dir=args.output_dir), Path(args.dest))
+        result = {"files": len(pulled.pulled), "bytes": pulled.bytes_pulled, "problems": pulled.problems,
+                  "agent_runs": pulled.agent_runs}
+    else:
+        from cloudsd.sync.agent import Agent, state_dir_for
+
+        agent = Agent(connection, state_dir_for(ui))
+        serve = agent.serve()
+        serve.request("index", files=[])  # the agent is there and running: time the download alone
+        fetch_started = time.perf_counter()
+        reply = serve.request("fetch", items=[{"path": args.remote, "url": args.url, "sha256": args.sha256,
+                                               "identity": args.url}], parallel=1)
+        result = {"fetch_s": time.perf_counter() - fetch_started, "reply": reply["files"][args.remote]}
+        serve.close()
+    done = time.perf_counter()
+    connection.close()
+    print(json.dumps({"seconds": done - imported, "connect_s": connected - imported, "import_s": imported - started,
+                      **result}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

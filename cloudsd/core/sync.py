@@ -1,0 +1,117 @@
+"""Sync for a machine in the ledger: which machine, connect, push models or pull outputs, record it.
+
+`down` calls `save_outputs` before destroying, and `up` sizes the disk with `disk_gb_for`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+from cloudsd.errors import CloudsdError, MachineNotFound, SyncError
+from cloudsd.ledger import Ledger, MachineRecord
+from cloudsd.sync.kinds import is_model_file
+from cloudsd.sync.manifest import ModelRequest
+from cloudsd.sync.models import PushSummary
+from cloudsd.sync.outputs import PullSummary
+from cloudsd.sync.progress import Progress
+from cloudsd.ui import profile
+
+OUTPUTS_FOLDER = "cloudsd-outputs"
+CONNECT_DEADLINE_S = 30.0
+# What a model of each kind takes when nothing says its size (fp16 SD 1.x checkpoint, typical LoRA, …).
+KIND_BYTES = {"checkpoint": 4_300_000_000, "lora": 200_000_000, "vae": 335_000_000, "embedding": 1_000_000,
+              "controlnet": 1_450_000_000, "upscaler": 70_000_000}
+HEADROOM_GB = 20  # the web UI's caches, outputs, a model being replaced
+
+
+def default_outputs_dir(name: str) -> Path:
+    """./cloudsd-outputs/<name>/ in the current folder."""
+    return Path.cwd() / OUTPUTS_FOLDER / name
+
+
+def choose_machine(ledger: Ledger, args: list[str]) -> tuple[str, list[str]]:
+    """(machine name, the rest of `args`): the first argument when it names a running machine, else the only
+    running machine. Several running and none named, or none running: CloudsdError saying what to do."""
+    active = [r for r in ledger.machines(active_only=True)]
+    names = sorted({r.name for r in active})
+    if args and args[0] in names:
+        return args[0], args[1:]
+    if args and not Path(args[0]).exists() and ":" not in args[0]:
+        record = ledger.find(args[0])
+        if record is not None:
+            raise CloudsdError(f"machine {args[0]!r} is {record.status}.", hint="`cloudsd status` lists the machines.")
+    if len(names) == 1:
+        return names[0], args
+    if not names:
+        raise MachineNotFound("no machine is running.", hint="Start one with `cloudsd up`.")
+    raise CloudsdError(f"{len(names)} machines are running ({', '.join(names)}): name one.",
+                       hint=f"For example `cloudsd sync models {names[0]} PATH`.")
+
+
+def running_record(ledger: Ledger, name: str) -> MachineRecord:
+    record = ledger.get(name)
+    if record.status != "running" or not record.ssh_host:
+        raise CloudsdError(f"machine {name!r} is {record.status}, not running.",
+                           hint="`cloudsd status` shows its state; `cloudsd up` starts a new one.")
+    return record
+
+
+def sync_models(ledger: Ledger, name: str, requests: list[ModelRequest], progress: Progress) -> PushSummary:
+    from cloudsd.core.deploy import reconnect_record
+    from cloudsd.sync.models import push_models
+
+    record = running_record(ledger, name)
+    with reconnect_record(record, deadline_s=CONNECT_DEADLINE_S) as connection:
+        summary = push_models(connection, profile(record.ui or "a1111"), requests, progress=progress)
+    ledger.event(name, "models-synced", {"results": [[r.remote, r.outcome, r.short_hash] for r in summary.results]})
+    return summary
+
+
+def sync_outputs(ledger: Ledger, name: str, dest: Path, progress: Progress) -> PullSummary:
+    return pull_record_outputs(ledger, running_record(ledger, name), dest, progress)
+
+
+def pull_record_outputs(ledger: Ledger, record: MachineRecord, dest: Path, progress: Progress) -> PullSummary:
+    from cloudsd.core.deploy import reconnect_record
+    from cloudsd.sync.outputs import pull_outputs
+
+    with reconnect_record(record, deadline_s=CONNECT_DEADLINE_S) as connection:
+        summary = pull_outputs(connection, profile(record.ui or "a1111"), dest, progress=progress)
+    ledger.event(record.name, "outputs-pulled", {"dest": str(summary.dest), "pulled": len(summary.pulled),
+                                                 "problems": summary.problems})
+    return summary
+
+
+def save_outputs(ledger: Ledger, record: MachineRecord, dest: Path) -> PullSummary:
+    """Pull and verify every output before the machine is destroyed; SyncError if any could not be saved."""
+    from cloudsd.sync.progress import NullProgress
+
+    try:
+        summary = pull_record_outputs(ledger, record, dest, NullProgress())
+    except CloudsdError as exc:
+        raise SyncError(str(exc)) from None
+    if summary.problems:
+        raise SyncError(f"{len(summary.problems)} output(s) could not be saved: {'; '.join(summary.problems[:3])}")
+    return summary
+
+
+def disk_gb_for(requests: list[ModelRequest]) -> tuple[int, list[str]]:
+    """Disk (GB) for a machine that will hold these models, plus headroom; and notes on guessed sizes."""
+    total, notes = 0, []
+    for request in requests:
+        if request.is_ref:
+            size = request.size
+            if size is None:
+                size = KIND_BYTES.get(request.kind or "checkpoint", KIND_BYTES["checkpoint"])
+                notes.append(f"{request.label}: size unknown before renting, counted as {size / 1e9:.1f} GB")
+            total += size
+            continue
+        path = Path(request.source).expanduser()
+        if path.is_file():
+            total += path.stat().st_size
+        elif path.is_dir():
+            for dirpath, _, filenames in os.walk(path):
+                total += sum(os.path.getsize(os.path.join(dirpath, f)) for f in filenames if is_model_file(f))
+    return math.ceil(total * 1.1 / 1e9) + HEADROOM_GB, notes

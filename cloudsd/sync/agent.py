@@ -1,0 +1,245 @@
+"""The agent on the machine, seen from the laptop: built into one zip file, uploaded when missing, run as
+`serve` (requests and replies, one JSON line each) and as `recv`/`send` data streams.
+
+A sync with nothing to do costs one `exec`: the `serve` command line itself checks that the agent of this
+version is there (`test -f … || exit 97`), so a missing agent is found by the first request, not by an
+extra round trip; it is then uploaded (one more exec) and the request sent again.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import json
+import posixpath
+import queue
+import shlex
+import threading
+import time
+import zipfile
+from collections.abc import Callable
+from importlib import resources
+from typing import Any
+
+import paramiko
+
+from cloudsd.errors import SyncError
+from cloudsd.ssh import WINDOW_BYTES, Connection
+from cloudsd.ui import UIProfile
+
+AGENT_PACKAGE = "cloudsd.remote.agent"
+ZIP_PACKAGE = "cloudsd_agent"
+ZIP_MAIN = b"import sys\nfrom cloudsd_agent.main import main\nsys.exit(main(sys.argv))\n"
+MISSING = 97
+RESUME_HINT = "Run the same command again: verified files stay, and big files resume where they stopped."
+
+
+@functools.lru_cache(maxsize=1)
+def build_agent() -> tuple[bytes, str]:
+    """The agent as one zip file `python3` runs, and its name (`agent-<sha256 prefix>.pyz`). The bytes
+    depend only on the sources, so the name changes exactly when the agent does."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zf:
+        def add(name: str, data: bytes) -> None:
+            info = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, data)
+
+        add("__main__.py", ZIP_MAIN)
+        for entry in sorted(resources.files(AGENT_PACKAGE).iterdir(), key=lambda e: e.name):
+            if entry.name.endswith(".py"):
+                add(f"{ZIP_PACKAGE}/{entry.name}", entry.read_bytes())
+    data = out.getvalue()
+    return data, f"agent-{hashlib.sha256(data).hexdigest()[:16]}.pyz"
+
+
+def state_dir_for(ui: UIProfile) -> str:
+    """Where the agent and its digest index live: beside the UI's data folder (/workspace/.cloudsd)."""
+    return posixpath.join(posixpath.dirname(ui.data_dir.rstrip("/")), ".cloudsd")
+
+
+class AgentFailure(SyncError):
+    """The agent answered a request with a failure; `kind` says which (disk-full, hash-mismatch, …)."""
+
+    def __init__(self, reply: dict[str, Any]) -> None:
+        super().__init__(str(reply.get("message") or reply.get("kind") or "the agent failed"))
+        self.kind = str(reply.get("kind") or "")
+        self.reply = reply
+
+
+def lost_connection(exc: BaseException | None = None) -> SyncError:
+    why = f" ({exc})" if exc and str(exc) else ""
+    return SyncError(f"the SSH connection to the machine dropped during the sync{why}.", hint=RESUME_HINT)
+
+
+class _Missing(Exception):
+    """The agent of this version is not on the machine yet."""
+
+
+class Agent:
+    """The agent on one machine, reached over one SSH connection."""
+
+    def __init__(self, connection: Connection, state_dir: str) -> None:
+        self.connection = connection
+        self.state_dir = state_dir
+        self.data, self.name = build_agent()
+        self.path = posixpath.join(state_dir, self.name)
+        self.execs = 0  # agent runs started: tests and benchmarks count round trips with it
+        self.rtt_s: float | None = None  # one channel-open round trip, measured on the first open
+
+    def command(self, job: str) -> str:
+        path = shlex.quote(self.path)
+        return f"test -f {path} || exit {MISSING}; exec python3 -I {path} {job}"
+
+    def open(self, job: str, *, window: int = WINDOW_BYTES, max_packet: int | None = None) -> paramiko.Channel:
+        try:
+            started = time.perf_counter()
+            channel = self.connection.transport.open_session(window_size=window, max_packet_size=max_packet,
+                                                             timeout=60)
+            if self.rtt_s is None:
+                self.rtt_s = time.perf_counter() - started
+            channel.exec_command(self.command(job))
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise lost_connection(exc) from None
+        self.execs += 1
+        return channel
+
+    def upload(self) -> None:
+        folder, tmp = shlex.quote(self.state_dir), shlex.quote(self.path + ".tmp")
+        command = (f"mkdir -p {folder} && cat > {tmp} && mv -f {tmp} {shlex.quote(self.path)} && "
+                   f"find {folder} -maxdepth 1 -name 'agent-*.pyz' ! -name {shlex.quote(self.name)} -delete")
+        status, _, err = self.connection.run(command, stdin=self.data, timeout_s=120)
+        self.execs += 1
+        if status != 0:
+            raise SyncError(f"could not put cloudsd's agent into {self.state_dir} on the machine "
+                            f"({err.strip() or f'exit {status}'}).")
+
+    def serve(self, on_event: Callable[[dict[str, Any]], None] | None = None) -> Serve:
+        """A `serve` session whose first request uploads the agent if it is missing."""
+        return Serve(self, on_event)
+
+
+class Serve:
+    """Requests to the agent's `serve`, one JSON line each, answered in order by id."""
+
+    def __init__(self, agent: Agent, on_event: Callable[[dict[str, Any]], None] | None) -> None:
+        self.agent = agent
+        self.on_event = on_event
+        self.channel: paramiko.Channel | None = None
+        self._ids = 0
+        self._replies: dict[int, queue.Queue[dict[str, Any] | None]] = {}
+        self._lock = threading.Lock()
+        self._reader: threading.Thread | None = None
+        self._closed = threading.Event()
+        self._send_lock = threading.Lock()  # `ready` notes come from several threads
+
+    def _start(self) -> None:
+        self.channel = self.agent.open("serve")
+        self._closed.clear()
+        self._reader = threading.Thread(target=self._read, name="cloudsd-agent-serve", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.channel is not None
+        buf = b""
+        try:
+            while True:
+                data = self.channel.recv(WINDOW_BYTES)
+                if not data:
+                    break
+                buf += data
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    self._dispatch(json.loads(line))
+        except (OSError, paramiko.SSHException, EOFError, ValueError):
+            pass
+        finally:
+            self._closed.set()
+            with self._lock:
+                for waiting in self._replies.values():
+                    waiting.put(None)
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        if "id" in message:
+            with self._lock:
+                waiting = self._replies.get(message["id"])
+            if waiting is not None:
+                waiting.put(message)
+        elif self.on_event is not None and "event" in message:
+            self.on_event(message)
+
+    def request(self, op: str, **fields: Any) -> dict[str, Any]:
+        """Send one request and wait for its reply; AgentFailure if the agent reports one."""
+        for attempt in (1, 2):
+            if self.channel is None:
+                self._start()
+            try:
+                return self._request(op, fields)
+            except _Missing:
+                if attempt == 2:
+                    break
+                self.channel = None
+                self.agent.upload()
+        raise SyncError("cloudsd's agent would not start on the machine.")
+
+    def _request(self, op: str, fields: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            self._ids += 1
+            rid = self._ids
+            waiting: queue.Queue[dict[str, Any] | None] = queue.Queue()
+            self._replies[rid] = waiting
+        try:
+            self._send({"op": op, "id": rid, **fields})
+            reply = waiting.get()
+        finally:
+            with self._lock:
+                self._replies.pop(rid, None)
+        if reply is None:
+            raise self._gone()
+        if not reply.get("ok"):
+            raise AgentFailure(reply)
+        return reply
+
+    def notify(self, op: str, **fields: Any) -> None:
+        """A request without a reply (`ready`)."""
+        self._send({"op": op, **fields})
+
+    def _send(self, message: dict[str, Any]) -> None:
+        assert self.channel is not None
+        try:
+            with self._send_lock:
+                self.channel.sendall(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            if self._closed.is_set():
+                raise self._gone() from None
+            raise lost_connection(exc) from None
+
+    def _gone(self) -> Exception:
+        """Why the agent's channel closed: not installed, no python3, a crash, or SSH gone."""
+        assert self.channel is not None
+        channel = self.channel
+        if not self.agent.connection.active:
+            return lost_connection()
+        channel.status_event.wait(10)  # the exit status may trail the end of output a little
+        status = channel.exit_status if channel.exit_status_ready() else -1
+        err = b""
+        while channel.recv_stderr_ready():
+            err += channel.recv_stderr(65536)
+        if status == MISSING:
+            return _Missing()
+        text = err.decode(errors="replace").strip()
+        if status == 127:
+            return SyncError("the machine has no python3, which cloudsd's agent needs.",
+                             hint="cloudsd's images have it; install python3 in a foreign image.")
+        return SyncError(f"cloudsd's agent on the machine stopped (exit {status}): {text[-500:] or 'no message'}")
+
+    def close(self) -> None:
+        if self.channel is not None and not self._closed.is_set():
+            try:
+                self._send({"op": "quit"})
+                self.channel.shutdown_write()
+            except SyncError:
+                pass
+            self._closed.wait(10)
+            self.channel.close()

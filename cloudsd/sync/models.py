@@ -1,0 +1,275 @@
+"""`push_models`: the user's models on the machine, in the web UI's folders, each verified by sha256.
+
+One `serve` session on the machine carries the whole sync: resolve references, look at what is there (one
+request: sizes, cached digests, partial files, free disk), decide (`plan`), check the disk, send, commit
+(verify and rename), fetch what the machine downloads itself, and tell the UI to rescan. When nothing
+changed, that is one exec and one request.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from cloudsd.errors import SyncError
+from cloudsd.ssh import Connection
+from cloudsd.sync.agent import Agent, AgentFailure, state_dir_for
+from cloudsd.sync.collect import LocalModel, RefModel, apply_resolved, expand_local, source_failure
+from cloudsd.sync.hashcache import HashCache
+from cloudsd.sync.manifest import ModelRequest
+from cloudsd.sync.plan import SPLIT_BYTES, LocalFile, PushAction, RemoteFile, plan_push
+from cloudsd.sync.progress import NullProgress, Progress
+from cloudsd.sync.push import Pusher, PushJob
+from cloudsd.sync.sources import Endpoints, parse_ref
+from cloudsd.ui import UIProfile
+
+FETCH_PARALLEL = 3
+
+
+@dataclass(frozen=True)
+class ModelResult:
+    label: str
+    kind: str
+    remote: str
+    size: int | None
+    sha256: str | None
+    outcome: str  # present | sent | resumed | fetched | failed
+    message: str = ""
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.remote) if self.remote else self.label
+
+    @property
+    def short_hash(self) -> str:
+        """The first 10 hex digits of the sha256: what A1111 shows as `name [abcdef0123]` (and Civitai's AutoV2)."""
+        return self.sha256[:10] if self.sha256 else ""
+
+
+@dataclass
+class PushSummary:
+    results: list[ModelResult] = field(default_factory=list)
+    bytes_sent: int = 0
+    seconds: float = 0.0
+    agent_runs: int = 0
+    refresh: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[ModelResult]:
+        return [r for r in self.results if r.outcome == "failed"]
+
+
+def push_models(connection: Connection, ui: UIProfile, requests: list[ModelRequest], *,
+                progress: Progress | None = None, endpoints: Endpoints | None = None) -> PushSummary:
+    """Put every requested model on the machine; failures of single models are in the summary, a dropped
+    connection or a full disk raise SyncError (after which a new run resumes)."""
+    started = time.monotonic()
+    progress = progress or NullProgress()
+    endpoints = endpoints or Endpoints.from_env()
+    hashes = HashCache()
+    try:
+        refs = [RefModel(r, parse_ref(r.source)) for r in requests if r.is_ref]  # bad references fail first
+        local = [m for r in requests if not r.is_ref for m in expand_local(ui, r, hashes)]
+        _no_collisions(local)
+        agent = Agent(connection, state_dir_for(ui))
+        run = _Run(agent, ui, progress, endpoints, hashes)
+        try:
+            summary = run.go(local, refs)
+        finally:
+            run.serve.close()
+        summary.agent_runs = agent.execs
+        summary.seconds = time.monotonic() - started
+        return summary
+    finally:
+        hashes.close()
+
+
+def _no_collisions(local: list[LocalModel]) -> None:
+    seen: dict[str, str] = {}
+    for model in local:
+        other = seen.setdefault(model.file.remote, model.file.path)
+        if other != model.file.path:
+            raise SyncError(f"{other} and {model.file.path} would both become {model.file.remote}.",
+                            hint="Rename one, or sync them separately with another --kind.")
+
+
+class _Run:
+    def __init__(self, agent: Agent, ui: UIProfile, progress: Progress, endpoints: Endpoints,
+                 hashes: HashCache) -> None:
+        self.agent, self.ui, self.progress, self.endpoints, self.hashes = agent, ui, progress, endpoints, hashes
+        self.serve = agent.serve(on_event=self._event)
+        self.summary = PushSummary()
+        self._fetch_keys: dict[str, tuple[str, int]] = {}
+
+    def go(self, local: list[LocalModel], refs: list[RefModel]) -> PushSummary:
+        if refs:
+            sources = [{"source": m.ref.source(self.endpoints), "token": m.ref.token(self.endpoints)} for m in refs]
+            replies = self.serve.request("resolve", refs=sources)["refs"]
+            for model, reply in zip(refs, replies, strict=True):
+                apply_resolved(self.ui, model, reply, self.endpoints)
+        failed = [m for m in refs if m.failure]
+        refs = [m for m in refs if not m.failure]
+        for model in failed:
+            self._result(model.label, model.kind or "?", "", None, None, "failed", model.failure or "")
+        folders = sorted({posixpath.dirname(m.file.remote) for m in local} | {posixpath.dirname(m.remote) for m in refs})
+        index = self.serve.request("index", free=folders, files=[
+            {"path": m.file.remote, "size": m.file.size} for m in local] + [
+            {"path": m.remote, "size": m.size, "hash": True} for m in refs])
+        remote = {e["path"]: RemoteFile.from_index(e) for e in index["files"]}
+        actions = self._plan(local, remote)
+        fetches = [m for m in refs if not self._ref_present(m, remote[m.remote])]
+        self._check_disk(actions, fetches, remote, index["free"])
+        self._push(actions)
+        if fetches:
+            self._fetch(fetches, remote)
+        changed = any(r.outcome in ("sent", "resumed", "fetched") for r in self.summary.results)
+        if changed and self.ui.refresh_calls:
+            reply = self.serve.request("refresh", port=self.ui.internal_port, paths=list(self.ui.refresh_calls))
+            self.summary.refresh = reply["statuses"]
+        return self.summary
+
+    # -- deciding -----------------------------------------------------------------------------------------
+    def _plan(self, local: list[LocalModel], remote: dict[str, RemoteFile]) -> list[tuple[LocalModel, PushAction]]:
+        actions = plan_push([m.file for m in local], remote)
+        if any(a.action == "hash" for a in actions):  # same size there: is it the same file?
+            files = [m.file if m.file.sha256 else _with_sha(m, self.hashes.sha256(Path(m.file.path))) for m in local]
+            local = [LocalModel(m.request, m.kind, f, m.stat) for m, f in zip(local, files, strict=True)]
+            actions = plan_push(files, remote)
+        pairs = list(zip(local, actions, strict=True))
+        for model, action in pairs:
+            if action.action == "skip":
+                sha256 = remote[model.file.remote].sha256
+                problem = _mismatch(model, sha256)
+                self._local_result(model, "failed" if problem else "present", sha256, problem)
+        return [(m, a) for m, a in pairs if a.action != "skip"]
+
+    def _ref_present(self, model: RefModel, there: RemoteFile) -> bool:
+        if there.size is None or (model.size is not None and there.size != model.size):
+            return False
+        if model.sha256 and there.sha256 != model.sha256:
+            return False
+        self._result(model.label, model.kind or "?", model.remote, there.size, there.sha256, "present",
+                     "" if model.sha256 else "no known sha256 to check it against")
+        return True
+
+    def _check_disk(self, actions: list[tuple[LocalModel, PushAction]], fetches: list[RefModel],
+                    remote: dict[str, RemoteFile], disks: dict[str, dict[str, int]]) -> None:
+        """Stop before sending anything when the files would not fit, per disk."""
+        need: dict[int, int] = {}
+        where: dict[int, str] = {}
+        for path, size in [(m.file.remote, m.file.size - a.start) for m, a in actions] + [
+                (m.remote, (m.size or m.size_hint or 0) - (remote[m.remote].partial_size or 0)) for m in fetches]:
+            disk = disks[posixpath.dirname(path)]
+            need[disk["dev"]] = need.get(disk["dev"], 0) + max(0, size)
+            where.setdefault(disk["dev"], posixpath.dirname(path))
+        for dev, wanted in need.items():
+            free = disks[where[dev]]["free"]
+            if wanted > free:
+                raise SyncError(
+                    f"the models do not fit on the machine: they need {_gb(wanted)}, and the disk holding "
+                    f"{where[dev]} has {_gb(free)} free. Nothing was sent.",
+                    hint="Start a machine with a bigger disk (`cloudsd up --disk N`), or sync fewer models.")
+
+    # -- sending ------------------------------------------------------------------------------------------
+    def _push(self, actions: list[tuple[LocalModel, PushAction]], retry: bool = True) -> None:
+        if not actions:
+            return
+        jobs = [PushJob(i, m.file.key, Path(m.file.path), m.file.remote, m.file.size, m.file.mtime_ns,
+                        m.file.size >= SPLIT_BYTES, a.start, m.file.identity) for i, (m, a) in enumerate(actions)]
+        self.progress.begin(len(jobs), sum(j.size - j.start for j in jobs))
+        try:
+            Pusher(self.agent, self.serve, self.progress).push(jobs)
+        except AgentFailure as exc:
+            if exc.kind == "disk-full":
+                self.serve.request("abort", paths=[j.final for j in jobs])
+                raise SyncError(f"the machine's disk filled up ({exc}); the partly sent files were removed.",
+                                hint="Start a machine with a bigger disk (`cloudsd up --disk N`), or free space.") from None
+            raise
+        self.summary.bytes_sent += sum(j.size - j.start for j in jobs)
+        commits, models = [], {j.final: (m, a, j) for (m, a), j in zip(actions, jobs, strict=True)}
+        for model, _, job in models.values():
+            problem = _mismatch(model, job.sha256)
+            if problem:
+                self.serve.request("abort", paths=[job.final])
+                self._local_result(model, "failed", job.sha256, problem)
+                continue
+            commits.append({"path": job.final, "size": job.size, "sha256": job.sha256, "mtime_ns": job.mtime_ns,
+                            "written_sha256": job.written_sha256})
+        again, known = [], []
+        for reply in self.serve.request("commit", files=commits)["files"]:
+            model, action, job = models[reply["path"]]
+            if reply.get("ok"):
+                known.append((job.local, model.stat, str(job.sha256)))
+                self._local_result(model, "resumed" if job.start else "sent", job.sha256)
+                self.progress.finish(job.key, "verified")
+            elif reply.get("kind") == "hash-mismatch" and job.start and retry:
+                self.progress.note(f"{job.key}: the resumed part did not match; sending it again whole")
+                again.append((model, PushAction(model.file, "send")))
+            else:
+                self._local_result(model, "failed", job.sha256, f"{model.file.key}: {reply.get('message')}")
+                self.progress.finish(job.key, "failed")
+        self.hashes.put_many(known)
+        self._push(again, retry=False)
+
+    def _fetch(self, fetches: list[RefModel], remote: dict[str, RemoteFile]) -> None:
+        self.progress.begin(len(fetches), sum(m.size or m.size_hint or 0 for m in fetches))
+        items = []
+        for model in fetches:
+            self._fetch_keys[model.remote] = (model.label, remote[model.remote].partial_size or 0)
+            self.progress.file(model.label, model.label, model.size or model.size_hint or 0,
+                               remote[model.remote].partial_size or 0)
+            items.append({"path": model.remote, "url": model.url, "sha256": model.sha256, "size": model.size,
+                          "short_hash": model.request.short_hash,
+                          "token": model.ref.token(self.endpoints),
+                          "identity": f"{model.ref.text} {model.sha256 or model.url}"})
+        replies = self.serve.request("fetch", items=items, parallel=FETCH_PARALLEL)["files"]
+        for model in fetches:
+            reply = replies[model.remote]
+            if reply.get("ok"):
+                self._result(model.label, model.kind or "?", model.remote, reply.get("size"), reply.get("sha256"),
+                             "fetched", "" if model.sha256 else "no known sha256: recorded, not checked")
+                self.progress.finish(model.label, "verified" if model.sha256 else "fetched")
+            else:
+                if reply.get("kind") == "disk-full":
+                    self.summary.notes.append("the machine's disk is full: start one with a bigger --disk")
+                self._result(model.label, model.kind or "?", model.remote, model.size, None, "failed",
+                             source_failure(model, reply, self.endpoints))
+                self.progress.finish(model.label, "failed")
+
+    def _event(self, event: dict[str, Any]) -> None:
+        if event.get("event") == "progress" and event.get("path") in self._fetch_keys:
+            key, seen = self._fetch_keys[event["path"]]
+            done = int(event.get("done") or 0)
+            if done > seen:
+                self.progress.advance(key, done - seen)
+                self._fetch_keys[event["path"]] = (key, done)
+
+    # -- results ------------------------------------------------------------------------------------------
+    def _local_result(self, model: LocalModel, outcome: str, sha256: str | None, message: str = "") -> None:
+        self._result(model.file.key, model.kind, model.file.remote, model.file.size, sha256, outcome, message)
+
+    def _result(self, label: str, kind: str, remote: str, size: int | None, sha256: str | None, outcome: str,
+                message: str = "") -> None:
+        self.summary.results.append(ModelResult(label, kind, remote, size, sha256, outcome, message))
+
+
+def _with_sha(model: LocalModel, sha256: str) -> LocalFile:
+    return replace(model.file, sha256=sha256)
+
+
+def _mismatch(model: LocalModel, sha256: str | None) -> str:
+    """Why a local file is not the one its manifest entry names ('' when it is)."""
+    want, short = model.request.sha256, model.request.short_hash
+    if sha256 and want and sha256 != want:
+        return f"{model.file.key}: its sha256 is {sha256}, the manifest says {want}; not installed."
+    if sha256 and short and not sha256.startswith(short):
+        return f"{model.file.key}: its short hash is {sha256[:10]}, the manifest says {short}; not installed."
+    return ""
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 10**8 else f"{n / 1e6:.1f} MB"

@@ -1,0 +1,188 @@
+"""`pull_outputs`: the web UI's new and changed images, home, verified, never overwriting anything.
+
+DEST keeps the UI's subfolders (`txt2img-images/2026-11-29/00001-123.png`). DEST/.cloudsd/pulled.json records
+what came down (by the name, size and mtime it had on the machine), so a file is pulled once and only once,
+even after its local copy was moved away. A remote name that could write outside DEST is refused. A local
+file of the same name and the same content is kept as is; one that differs is never overwritten: the
+incoming copy gets `name (1).png`. Files arrive in DEST/.cloudsd/partial and are linked into place only
+after every byte range matched the machine's sha256.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import posixpath
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cloudsd.errors import SyncError
+from cloudsd.ssh import Connection
+from cloudsd.sync.agent import Agent, state_dir_for
+from cloudsd.sync.hashcache import HashCache
+from cloudsd.sync.plan import LocalOutput, PullAction, Pulled, RemoteOutput, conflict_name, plan_pull
+from cloudsd.sync.progress import NullProgress, Progress
+from cloudsd.sync.pull import Puller, PullJob
+from cloudsd.ui import UIProfile
+
+STATE = ".cloudsd"
+RECORD = "pulled.json"
+
+
+@dataclass
+class PullSummary:
+    dest: Path
+    pulled: list[tuple[str, str]] = field(default_factory=list)  # (name on the machine, local name)
+    renamed: list[tuple[str, str]] = field(default_factory=list)  # the ones that got a new name
+    already: int = 0  # pulled by an earlier run
+    same: int = 0  # a local file of that name has the same content
+    problems: list[str] = field(default_factory=list)
+    bytes_pulled: int = 0
+    seconds: float = 0.0
+    agent_runs: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def pull_outputs(connection: Connection, ui: UIProfile, dest: Path, *,
+                 progress: Progress | None = None) -> PullSummary:
+    started = time.monotonic()
+    progress = progress or NullProgress()
+    dest = dest.expanduser().absolute()
+    summary = PullSummary(dest)
+    record = _load_record(dest)
+    local = _scan(dest)
+    agent = Agent(connection, state_dir_for(ui))
+    serve = agent.serve()
+    try:
+        reply = serve.request("outputs", root=posixpath.join(ui.data_dir, ui.output_dir),
+                              known={rel: [p.size, p.mtime_ns] for rel, p in record.items()},
+                              local={rel: o.size for rel, o in local.items()})
+    finally:
+        serve.close()
+    outputs = [RemoteOutput(f["rel"], f["size"], f["mtime_ns"], f.get("sha256")) for f in reply["files"]]
+    actions = plan_pull(outputs, record, local)
+    if any(a.action == "hash" for a in actions):
+        hashes = HashCache()
+        try:
+            for action in actions:
+                if action.action == "hash":
+                    local[action.target] = LocalOutput(local[action.target].size,
+                                                       hashes.sha256(dest / action.target))
+        finally:
+            hashes.close()
+        actions = plan_pull(outputs, record, local)
+    for action in actions:
+        out = action.output
+        if action.action == "skip":
+            summary.already += 1
+        elif action.action == "same":
+            summary.same += 1
+            record[out.rel] = Pulled(out.size, out.mtime_ns, action.target)
+        elif action.action == "unsafe":
+            summary.problems.append(f"{out.rel!r}: refused, the name would write outside {dest}")
+    pulls = [a for a in actions if a.action == "pull"]
+    if pulls:
+        _pull(agent, ui, dest, pulls, record, summary, progress)
+    if pulls or summary.same:
+        _save_record(dest, record)
+    summary.seconds = time.monotonic() - started
+    summary.agent_runs = agent.execs
+    return summary
+
+
+def _pull(agent: Agent, ui: UIProfile, dest: Path, pulls: list[PullAction], record: dict[str, Pulled],
+          summary: PullSummary, progress: Progress) -> None:
+    partials = dest / STATE / "partial"
+    try:
+        shutil.rmtree(partials, ignore_errors=True)  # what a broken run left: it starts over
+        partials.mkdir(parents=True)
+    except OSError as exc:
+        raise SyncError(f"cannot write to {dest} ({exc.strerror}).", hint="Choose another folder with --dest.") from None
+    root = posixpath.join(ui.data_dir, ui.output_dir)
+    jobs = [PullJob(i, a.output.rel, posixpath.join(root, a.output.rel), a.output.size, a.output.mtime_ns,
+                    partials / f"{i}.partial") for i, a in enumerate(pulls)]
+    progress.begin(len(jobs), sum(j.size for j in jobs))
+    Puller(agent, progress).pull(jobs)
+    real_dest = os.path.realpath(dest)
+    for action, job in zip(pulls, jobs, strict=True):
+        if not job.complete:
+            summary.problems.append(f"{job.key}: {job.problem or 'did not arrive whole'}")
+            progress.finish(job.key, "failed")
+            continue
+        os.utime(job.partial, ns=(time.time_ns(), job.mtime_ns))
+        target = _place(dest, real_dest, job.partial, action.target)
+        if target is None:
+            summary.problems.append(f"{job.key!r}: refused, a folder on its way is a link out of {dest}")
+            continue
+        record[job.key] = Pulled(job.size, job.mtime_ns, target)
+        summary.pulled.append((job.key, target))
+        if target != job.key:
+            summary.renamed.append((job.key, target))
+        summary.bytes_pulled += job.size
+        progress.finish(job.key, "verified")
+    shutil.rmtree(partials, ignore_errors=True)
+
+
+def _place(dest: Path, real_dest: str, partial: Path, rel: str) -> str | None:
+    """Link the verified file in at `rel` (or the next free `name (n)` if one appeared meanwhile), never
+    replacing a file, never outside DEST. Returns the name it got."""
+    taken: set[str] = set()
+    while True:
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        parent = os.path.realpath(target.parent)
+        if parent != real_dest and not parent.startswith(real_dest + os.sep):
+            return None
+        try:
+            os.link(partial, target)  # fails if the name exists, where a rename would replace it
+            os.unlink(partial)
+            return rel
+        except FileExistsError:
+            taken.add(rel.casefold())
+            rel = conflict_name(rel, taken)
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+                raise
+            if target.exists():  # a disk without hard links: check, then rename
+                taken.add(rel.casefold())
+                rel = conflict_name(rel, taken)
+                continue
+            os.replace(partial, target)
+            return rel
+
+
+def _scan(dest: Path) -> dict[str, LocalOutput]:
+    found: dict[str, LocalOutput] = {}
+    if not dest.is_dir():
+        return found
+    for dirpath, dirnames, filenames in os.walk(dest):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            if not name.startswith("."):
+                path = Path(dirpath) / name
+                found[path.relative_to(dest).as_posix()] = LocalOutput(path.stat().st_size)
+    return found
+
+
+def _load_record(dest: Path) -> dict[str, Pulled]:
+    try:
+        data: Any = json.loads((dest / STATE / RECORD).read_text())
+        return {rel: Pulled(int(e["size"]), int(e["mtime_ns"]), str(e["local"])) for rel, e in data["files"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def _save_record(dest: Path, record: dict[str, Pulled]) -> None:
+    path = dest / STATE / RECORD
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    files = {rel: {"size": p.size, "mtime_ns": p.mtime_ns, "local": p.local} for rel, p in sorted(record.items())}
+    tmp.write_text(json.dumps({"version": 1, "files": files}, indent=1))
+    os.replace(tmp, path)

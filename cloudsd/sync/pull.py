@@ -1,0 +1,137 @@
+"""Pulling files from the machine over `send` streams, each range checked against the machine's sha256.
+
+Files are spread over the streams by size; a big file is cut into one byte range per stream. The agent
+hashes what it sends and puts the digest after the bytes; here the bytes are hashed as they are written to
+a local partial file. Renaming into place is the caller's business, once every range matched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import paramiko
+
+from cloudsd.errors import SyncError
+from cloudsd.sync.agent import Agent, lost_connection
+from cloudsd.sync.plan import SPLIT_BYTES
+from cloudsd.sync.progress import Progress
+from cloudsd.sync.streams import StreamReader, close_quietly, open_streams, stream_count
+
+
+@dataclass
+class PullJob:
+    fid: int
+    key: str  # the name on the machine, relative to the output folder
+    remote: str
+    size: int
+    mtime_ns: int
+    partial: Path
+    ranges: list[tuple[int, int]] = field(default_factory=list)
+    verified: int = 0
+    sha256: str | None = None  # of the whole file, when it came as one range
+    problem: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.problem is None and self.verified == len(self.ranges)
+
+
+class Puller:
+    def __init__(self, agent: Agent, progress: Progress) -> None:
+        self.agent = agent
+        self.progress = progress
+        self.errors: list[BaseException] = []
+        self._lock = threading.Lock()
+        self._started: set[int] = set()
+
+    def pull(self, jobs: list[PullJob]) -> None:
+        if not jobs:
+            return
+        total = sum(j.size for j in jobs)
+        count = stream_count(self.agent, "pull", total, max(len(jobs), 1 if total < SPLIT_BYTES else 64))
+        loads: list[list[dict[str, object]]] = [[] for _ in range(count)]
+        weights = [0] * count
+        for job in sorted(jobs, key=lambda j: -j.size):
+            parts = count if job.size >= SPLIT_BYTES else 1
+            step = -(-job.size // parts) if job.size else 0
+            job.ranges = [(off, min(step, job.size - off)) for off in range(0, job.size, step)] if step else [(0, 0)]
+            for offset, length in job.ranges:
+                target = weights.index(min(weights))
+                weights[target] += length + 4096
+                loads[target].append({"fid": job.fid, "path": job.remote, "size": job.size,
+                                      "mtime_ns": job.mtime_ns, "off": offset, "len": length})
+        loads = [load for load in loads if load]
+        channels = open_streams(self.agent, "send", len(loads))
+        by_fid = {j.fid: j for j in jobs}
+        threads = [threading.Thread(target=self._run, args=(c, load, by_fid), daemon=True)
+                   for c, load in zip(channels, loads, strict=True)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        close_quietly(channels)
+        if self.errors:
+            if not self.agent.connection.active:
+                raise lost_connection()
+            first = self.errors[0]
+            raise first if isinstance(first, SyncError) else lost_connection(first)
+
+    def _run(self, channel: paramiko.Channel, load: list[dict[str, object]], jobs: dict[int, PullJob]) -> None:
+        fds: dict[int, int] = {}
+        try:
+            channel.sendall(json.dumps({"items": load}).encode() + b"\n")
+            channel.shutdown_write()
+            reader = StreamReader(channel)
+            while True:
+                head = json.loads(reader.readline())
+                if head.get("end"):
+                    return
+                job = jobs[head["fid"]]
+                if "changed" in head or "missing" in head:
+                    job.problem = "changed on the machine while it was pulled" if "changed" in head else (
+                        f"gone from the machine ({head['missing']})")
+                    continue
+                with self._lock:
+                    if job.fid not in self._started:
+                        self._started.add(job.fid)
+                        self.progress.file(job.key, job.key, job.size)
+                if job.fid not in fds:  # the caller made the partials' folder
+                    fds[job.fid] = os.open(job.partial, os.O_WRONLY | os.O_CREAT, 0o644)
+                digest = self._receive(reader, fds[job.fid], job, int(head["off"]), int(head["len"]))
+                trailer = json.loads(reader.readline())
+                if trailer.get("short") or trailer.get("sha256") != digest:
+                    job.problem = "arrived with another sha256 than the machine's"
+                else:
+                    with self._lock:
+                        job.verified += 1
+                    if len(job.ranges) == 1:
+                        job.sha256 = digest
+        except OSError as exc:
+            # a local file, or else the channel (a dropped connection)
+            self.errors.append(SyncError(f"cannot write {exc.filename} ({exc.strerror}).") if exc.filename else exc)
+        except (paramiko.SSHException, EOFError, ValueError, KeyError) as exc:
+            self.errors.append(exc)
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+
+    def _receive(self, reader: StreamReader, fd: int, job: PullJob, offset: int, length: int) -> str:
+        digest = hashlib.sha256()
+        position = offset
+
+        def sink(piece: memoryview) -> None:
+            nonlocal position
+            digest.update(piece)
+            size = len(piece)
+            while piece:
+                written = os.pwrite(fd, piece, position)
+                piece, position = piece[written:], position + written
+            self.progress.advance(job.key, size)
+
+        reader.read_into(length, sink)
+        return digest.hexdigest()

@@ -1,0 +1,246 @@
+"""Pushing files to the machine over several `recv` streams at once.
+
+Small files travel whole, one per frame, and the agent hashes each as it writes it. A big file is read once,
+in order, by one thread that hashes it and cuts it into blocks; the blocks go out over all streams, and as
+the machine acks them the contiguous written prefix is reported to the agent's `serve`, whose follower
+hashes the file on the machine just behind the writes. So each file is read once here and once there, and
+checking a big file at the end costs only the last block. Nothing is renamed into place here: the caller
+commits what was sent, and the agent checks each digest first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import queue
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paramiko
+
+from cloudsd.errors import SyncError
+from cloudsd.remote.agent.common import partial_path
+from cloudsd.sync.agent import Agent, AgentFailure, Serve, lost_connection
+from cloudsd.sync.progress import Progress
+from cloudsd.sync.streams import StreamReader, close_quietly, open_streams, send_all, stream_count
+
+BLOCK = 4 << 20
+READ_CHUNK = 1 << 20
+
+
+@dataclass
+class PushJob:
+    fid: int
+    key: str
+    local: Path
+    final: str
+    size: int
+    mtime_ns: int
+    big: bool
+    start: int = 0  # bytes the machine has already verified (a resume)
+    identity: dict[str, int] = field(default_factory=dict)
+    sha256: str | None = None  # of the local file, learned while sending it
+    written_sha256: str | None = None  # of what the agent wrote (small files)
+    acked: dict[int, int] = field(default_factory=dict)
+    prefix: int = 0
+
+    @property
+    def partial(self) -> str:
+        return partial_path(self.final)
+
+
+class Pusher:
+    def __init__(self, agent: Agent, serve: Serve, progress: Progress) -> None:
+        self.agent = agent
+        self.serve = serve
+        self.progress = progress
+        self.errors: list[BaseException] = []
+        self.failed = threading.Event()
+        self._lock = threading.Lock()
+
+    def push(self, jobs: list[PushJob]) -> None:
+        """Send every job's bytes; fill in `sha256` (and `written_sha256`); raise SyncError on any failure."""
+        if not jobs:
+            return
+        total = sum(j.size - j.start for j in jobs)
+        pieces = sum(-(-(j.size - j.start) // BLOCK) if j.big else 1 for j in jobs)
+        count = stream_count(self.agent, "push", total, pieces)
+        big = [j for j in jobs if j.big]
+        opened: list[paramiko.Channel] = []
+        opener = threading.Thread(target=lambda: opened.extend(self._open(count)), daemon=True)
+        opener.start()  # the streams open while `prepare` makes the partial files
+        if big:
+            self.serve.request("prepare", files=[{"path": j.final, "keep": j.start} for j in big])
+            for job in big:
+                job.prefix = job.start
+                self.serve.notify("follow", path=job.final, size=job.size, identity=job.identity, ready=job.start)
+        opener.join()
+        if self.errors:
+            raise self._error()
+        units: queue.Queue[Any] = queue.Queue(maxsize=count + 2)
+        by_fid = {j.fid: j for j in jobs}
+        workers = [threading.Thread(target=self._produce, args=(jobs, units, len(opened)), daemon=True)]
+        workers += [threading.Thread(target=self._send, args=(c, units), daemon=True) for c in opened]
+        readers = [threading.Thread(target=self._acks, args=(c, by_fid), daemon=True) for c in opened]
+        for thread in workers + readers:
+            thread.start()
+        for thread in workers:
+            thread.join()
+        if self.failed.is_set():
+            for thread in readers:
+                thread.join(timeout=2)  # the agent's own account of what went wrong may still arrive
+            close_quietly(opened)
+        for thread in readers:
+            thread.join()
+        close_quietly(opened)
+        if self.errors:
+            raise self._error()
+
+    def _open(self, count: int) -> list[paramiko.Channel]:
+        try:
+            return open_streams(self.agent, "recv", count)
+        except BaseException as exc:
+            self._fail(exc)
+            return []
+
+    def _fail(self, exc: BaseException) -> None:
+        with self._lock:
+            self.errors.append(exc)
+        self.failed.set()
+
+    def _error(self) -> BaseException:
+        """The most telling failure: what the agent said, then a dropped connection, then the first one."""
+        for exc in self.errors:
+            if isinstance(exc, AgentFailure):
+                return exc
+        if not self.agent.connection.active:
+            return lost_connection()
+        first = self.errors[0]
+        if isinstance(first, SyncError):
+            return first
+        return lost_connection(first)
+
+    def _put(self, units: queue.Queue[Any], unit: Any) -> bool:
+        while not self.failed.is_set():
+            try:
+                units.put(unit, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _produce(self, jobs: list[PushJob], units: queue.Queue[Any], streams: int) -> None:
+        try:
+            for job in jobs:
+                if not job.big:
+                    if not self._put(units, job):
+                        return
+                    continue
+                self.progress.file(job.key, job.key, job.size, job.start)
+                digest = hashlib.sha256()
+                with job.local.open("rb", buffering=0) as f:
+                    pos = 0
+                    while pos < job.size:
+                        # the part already on the machine is only hashed; the rest goes out in blocks
+                        limit = job.start - pos if pos < job.start else min(BLOCK, job.size - pos)
+                        block = f.read(min(limit, READ_CHUNK) if pos < job.start else limit)
+                        if not block:
+                            raise SyncError(f"{job.local} got shorter while it was being sent; sync it again.")
+                        digest.update(block)
+                        if pos >= job.start and not self._put(units, (job, pos, block)):
+                            return
+                        pos += len(block)
+                    if f.read(1):
+                        raise SyncError(f"{job.local} grew while it was being sent; sync it again.")
+                job.sha256 = digest.hexdigest()
+        except OSError as exc:
+            self._fail(SyncError(f"cannot read {exc.filename or 'a local file'} ({exc.strerror})."))
+        except BaseException as exc:
+            self._fail(exc)
+        finally:
+            for _ in range(streams):
+                self._put(units, None)
+
+    def _send(self, channel: paramiko.Channel, units: queue.Queue[Any]) -> None:
+        try:
+            while not self.failed.is_set():
+                try:
+                    unit = units.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                if unit is None:
+                    break
+                if isinstance(unit, PushJob):
+                    self._send_file(channel, unit)
+                else:
+                    job, offset, block = unit
+                    head = {"op": "data", "fid": job.fid, "path": job.partial, "off": offset, "len": len(block)}
+                    channel.sendall(json.dumps(head).encode() + b"\n")
+                    send_all(channel, memoryview(block))
+                    self.progress.advance(job.key, len(block))
+            channel.sendall(b'{"op":"end"}\n')
+            channel.shutdown_write()
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            self._fail(exc)
+        except BaseException as exc:
+            self._fail(exc)
+
+    def _send_file(self, channel: paramiko.Channel, job: PushJob) -> None:
+        """A small file whole: read, hashed and sent in one pass."""
+        self.progress.file(job.key, job.key, job.size)
+        digest = hashlib.sha256()
+        head = {"op": "file", "fid": job.fid, "path": job.partial, "len": job.size}
+        try:
+            f = job.local.open("rb", buffering=0)
+        except OSError as exc:
+            raise SyncError(f"cannot read {job.local} ({exc.strerror}).") from None
+        with f:
+            header = json.dumps(head).encode() + b"\n"
+            # the header and a first chunk in one buffer: one packet fewer per file, and most fit whole
+            buf = bytearray(len(header) + min(READ_CHUNK, job.size))
+            buf[:len(header)] = header
+            view, start, left = memoryview(buf), len(header), job.size
+            while left:
+                n = f.readinto(view[start:start + min(READ_CHUNK, left)])
+                if not n:
+                    raise SyncError(f"{job.local} got shorter while it was being sent; sync it again.")
+                digest.update(view[start:start + n])
+                send_all(channel, view[:start + n])
+                self.progress.advance(job.key, n)
+                left -= n
+                start = 0
+        job.sha256 = digest.hexdigest()
+
+    def _acks(self, channel: paramiko.Channel, jobs: dict[int, PushJob]) -> None:
+        reader = StreamReader(channel)
+        try:
+            while True:
+                try:
+                    message = json.loads(reader.readline())
+                except EOFError:
+                    break
+                if "ack" in message:
+                    self._acked(jobs[message["ack"]], int(message["off"]), int(message["len"]))
+                elif "wrote" in message:
+                    jobs[message["wrote"]].written_sha256 = message["sha256"]
+                elif "error" in message:
+                    self._fail(AgentFailure({"kind": message["error"], "message": message.get("message", "")}))
+                    return
+        except (OSError, paramiko.SSHException, ValueError, SyncError) as exc:
+            self._fail(exc)
+            return
+        channel.status_event.wait(10)
+        if channel.exit_status not in (0, -1) and not self.failed.is_set():
+            self._fail(SyncError(f"a data stream of cloudsd's agent stopped (exit {channel.exit_status})."))
+
+    def _acked(self, job: PushJob, offset: int, length: int) -> None:
+        with self._lock:
+            job.acked[offset] = length
+            moved = job.prefix
+            while job.prefix in job.acked:
+                job.prefix += job.acked.pop(job.prefix)
+            advanced = job.prefix != moved
+        if advanced:
+            self.serve.notify("ready", path=job.final, upto=job.prefix)
