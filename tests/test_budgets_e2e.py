@@ -160,7 +160,10 @@ def test_an_idle_machine_stops_itself_and_shows_its_storage_accrual(cloud: Cloud
     assert line["state"] == "stopped" and line["stopped_s"] > 0
     assert line["accruing_per_hour"] == pytest.approx(row["storage_price_per_hour"], abs=1e-6)
     assert line["cost_usd"] == pytest.approx(cloud.billed(pid), abs=CENT)
-    result = cloudsd("down", "i1", "--yes", "--no-outputs")  # a stopped machine has no SSH to save outputs over
+    refused = cloudsd("down", "i1", "--yes")  # a stopped machine has no SSH to save outputs over
+    assert refused.returncode != 0 and "it is stopped; its disk still holds them" in refused.stderr
+    assert "--no-outputs" in refused.stderr and cloud.state(pid) == "stopped"
+    result = cloudsd("down", "i1", "--yes", "--no-outputs")
     assert result.returncode == 0 and "stopped at $" in result.stderr, result.stderr
 
 

@@ -405,6 +405,10 @@ def _save_outputs_first(ledger: Ledger, record: MachineRecord, dest: Path, repor
 
     reporter.phase("saving outputs", f"{record.name} to {dest}")
     try:
+        if record.status == "stopped":
+            # No SSH into a stopped machine: say so at once instead of waiting out an SSH timeout.
+            raise CloudsdError(f"it is stopped; its disk still holds them (and bills storage): start it again "
+                               f"from {record.provider}'s console to save them")
         summary = save_outputs(ledger, record, dest)
     except CloudsdError as exc:
         if not force:
