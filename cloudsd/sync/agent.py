@@ -211,12 +211,9 @@ class Serve:
             with self._send_lock:
                 self.channel.sendall(json.dumps(message, separators=(",", ":")).encode() + b"\n")
         except (OSError, paramiko.SSHException, EOFError) as exc:
-            if not self.agent.connection.active:
-                raise lost_connection(exc) from None
-            # The agent's channel ended first (on a new machine: exit 97, the agent is not there yet):
-            # wait for its end to be read, then say why it ended.
-            self._closed.wait(10)
-            raise self._gone() from None
+            if self._closed.is_set():
+                raise self._gone() from None
+            raise lost_connection(exc) from None
 
     def _gone(self) -> Exception:
         """Why the agent's channel closed: not installed, no python3, a crash, or SSH gone."""
