@@ -301,7 +301,7 @@ def test_bad_input_is_one_line(local_env: dict[str, str], tmp_path: Path) -> Non
     # a local file that is not the one its manifest names: sent, refused by its sha256, nothing left there
     write(tmp_path / "wrong.safetensors", 2 * MB)
     manifest = tmp_path / "models.yaml"
-    manifest.write_text(f"models:\n  - source: wrong.safetensors\n    kind: lora\n    sha256: {'0' * 64}\n")
+    manifest.write_text(f"models:\n  - source: wrong.safetensors\n    kind: lora\n    sha256: '{'0' * 64}'\n")
     result = cloudsd("sync", "models", "bad", "--manifest", str(manifest))
     assert result.returncode == 8 and "the manifest says 0000" in result.stderr and "not installed" in result.stderr
     assert on_machine("bad", "ls -A /workspace/webui/models/Lora") == ""
