@@ -15,7 +15,8 @@ def cloudsd_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("CLOUDSD_HOME", str(home))
     for var in list(os.environ):
         if var.startswith(("CLOUDSD_", "RUNPOD_", "VAST_")) and var not in ("CLOUDSD_HOME", "CLOUDSD_REQUIRE_DOCKER",
-                                                                            "CLOUDSD_BASE_IMAGE", "CLOUDSD_DEBUG"):
+                                                                            "CLOUDSD_BASE_IMAGE", "CLOUDSD_DEBUG",
+                                                                            "CLOUDSD_TESTBED_IMAGE"):
             monkeypatch.delenv(var, raising=False)
     # Keys in the user's real files must not be found either.
     monkeypatch.setenv("HOME", str(tmp_path / "user-home"))

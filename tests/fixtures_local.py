@@ -41,7 +41,11 @@ def no_ui_image(docker_client: object, testbed_image: str) -> str:
 
 
 def _remove_local_machines(client: object) -> None:
-    for container in client.containers.list(all=True, filters={"label": "cloudsd.machine"}):  # type: ignore[attr-defined]
+    """This test's machines only (its own CLOUDSD_HOME): other test runs on the same engine keep theirs."""
+    from cloudsd.providers.local import HOME_LABEL, home_tag
+
+    mine = {"label": ["cloudsd.machine", f"{HOME_LABEL}={home_tag()}"]}
+    for container in client.containers.list(all=True, filters=mine):  # type: ignore[attr-defined]
         container.remove(force=True, v=True)
 
 

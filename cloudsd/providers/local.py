@@ -20,6 +20,16 @@ from cloudsd.models import CreateRequest, MachineInfo, MachineStatus, Offer, Off
 from cloudsd.providers import Provider
 
 MACHINE_LABEL = "cloudsd.machine"
+HOME_LABEL = "cloudsd.home"  # which CLOUDSD_HOME made the container: two homes on one engine never meet
+
+
+def home_tag() -> str:
+    """A short, stable tag for this CLOUDSD_HOME, so each home sees and names only its own containers."""
+    import hashlib
+
+    from cloudsd import paths
+
+    return hashlib.sha256(str(paths.home().resolve()).encode()).hexdigest()[:8]
 NO_ENGINE_HINT = (
     "Start the Docker engine (`sudo systemctl start docker`, or `sudo dockerd &`; install it with "
     "`sudo apt-get install docker.io`), or set DOCKER_HOST."
@@ -116,22 +126,23 @@ class LocalProvider(Provider):
             kwargs["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
         if self.network:
             kwargs["network"] = self.network
+        container_name = f"{request.label}-{home_tag()}"
         try:
             container = self.client.containers.run(
                 request.image,
                 detach=True,
-                name=request.label,
+                name=container_name,
                 hostname=request.label,
                 environment=env,
-                labels={MACHINE_LABEL: request.name, "cloudsd.label": request.label},
+                labels={MACHINE_LABEL: request.name, "cloudsd.label": request.label, HOME_LABEL: home_tag()},
                 ports={"22/tcp": ("127.0.0.1", None)},
                 **kwargs,
             )
         except docker.errors.APIError as exc:
             if exc.status_code == 409:
                 raise ProviderError(
-                    f"a container named {request.label!r} already exists on the engine.",
-                    hint=f"Remove it with `docker rm -f {request.label}` or pick another machine name.",
+                    f"a container named {container_name!r} already exists on the engine.",
+                    hint=f"Remove it with `docker rm -f {container_name}` or pick another machine name.",
                 ) from None
             raise _engine_error(exc) from None
         except docker.errors.DockerException as exc:
@@ -203,7 +214,8 @@ class LocalProvider(Provider):
 
     def list_machines(self) -> list[MachineInfo]:
         try:
-            containers = self.client.containers.list(all=True, filters={"label": MACHINE_LABEL})
+            containers = self.client.containers.list(
+                all=True, filters={"label": [MACHINE_LABEL, f"{HOME_LABEL}={home_tag()}"]})
         except docker.errors.DockerException as exc:
             raise _engine_error(exc) from None
         return [self._info(c) for c in containers]

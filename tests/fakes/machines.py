@@ -14,6 +14,7 @@ never becomes ready), so API calls return at once as a real provider's do.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ import docker
 import docker.errors
 
 TEST_NETWORK = "cloudsd-test"
-TEST_IMAGE = "cloudsd-testbed:latest"
+TEST_IMAGE = os.environ.get("CLOUDSD_TESTBED_IMAGE") or "cloudsd-testbed:latest"
 
 
 def ensure_test_network(client: docker.DockerClient, name: str = TEST_NETWORK) -> str:

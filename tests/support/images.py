@@ -26,7 +26,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 IMAGES_DIR = REPO_ROOT / "images"
 BASE_BUILD_SCRIPT = IMAGES_DIR / "base" / "build.sh"
 TESTBED_DOCKERFILE = "testbed/Dockerfile"  # relative to IMAGES_DIR, the build context
-TESTBED_IMAGE = "cloudsd-testbed:latest"
+# CLOUDSD_TESTBED_IMAGE: another tag, so two checkouts with different images/ share one engine without rebuilding
+# each other's image back and forth.
+TESTBED_IMAGE = os.environ.get("CLOUDSD_TESTBED_IMAGE") or "cloudsd-testbed:latest"
 DEFAULT_BASE_IMAGE = "cloudsd-base:bookworm"
 HASH_LABEL = "cloudsd.testbed.hash"
 HASHED_DIRS = ("boot", "testbed", "ui")
