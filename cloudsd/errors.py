@@ -48,6 +48,10 @@ class NoCapacity(ProviderError):
     exit_code = 5
 
 
+class ResumeRefused(NoCapacity):
+    """The provider cannot start a stopped machine again (its host's GPU is rented out); the disk is kept."""
+
+
 class ProvisioningError(CloudsdError):
     """A machine was created but did not become usable in time."""
 

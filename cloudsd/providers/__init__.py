@@ -73,6 +73,12 @@ class Provider(ABC):
         """Stop the machine, keeping its disk. Only where `supports_stop`."""
         raise NotImplementedError(f"{self.name} cannot stop a machine; use destroy")
 
+    def start(self, provider_id: str) -> None:
+        """Resume a stopped machine on the same host with the same disk. Only where `supports_stop`.
+        Returns once the provider accepted the request (the core waits for it to run). When the provider
+        cannot resume it (the host's GPU is taken meanwhile), raise `ResumeRefused`; the disk must be kept."""
+        raise NotImplementedError(f"{self.name} cannot start a stopped machine")
+
     def billing(self, since: float, until: float) -> list[dict[str, Any]]:
         """What the provider charged per machine between two epoch times, as dicts with `provider_id`,
         `amount_usd`, `start` and `end` (epoch seconds or None). Only where `reports_billing`."""
