@@ -24,6 +24,7 @@ from cloudsd.sync.manifest import ModelRequest
 from cloudsd.sync.models import push_models
 from cloudsd.sync.progress import RecordingProgress
 from tests.cli_helpers import cloudsd, cloudsd_json
+from tests.fixtures_local import own_machines
 
 pytestmark = pytest.mark.docker
 MB = 1 << 20
@@ -262,10 +263,10 @@ def test_down_refuses_when_outputs_cannot_be_saved(local_env: dict[str, str], do
     assert result.returncode != 0
     (line,) = [x for x in result.stderr.splitlines() if x.startswith("error:")]
     assert "did not destroy 'keep'" in line and "--no-outputs" in line and "--force" in line
-    assert docker_client.containers.list(filters={"label": "cloudsd.machine=keep"})  # still there
+    assert own_machines(docker_client, "keep", running_only=True)  # still there
     forced = cloudsd("down", "keep", "--yes", "--force")
     assert forced.returncode == 0 and "destroying anyway" in forced.stderr
-    assert docker_client.containers.list(all=True, filters={"label": "cloudsd.machine=keep"}) == []
+    assert own_machines(docker_client, "keep") == []
 
 
 def test_no_outputs_skips_the_pull(local_env: dict[str, str], docker_client: Any, tmp_path: Path,
@@ -275,7 +276,7 @@ def test_no_outputs_skips_the_pull(local_env: dict[str, str], docker_client: Any
     cloudsd_json("up", "gone", "--provider", "local", "--detach")
     txt2img("gone", "transient")
     assert cloudsd("down", "gone", "--yes", "--no-outputs").returncode == 0
-    assert docker_client.containers.list(all=True, filters={"label": "cloudsd.machine=gone"}) == []
+    assert own_machines(docker_client, "gone") == []
 
 
 def test_up_with_models_sizes_the_disk_and_syncs(local_env: dict[str, str], tmp_path: Path) -> None:
