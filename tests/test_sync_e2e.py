@@ -138,6 +138,38 @@ def test_a_killed_transfer_resumes(machine: tuple[Session, Ledger, Providers], t
         assert out.split()[0] == sha(big) and "partial" not in out
 
 
+@pytest.mark.parametrize("wait_for", ["exit", "close", "nothing"])
+def test_a_missing_agent_is_uploaded_whatever_ends_first(machine: tuple[Session, Ledger, Providers],
+                                                         wait_for: str) -> None:
+    """On a new machine `serve` exits at once (no agent yet). Whether the first request goes out before that
+    exit, after it, or after the channel closed, the agent is uploaded and the request answered; never a
+    hang, never a false "connection dropped"."""
+    from cloudsd.sync.agent import MISSING, Agent, state_dir_for
+
+    session, _, _ = machine
+    connection = reconnect_record(session.record, deadline_s=30)
+    try:
+        connection.run("rm -rf /workspace/.cloudsd")
+        agent = Agent(connection, state_dir_for(session.profile))
+        serve = agent.serve()
+        serve._start()
+        assert serve.channel is not None
+        if wait_for == "exit":
+            assert serve.channel.status_event.wait(10) and serve.channel.exit_status == MISSING
+        elif wait_for == "close":
+            deadline = time.monotonic() + 10
+            while not serve.channel.closed and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert serve.channel.closed
+        started = time.monotonic()
+        assert serve.request("hash", paths=[])["sha256"] == {}
+        assert time.monotonic() - started < 15
+        assert agent.execs == 3  # the serve that found no agent, the upload, the serve that answered
+        serve.close()
+    finally:
+        connection.close()
+
+
 def test_one_connection_carries_more_than_paramikos_rekey_limit(machine: tuple[Session, Ledger, Providers]) -> None:
     # paramiko starts a rekey after 2**29 bytes received. If that happens in a channel's last window, the
     # channel's CLOSE arrives before sshd's KEXINIT, and paramiko's transport thread blocks answering it
