@@ -24,7 +24,7 @@ INSTALL_HINTS = {"ssh": "apt-get install openssh-client", "scp": "apt-get instal
 
 def missing_prerequisites(tools: list[str], image: str) -> list[str]:
     """What is not there of: local programs, a running Docker engine, the test image. Each with how to get it."""
-    missing = [f"local `{tool}` ({INSTALL_HINTS.get(tool, 'install it')})" for tool in tools if shutil.which(tool) is None]
+    missing = [f"local {tool} ({INSTALL_HINTS.get(tool, 'install it')})" for tool in tools if shutil.which(tool) is None]
     try:
         import docker
         import docker.errors
