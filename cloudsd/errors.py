@@ -86,6 +86,12 @@ class SyncError(CloudsdError):
     exit_code = 8
 
 
+class LedgerError(CloudsdError):
+    """The ledger cannot be written (a full disk, a read-only home) or read."""
+
+    exit_code = 12
+
+
 class MachineNotFound(CloudsdError):
     """No machine of that name in the ledger."""
 

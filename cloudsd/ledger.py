@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudsd import paths
-from cloudsd.errors import CloudsdError, MachineNotFound
+from cloudsd.errors import CloudsdError, LedgerError, MachineNotFound
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS machines (
@@ -84,7 +84,8 @@ class MachineRecord:
 
     @property
     def active(self) -> bool:
-        return self.status in ACTIVE
+        """May still bill: every status but terminated, including ones this version does not know."""
+        return self.status != "terminated"
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -93,6 +94,14 @@ class MachineRecord:
 _COLUMNS = [f.name for f in fields(MachineRecord)]
 # The newest session of a name: names are reused once a machine is gone, and old sessions stay for the cost report.
 _NEWEST = "id = (SELECT max(id) FROM machines WHERE name = ?)"
+
+
+def _refuse_taken(name: str, row: tuple[Any, ...] | None) -> None:
+    if row and row[0] != "terminated":  # an unknown status may still bill: the name stays taken
+        raise CloudsdError(
+            f"a machine named {name!r} already exists ({row[0]}).",
+            hint=f"Use it (`cloudsd tunnel {name}`), end it (`cloudsd down {name}`), or pick another name.",
+        )
 
 
 class Ledger:
@@ -116,25 +125,31 @@ class Ledger:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
         try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        else:
-            self._db.execute("COMMIT")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+            else:
+                self._db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:  # a full disk, a read-only or locked file
+            raise LedgerError(f"cannot write the ledger at {self.path} ({exc}).",
+                              hint="Free some disk space (or fix the folder's permissions) and try again.") from exc
 
     # -- machines ------------------------------------------------------------------------------------
+    def check_free(self, name: str) -> None:
+        """CloudsdError if a machine of that name may still exist (anything but terminated)."""
+        row = self._db.execute(f"SELECT status FROM machines WHERE {_NEWEST}", (name,)).fetchone()
+        _refuse_taken(name, row)
+
     def reserve(self, name: str, provider: str, image: str, *, ui: str | None = None) -> None:
         """Claim `name` before asking a provider, so two terminals cannot create the same machine."""
         with self._tx() as db:
             row = db.execute(f"SELECT status FROM machines WHERE {_NEWEST}", (name,)).fetchone()
-            if row and row[0] in ACTIVE:
-                raise CloudsdError(
-                    f"a machine named {name!r} already exists ({row[0]}).",
-                    hint=f"Use it (`cloudsd tunnel {name}`), end it (`cloudsd down {name}`), or pick another name.",
-                )
+            _refuse_taken(name, row)
             db.execute(
                 "INSERT INTO machines (name, provider, image, created_at, status, ui) VALUES (?, ?, ?, ?, ?, ?)",
                 (name, provider, image, time.time(), "creating", ui),
@@ -172,9 +187,8 @@ class Ledger:
     def machines(self, *, active_only: bool = False) -> list[MachineRecord]:
         sql = f"SELECT {', '.join(_COLUMNS)} FROM machines"
         params: tuple[Any, ...] = ()
-        if active_only:
-            sql += f" WHERE status IN ({', '.join('?' * len(ACTIVE))})"
-            params = ACTIVE
+        if active_only:  # a status this version does not know may still bill: it is listed, never hidden
+            sql += " WHERE status IS NOT 'terminated'"
         sql += " ORDER BY id"
         return [MachineRecord(*row) for row in self._db.execute(sql, params).fetchall()]
 

@@ -72,3 +72,25 @@ def test_two_processes_cannot_claim_one_name(tmp_path: Path) -> None:
     first.reserve("same", "local", "img")
     with pytest.raises(CloudsdError, match="already exists"):
         second.reserve("same", "local", "img")
+
+
+def test_a_full_disk_is_a_ledger_error_not_a_database_traceback(tmp_path: Path) -> None:
+    from cloudsd.errors import LedgerError
+
+    ledger = Ledger(tmp_path / "l.db")
+    ledger.reserve("a", "local", "img")
+    pages = ledger._db.execute("PRAGMA page_count").fetchone()[0]
+    ledger._db.execute(f"PRAGMA max_page_count = {pages}")  # SQLite's own "database or disk is full"
+    with pytest.raises(LedgerError, match="disk is full"):
+        ledger.update("a", event="big", data={"blob": "x" * 200_000})
+    assert ledger.get("a").status == "creating"
+
+
+def test_unknown_status_is_never_hidden(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "l.db")
+    ledger.reserve("a", "local", "img")
+    ledger.update("a", status="hibernating")  # written by a newer cloudsd
+    assert [r.name for r in ledger.machines(active_only=True)] == ["a"]
+    assert ledger.get("a").active
+    with pytest.raises(CloudsdError, match="already exists"):
+        ledger.reserve("a", "local", "img")

@@ -14,7 +14,7 @@ import click
 
 from cloudsd import __version__
 from cloudsd.cli import cmd_image
-from cloudsd.cli.params import DURATION, PORT
+from cloudsd.cli.params import DURATION, MACHINE_NAME, PORT
 from cloudsd.errors import CloudsdError
 
 EXIT_INTERRUPTED = 130
@@ -140,7 +140,7 @@ def offer_options(func: Any) -> Any:
 
 
 @cli.command()
-@click.argument("name", required=False)
+@click.argument("name", required=False, type=MACHINE_NAME)
 @click.option("--provider", type=click.Choice(["local", "runpod", "vastai", "auto"]), help="Where to run.")
 @click.option("--image", help="Container image with sshd and the web UI.")
 @click.option("--ui", type=click.Choice(["a1111", "forge", "comfyui"]), help="Which web UI the image runs.")

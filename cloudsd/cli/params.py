@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from cloudsd.durations import parse_duration
+from cloudsd.names import name_problem
 
 
 class PortType(click.ParamType):
@@ -32,5 +33,18 @@ class DurationType(click.ParamType):
             self.fail(f"{value!r}: {exc}", param, ctx)
 
 
+class MachineNameType(click.ParamType):
+    """A machine name as `cloudsd.names` accepts it, refused with the rule before anything is written."""
+
+    name = "name"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        problem = name_problem(str(value))
+        if problem:
+            self.fail(problem, param, ctx)
+        return str(value)
+
+
 PORT = PortType()
+MACHINE_NAME = MachineNameType()
 DURATION = DurationType()

@@ -19,12 +19,28 @@ from cloudsd import keys
 from cloudsd.config import Settings
 from cloudsd.core import offers as offer_choice
 from cloudsd.core.budget import Budget, check_new_budget, provider_deadline
-from cloudsd.core.machines import Providers, Reporter, end_record, refresh_record, wait_until_running
+from cloudsd.core.machines import (
+    Providers,
+    Reporter,
+    destroy_and_confirm,
+    end_record,
+    refresh_record,
+    wait_until_running,
+)
 from cloudsd.core.watchdog import WatchdogSettings
-from cloudsd.errors import CloudsdError, NoCapacity, ProviderError, ProvisioningError, SSHError
+from cloudsd.errors import (
+    CloudsdError,
+    ConfigError,
+    LedgerError,
+    NoCapacity,
+    ProviderError,
+    ProvisioningError,
+    SSHError,
+)
 from cloudsd.images import machine_image
 from cloudsd.ledger import Ledger, MachineRecord
 from cloudsd.models import CreateRequest, MachineInfo, Offer, OfferSpec, SSHEndpoint
+from cloudsd.names import name_problem
 from cloudsd.providers import Provider
 from cloudsd.ssh import Connection, connect
 from cloudsd.tunnel import LocalForward
@@ -133,6 +149,10 @@ def up(options: UpOptions, ledger: Ledger, providers: Providers, reporter: Repor
     """
     ui = profile(options.ui)
     name = options.name or new_name()
+    problem = name_problem(name)
+    if problem:
+        raise ConfigError(f"{problem}.")
+    ledger.check_free(name)  # a name in use is refused before offers are asked for (reserve() decides races)
     check_new_budget(options.budget, started_at=time.time(), now=time.time(), spent_usd=0.0)  # before renting
     reporter.phase("offers", f"asking {', '.join(options.providers)} for live offers")
     candidates = offer_choice.select(gather_offers(providers, options.providers, options.spec, reporter),
@@ -169,10 +189,15 @@ def _up_on(offer: Offer, name: str, ui: UIProfile, options: UpOptions, ledger: L
            providers: Providers, reporter: Reporter) -> Session:
     image = machine_image(options, ui.name, offer.gpu_name, on_local_engine=provider.prepares_images,
                           on_progress=lambda text: reporter.phase("image", text))  # before anything is recorded
-    pair = keys.create_key_pair(name)
+    # The name is claimed first: nothing of a machine that already has it (its key, known_hosts) is touched.
     ledger.reserve(name, provider.name, image, ui=ui.name)
-    ledger.update(name, gpu=offer.gpu_name, price_per_hour=offer.price_per_hour,
-                  storage_price_per_hour=offer.storage_price_per_hour, key_path=str(pair.private_path))
+    try:
+        pair = keys.create_key_pair(name)
+        ledger.update(name, gpu=offer.gpu_name, price_per_hour=offer.price_per_hour,
+                      storage_price_per_hour=offer.storage_price_per_hour, key_path=str(pair.private_path))
+    except BaseException as exc:
+        _forget(ledger, name, f"not created: {exc or type(exc).__name__}")
+        raise
     cuda = highest_cuda(options.spec.cuda, image_cuda(image))  # the host's driver must run the image
     deadline_at = (provider_deadline(options.budget, now=time.time(), price_per_hour=offer.price_per_hour)
                    if provider.supports_deadline else None)  # RunPod's own backstop behind the watchdog
@@ -183,6 +208,7 @@ def _up_on(offer: Offer, name: str, ui: UIProfile, options: UpOptions, ledger: L
     reporter.phase("creating", f"{provider.name}: {offer.gpu_name} at ${offer.price_per_hour:.3f}/h")
     if offer.gpu_count == 0:
         reporter.note(f"no GPU: {ui.title} runs in CPU mode (slow)")
+    provider_id: str | None = None
     try:
         try:
             provider_id = provider.create(offer, request)
@@ -209,8 +235,13 @@ def _up_on(offer: Offer, name: str, ui: UIProfile, options: UpOptions, ledger: L
         if options.budget.enforced:
             _arm_watchdog(session, provider, options, ledger, reporter)
         return session
-    except _TryNextOffer:
+    except (_TryNextOffer, _Unrecorded):
         raise
+    except LedgerError as exc:
+        if provider_id is None:
+            raise
+        # The ledger cannot be written (a full disk): end the machine by its id, never through the ledger.
+        raise _end_unrecorded(provider, name, provider_id, exc, keep=options.keep_on_failure) from None
     except BaseException as exc:
         if options.keep_on_failure:
             record = ledger.find(name)
@@ -256,11 +287,37 @@ def _cleanup(ledger: Ledger, providers: Providers, name: str, reason: str, optio
     reporter.phase("cleaning up", f"destroying {name} ({reason})")
     try:
         end_record(ledger, providers, record, reason=reason)
+    except LedgerError as exc:
+        if not record.provider_id:
+            raise
+        raise _end_unrecorded(providers.get(record.provider), name, record.provider_id, exc, keep=False) from None
     except CloudsdError as exc:
         raise CloudsdError(
             f"{reason}; and destroying the machine failed too ({exc}). It may still bill.",
             hint=f"Run `cloudsd down {name}` to try again.",
         ) from None
+
+
+class _Unrecorded(CloudsdError):
+    """A created machine the ledger could not record, already dealt with (destroyed, or its id printed)."""
+
+
+def _end_unrecorded(provider: Provider, name: str, provider_id: str, cause: LedgerError, *,
+                    keep: bool) -> CloudsdError:
+    """The error for a created machine the ledger could not record: destroyed first, unless `keep`; when it
+    was not destroyed, the message carries its provider id and the command that ends it."""
+    how = (f"End it with `cloudsd down {name}` once the ledger can be written (it is found by its label), "
+           f"or in {provider.name}'s console: machine {provider_id}.")
+    if keep:
+        return _Unrecorded(f"{cause.message} {provider.name} machine {provider_id} ({name}) was kept as asked and "
+                            "may still bill.", hint=how)
+    try:
+        destroy_and_confirm(provider, provider_id)
+    except CloudsdError as exc:
+        return _Unrecorded(f"{cause.message} Destroying {provider.name} machine {provider_id} ({name}) failed too "
+                            f"({exc}); it may still bill.", hint=how)
+    return _Unrecorded(f"{cause.message} {provider.name} machine {provider_id} ({name}) was destroyed, so nothing "
+                        "bills unrecorded.", hint=cause.hint)
 
 
 def _make_ready(name: str, provider: Provider, provider_id: str, ui: UIProfile, options: UpOptions,
