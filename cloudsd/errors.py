@@ -84,6 +84,7 @@ class SyncError(CloudsdError):
     """Moving models or outputs failed; nothing half-written is left in place."""
 
     exit_code = 8
+    problems: list[str] = []  # noqa: RUF012 - each file that could not be moved, when known (set per instance)
 
 
 class LedgerError(CloudsdError):

@@ -268,6 +268,26 @@ def test_down_refuses_when_outputs_cannot_be_saved(local_env: dict[str, str], do
     assert docker_client.containers.list(all=True, filters={"label": "cloudsd.machine=keep"}) == []
 
 
+def test_down_force_destroys_when_outputs_cannot_be_created_locally(
+        local_env: dict[str, str], docker_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    cloudsd_json("up", "frc", "--provider", "local", "--detach")
+    txt2img("frc", "unsaveable")
+    rel = on_machine("frc", "cd /workspace/webui/outputs && find . -type f -printf '%P\\n'").split()[0]
+    dest = tmp_path / "cloudsd-outputs" / "frc"
+    dest.mkdir(parents=True)
+    (dest / rel.split("/")[0]).write_text("a file where the output's folder must go")  # `x` beside `x/y.png`
+    refused = cloudsd("down", "frc", "--yes")
+    assert refused.returncode != 0 and "internal error" not in refused.stderr, refused.stderr
+    assert "did not destroy 'frc'" in refused.stderr
+    assert docker_client.containers.list(filters={"label": "cloudsd.machine=frc"})  # still there
+    forced = cloudsd("down", "frc", "--yes", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert "internal error" not in forced.stderr
+    assert f"not saved: {rel!r}" in forced.stderr  # each output that was not saved is listed
+    assert docker_client.containers.list(all=True, filters={"label": "cloudsd.machine=frc"}) == []
+
+
 def test_no_outputs_skips_the_pull(local_env: dict[str, str], docker_client: Any, tmp_path: Path,
                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)

@@ -467,13 +467,18 @@ def _save_outputs_first(ledger: Ledger, record: MachineRecord, dest: Path, repor
             raise CloudsdError(f"it is stopped; its disk still holds them (and bills storage): start it again "
                                f"from {record.provider}'s console to save them")
         summary = save_outputs(ledger, record, dest)
-    except CloudsdError as exc:
+    except Exception as exc:  # with --force nothing here may keep a billing machine alive, not even a bug
         if not force:
+            if not isinstance(exc, (CloudsdError, OSError)):
+                raise
             raise CloudsdError(
                 f"did not destroy {record.name!r}: its outputs could not be saved ({exc}).",
                 hint=f"Fix that and run `cloudsd down {record.name}` again; `--no-outputs` destroys it without "
                      "saving them, `--force` destroys it even when saving fails.") from None
+        lost = getattr(exc, "problems", None) or []
         reporter.note(f"{record.name}: outputs not saved ({exc}); destroying anyway (--force)")
+        for problem in lost:
+            reporter.note(f"  not saved: {problem}")
         return
     if summary.pulled:
         reporter.note(f"{record.name}: saved {len(summary.pulled)} new output(s) in {summary.dest}")

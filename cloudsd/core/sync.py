@@ -93,7 +93,9 @@ def save_outputs(ledger: Ledger, record: MachineRecord, dest: Path) -> PullSumma
     except CloudsdError as exc:
         raise SyncError(str(exc)) from None
     if summary.problems:
-        raise SyncError(f"{len(summary.problems)} output(s) could not be saved: {'; '.join(summary.problems[:3])}")
+        error = SyncError(f"{len(summary.problems)} output(s) could not be saved: {'; '.join(summary.problems[:3])}")
+        error.problems = list(summary.problems)
+        raise error
     return summary
 
 
