@@ -170,6 +170,19 @@ class Ledger:
             if event:
                 self._event(db, name, event, data or values)
 
+    def pin_host_key(self, name: str, host_key: str) -> str:
+        """Pin `host_key` for the machine unless one is pinned already; returns the key that is pinned now
+        (another process may have pinned first: the caller compares)."""
+        with self._tx() as db:
+            row = db.execute(f"SELECT host_key FROM machines WHERE {_NEWEST}", (name,)).fetchone()
+            if row is None:
+                raise MachineNotFound(f"no machine named {name!r} in the ledger.")
+            if row[0]:
+                return str(row[0])
+            db.execute(f"UPDATE machines SET host_key = ? WHERE {_NEWEST}", (host_key, name))
+            self._event(db, name, "host-key-pinned", {"host_key": host_key})
+            return host_key
+
     def get(self, name: str) -> MachineRecord:
         row = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM machines WHERE {_NEWEST}", (name,)).fetchone()
         if row is None:

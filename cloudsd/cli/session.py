@@ -271,10 +271,14 @@ def _configured(providers: Providers, name: str) -> bool:
 
 def run_ssh(name: str, command: list[str]) -> None:
     from cloudsd import keys
+    from cloudsd.core.deploy import reconnect_record
 
     ledger = Ledger()
     try:
         record = ledger.get(name)
+        if record.status != "terminated" and record.ssh_host and not record.host_key:
+            reconnect_record(record, deadline_s=30, ledger=ledger).close()  # pins the host key on first connect
+            record = ledger.get(name)
     finally:
         ledger.close()
     if record.status == "terminated" or not record.ssh_host or not record.host_key:
@@ -290,8 +294,6 @@ def run_ssh(name: str, command: list[str]) -> None:
             raise CloudsdError("no `ssh` program on this computer for an interactive shell.",
                                hint="Install OpenSSH, or run one command: `cloudsd ssh NAME -- CMD`.")
         sys.exit(subprocess.call(argv))
-    from cloudsd.core.deploy import reconnect_record
-
     with reconnect_record(record, deadline_s=30) as connection:
         code, out, err = connection.run(" ".join(command), timeout_s=3600)
     sys.stdout.write(out)

@@ -31,6 +31,7 @@ from cloudsd.core.watchdog import WatchdogSettings
 from cloudsd.errors import (
     CloudsdError,
     ConfigError,
+    HostKeyMismatch,
     LedgerError,
     NoCapacity,
     ProviderError,
@@ -362,12 +363,35 @@ def open_tunnel(record: MachineRecord, connection: Connection, port: int) -> Loc
     return forward
 
 
-def reconnect_record(record: MachineRecord, *, deadline_s: float) -> Connection:
+def reconnect_record(record: MachineRecord, *, deadline_s: float, ledger: Ledger | None = None) -> Connection:
+    """SSH to a machine in the ledger, checking its pinned host key. A row without one (an older cloudsd,
+    a crash right after the first connect) gets the key seen now pinned, so no later connect trusts blindly."""
     if not (record.ssh_host and record.ssh_port and record.key_path):
         raise SSHError(f"machine {record.name!r} has no SSH endpoint yet.",
                        hint="`cloudsd status` shows its state.")
     endpoint = SSHEndpoint(record.ssh_host, record.ssh_port, record.ssh_user or "root")
-    return connect(endpoint, Path(record.key_path), record.host_key, deadline_s=deadline_s)
+    if record.host_key:
+        return connect(endpoint, Path(record.key_path), record.host_key, deadline_s=deadline_s)
+    if ledger is None:
+        own = Ledger()
+        try:
+            return reconnect_record(record, deadline_s=deadline_s, ledger=own)
+        finally:
+            own.close()
+    pinned = ledger.get(record.name).host_key  # another process may have pinned it since `record` was read
+    connection = connect(endpoint, Path(record.key_path), pinned, deadline_s=deadline_s)
+    if pinned is None:
+        try:
+            pinned = ledger.pin_host_key(record.name, connection.host_key.text)
+            if pinned != connection.host_key.text:
+                raise HostKeyMismatch(f"the machine at {endpoint} presented another SSH host key than the one "
+                                      "pinned meanwhile; refusing to connect.",
+                                      hint=f"If it was rebuilt on purpose, end it with `cloudsd down {record.name}`.")
+            keys.write_known_hosts(keys.load_key_pair(record.name), endpoint.host, endpoint.port, pinned)
+        except BaseException:
+            connection.close()
+            raise
+    return connection
 
 
 def ui_healthy(local_port: int, ui: UIProfile, timeout_s: float = 5.0) -> tuple[bool, str]:
@@ -420,7 +444,7 @@ def attach(name: str, port: int | None, ledger: Ledger, providers: Providers, re
             record = ledger.get(name)
     ui = profile(record.ui or "a1111")
     reporter.phase("ssh", f"connecting to {record.ssh_user}@{record.ssh_host}:{record.ssh_port}")
-    connection = reconnect_record(record, deadline_s=ssh_timeout_s)
+    connection = reconnect_record(record, deadline_s=ssh_timeout_s, ledger=ledger)
     try:
         forward = open_tunnel(record, connection, port or record.local_port or 7860)
         reporter.phase("web UI", f"checking {ui.title} at {forward.url}")

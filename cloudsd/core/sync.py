@@ -63,7 +63,7 @@ def sync_models(ledger: Ledger, name: str, requests: list[ModelRequest], progres
     from cloudsd.sync.models import push_models
 
     record = running_record(ledger, name)
-    with reconnect_record(record, deadline_s=CONNECT_DEADLINE_S) as connection:
+    with reconnect_record(record, deadline_s=CONNECT_DEADLINE_S, ledger=ledger) as connection:
         summary = push_models(connection, profile(record.ui or "a1111"), requests, progress=progress)
     ledger.event(name, "models-synced", {"results": [[r.remote, r.outcome, r.short_hash] for r in summary.results]})
     return summary
@@ -77,7 +77,7 @@ def pull_record_outputs(ledger: Ledger, record: MachineRecord, dest: Path, progr
     from cloudsd.core.deploy import reconnect_record
     from cloudsd.sync.outputs import pull_outputs
 
-    with reconnect_record(record, deadline_s=CONNECT_DEADLINE_S) as connection:
+    with reconnect_record(record, deadline_s=CONNECT_DEADLINE_S, ledger=ledger) as connection:
         summary = pull_outputs(connection, profile(record.ui or "a1111"), dest, progress=progress)
     ledger.event(record.name, "outputs-pulled", {"dest": str(summary.dest), "pulled": len(summary.pulled),
                                                  "problems": summary.problems})
