@@ -13,10 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from cloudsd import paths
 from cloudsd.durations import parse_duration
 from cloudsd.errors import ConfigError
 from cloudsd.ui import DEFAULT_REGISTRY
+from cloudsd.yamlfile import compose_file, construct
 
 
 def _to_int(value: Any) -> int:
@@ -196,21 +199,7 @@ def _convert(setting: Setting, raw: Any, where: str) -> Any:
 
 def read_file(path: Path) -> dict[str, tuple[Any, int]]:
     """The file's settings as {dotted key: (raw value, line)}; raises ConfigError with file:line."""
-    import yaml
-
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return {}
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{path}{line}: not valid YAML: {problem}") from None
+    root = compose_file(path, missing_ok=True)
     if root is None:
         return {}
     if not isinstance(root, yaml.MappingNode):
@@ -221,14 +210,12 @@ def read_file(path: Path) -> dict[str, tuple[Any, int]]:
 
 
 def _walk(path: Path, node: Any, prefix: str, out: dict[str, tuple[Any, int]]) -> None:
-    import yaml
-
     sections = {k.split(".")[0] for k in BY_KEY if "." in k}
     for key_node, value_node in node.value:
         line = key_node.start_mark.line + 1
         key = f"{prefix}{key_node.value}"
         if key in BY_KEY:
-            value = yaml.safe_load(yaml.serialize(value_node))
+            value = construct(value_node)
             out[key] = (value, line)
         elif not prefix and key in sections and isinstance(value_node, yaml.MappingNode):
             _walk(path, value_node, key + ".", out)

@@ -21,6 +21,7 @@ from typing import Any
 from cloudsd.errors import ConfigError
 from cloudsd.sync.kinds import KINDS
 from cloudsd.sync.sources import looks_like_ref
+from cloudsd.yamlfile import load_file
 
 _HEX = re.compile(r"^[0-9a-f]+$")
 FIELDS = ("name", "kind", "source", "sha256", "short_hash", "size", "file")
@@ -53,15 +54,7 @@ def from_args(items: list[str], kind: str | None) -> list[ModelRequest]:
 
 def load_manifest(path: Path) -> list[ModelRequest]:
     """The manifest's entries; ConfigError naming the file and entry for anything malformed."""
-    import yaml
-
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read the manifest {path} ({exc.strerror}).") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise ConfigError(f"{path}{':' + str(mark.line + 1) if mark else ''}: not valid YAML.") from None
+    data = load_file(path)
     entries = data.get("models") if isinstance(data, dict) else data
     if not isinstance(entries, list):
         raise ConfigError(f"{path}: expected a list of models under `models:`.")
