@@ -94,4 +94,7 @@ def run_in_process(*args: str, env: dict[str, str | None] | None = None,
             code = 0
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
     return code, out.getvalue().decode(errors="replace"), err.getvalue().decode(errors="replace")

@@ -23,9 +23,11 @@ class DateType(click.ParamType):
         text = str(value).strip()
         try:
             moment = datetime.fromisoformat(text)
-        except ValueError:
-            self.fail(f"{value!r} is not a date like 2026-05-01 or 2026-05-01T14:30", param, ctx)
-        return moment.timestamp(), len(text) <= 10  # (epoch, whole day)
+            if not 1970 <= moment.year <= 2200:
+                raise ValueError
+            return moment.timestamp(), len(text) <= 10  # (epoch, whole day)
+        except (ValueError, OverflowError, OSError):
+            self.fail(f"{value!r} is not a date like 2026-05-01 or 2026-05-01T14:30 (years 1970 to 2200)", param, ctx)
 
 
 DATE = DateType()
@@ -58,12 +60,15 @@ def cost(since: tuple[float, bool] | None, until: tuple[float, bool] | None, by:
     providers = Providers(resolve())
     try:
         report = build(ledger, providers, since=start, until=end, by=by)
+        attention = {r.name: r.attention for r in ledger.machines() if r.attention}  # shown, never hidden
     finally:
         providers.close()
         ledger.close()
     if as_json:
-        render.print_json(report.to_dict())
+        render.print_json({**report.to_dict(), "attention": attention})
         return
+    for name, why in attention.items():
+        render.console().print(f"{name}: {why}")
     if not report.lines:
         render.console().print("No machine billed in this period.")
     elif by == "session":

@@ -9,12 +9,19 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from cloudsd.durations import format_duration
 
 
 def console(stderr: bool = False) -> Console:
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    """A console that prints text literally: provider and user text may hold `[default]` (no markup)."""
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, markup=False)
+
+
+def styled(*parts: str | tuple[str, str]) -> Text:
+    """Text from literal pieces, each a string or (string, style): the way to colour without markup."""
+    return Text.assemble(*parts)
 
 
 def print_json(data: Any) -> None:
@@ -91,5 +98,5 @@ def doctor_table(results: Iterable[Any]) -> Table:
     for column in ("provider", "ok", "credential", "detail"):
         table.add_column(column)
     for r in results:
-        table.add_row(r.provider, "[green]yes[/]" if r.ok else "[red]no[/]", r.credential, r.detail)
+        table.add_row(r.provider, Text("yes", "green") if r.ok else Text("no", "red"), r.credential, r.detail)
     return table

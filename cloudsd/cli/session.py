@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.text import Text
 
 from cloudsd.cli import render
 from cloudsd.config import resolve
@@ -46,7 +47,8 @@ class LiveReporter:
 
     def _finish_phase(self) -> None:
         if self._phase and self._phase != "ready" and not self.quiet:
-            self.console.print(f"  [green]✓[/] {self._phase} ({time.monotonic() - self._phase_started:.1f} s)")
+            self.console.print(render.styled("  ", ("✓", "green"),
+                                             f" {self._phase} ({time.monotonic() - self._phase_started:.1f} s)"))
         self._phase = None
 
     def phase(self, name: str, detail: str = "") -> None:
@@ -55,7 +57,7 @@ class LiveReporter:
             self._phase = name
             self._phase_started = time.monotonic()
         if self._status is not None:
-            self._status.update(f"{name}: {detail}")
+            self._status.update(Text(f"{name}: {detail}"))  # literal: details carry provider text
 
     def note(self, message: str) -> None:
         if not self.quiet:
@@ -86,13 +88,13 @@ def _hold(session: Session, record: MachineRecord, ledger: Ledger | None = None,
                                           cost_usd=view.cost.cost_usd if view else None,
                                           budget=view.budget_text if view else "")
                 if view and view.warning:
-                    out.print(f"[yellow]warning:[/] {view.warning}")
+                    out.print(render.styled(("warning:", "yellow"), f" {view.warning}"))
                 if view and (view.reached or view.ended):
                     reached, ended = view.reached, view.ended
                     break
                 if not session.forward.healthy:
                     text += " · SSH dropped, reconnecting on next request"
-                line.update(text)
+                line.update(Text(text))
                 time.sleep(1.0)
     except KeyboardInterrupt:
         pass
@@ -177,7 +179,7 @@ def run_up(name: str | None, flags: dict[str, Any], choice: dict[str, Any], *, d
         if as_json:
             render.print_json({**record.to_dict(), "url": session.url})
         else:
-            out.print(f"[bold green]{record.name} is ready:[/] {session.url}")
+            out.print(render.styled((f"{record.name} is ready:", "bold green"), f" {session.url}"))
             if record.price_per_hour:
                 out.print(f"  billing {render.money(record.price_per_hour, 3)}/h; end it with "
                           f"`cloudsd down {record.name}`")
@@ -212,7 +214,7 @@ def run_tunnel(name: str, port: int | None) -> None:
     try:
         with LiveReporter() as reporter:
             session = attach(name, port, ledger, providers, reporter)
-        render.console(stderr=True).print(f"[bold green]{name}:[/] {session.url}")
+        render.console(stderr=True).print(render.styled((f"{name}:", "bold green"), f" {session.url}"))
         _ensure_watchdog(ledger, providers, settings, session)
         _hold(session, session.record, ledger, providers)
     finally:
@@ -256,8 +258,8 @@ def run_status(as_json: bool) -> None:
         elif row.note:
             render.console().print(f"{row.name}: {row.note}")
         if row.budget_warning and row.budget_used is not None:
-            render.console().print(f"[yellow]warning:[/] {row.name} has used {row.budget_used:.0%} of its budget "
-                                   f"(${row.cost_usd:.4f} so far)")
+            render.console().print(render.styled(("warning:", "yellow"), f" {row.name} has used "
+                                                 f"{row.budget_used:.0%} of its budget (${row.cost_usd:.4f} so far)"))
 
 
 def _configured(providers: Providers, name: str) -> bool:

@@ -17,6 +17,7 @@ from rich.progress import (
 )
 from rich.progress import Progress as RichBar
 from rich.table import Table
+from rich.text import Text
 
 from cloudsd.cli import render
 from cloudsd.core import sync as core_sync
@@ -32,7 +33,7 @@ class BarProgress:
     """Per-file bars (bytes, speed, ETA) under a total bar, drawn on stderr; thread-safe like rich."""
 
     def __init__(self, console: Console) -> None:
-        self.bar = RichBar(TextColumn("{task.description}", table_column=None), BarColumn(), DownloadColumn(),
+        self.bar = RichBar(TextColumn("{task.description}", table_column=None, markup=False), BarColumn(), DownloadColumn(),
                            TransferSpeedColumn(), TimeRemainingColumn(), console=console, transient=True)
         self.tasks: dict[str, TaskID] = {}
         self.total: TaskID | None = None
@@ -107,7 +108,7 @@ def show_push(summary: PushSummary, as_json: bool) -> None:
         if summary.results:
             render.print_table(push_table(summary))
         for result in summary.failed:
-            out.print(f"[red]✗[/] {result.message}")
+            out.print(render.styled(("✗", "red"), f" {result.message}"))
         for note in summary.notes:
             out.print(f"  {note}")
         moved = f"{summary.bytes_sent / 1e9:.2f} GB sent" if summary.bytes_sent else "nothing to send"
@@ -120,8 +121,8 @@ def push_table(summary: PushSummary) -> Table:
     table = Table(title="models on the machine")
     for column in ("model", "kind", "", "short hash", "size", "on the machine"):
         table.add_column(column, justify="right" if column == "size" else "left")
-    marks = {"present": "already there", "sent": "sent ✓", "resumed": "resumed ✓", "fetched": "fetched ✓",
-             "failed": "[red]failed[/]"}
+    marks: dict[str, str | Text] = {"present": "already there", "sent": "sent ✓", "resumed": "resumed ✓", "fetched": "fetched ✓",
+             "failed": Text("failed", "red")}
     for r in summary.results:
         size = "-" if r.size is None else f"{r.size / 1e9:.2f} GB" if r.size >= 10**8 else f"{r.size / 1e6:.1f} MB"
         table.add_row(r.name, r.kind, marks.get(r.outcome, r.outcome), f"[{r.short_hash}]" if r.short_hash else "-",
@@ -152,7 +153,7 @@ def show_pull(summary: PullSummary, as_json: bool) -> None:
         for remote, local in summary.renamed:
             out.print(f"  {remote}: a different file has that name here; saved as {local}")
         for problem in summary.problems:
-            out.print(f"[red]✗[/] {problem}")
+            out.print(render.styled(("✗", "red"), f" {problem}"))
         out.print(f"{len(summary.pulled)} new file(s) in {summary.dest} ({summary.bytes_pulled / 1e6:.1f} MB, "
                   f"{summary.seconds:.1f} s); {summary.already + summary.same} already here")
     if summary.problems:

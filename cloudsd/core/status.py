@@ -49,6 +49,8 @@ def _row(record: MachineRecord, live: str, cost: SessionCost, note: str = "",
     if cost.state == "stopped" and record.storage_price_per_hour:
         note = (f"{note + '; ' if note else ''}still bills storage ${record.storage_price_per_hour:.4f}/h: "
                 f"end it with `cloudsd down {record.name}`")
+    if record.attention:  # a row this version cannot read whole is shown, and says so
+        note = f"{record.attention}{'; ' + note if note else ''}"
     share, warn = None, False
     plan = plan_of(events or [])
     if plan is not None and cost.started_at is not None and cost.state != "ended":
