@@ -181,7 +181,10 @@ def _addable(declaration: str) -> str:
 class Ledger:
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or paths.ledger_file()
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if path is None:
+            paths.ensure_home()
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
             self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA busy_timeout = 30000")

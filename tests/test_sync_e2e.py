@@ -244,17 +244,17 @@ def test_outputs_come_down_once_and_never_overwrite(local_env: dict[str, str], t
     assert mine.read_bytes() == b"my own picture, do not touch"
     assert sha(renamed) == on_machine("out", f"sha256sum /workspace/webui/outputs/{newest}").split()[0]
 
-    # `down` pulls first (into ./cloudsd-outputs/out/), then destroys
+    # `down` pulls first (into ~/cloudsd-outputs/out/, wherever it runs from), then destroys
     result = cloudsd("down", "out", "--yes")
     assert result.returncode == 0, result.stderr
-    saved = sorted(p.relative_to(tmp_path / "cloudsd-outputs" / "out").as_posix()
-                   for p in (tmp_path / "cloudsd-outputs" / "out").rglob("*.png"))
+    saved_in = tmp_path / "user-home" / "cloudsd-outputs" / "out"
+    saved = sorted(p.relative_to(saved_in).as_posix() for p in saved_in.rglob("*.png"))
     assert saved == sorted([*remote, newest])
 
 
 def test_down_refuses_when_outputs_cannot_be_saved(local_env: dict[str, str], docker_client: Any, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CLOUDSD_OUTPUTS_DIR", str(tmp_path / "cloudsd-outputs"))
     (tmp_path / "cloudsd-outputs").write_text("a file where the outputs folder would go")
     cloudsd_json("up", "keep", "--provider", "local", "--detach")
     txt2img("keep", "precious")
@@ -270,7 +270,7 @@ def test_down_refuses_when_outputs_cannot_be_saved(local_env: dict[str, str], do
 
 def test_down_force_destroys_when_outputs_cannot_be_created_locally(
         local_env: dict[str, str], docker_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CLOUDSD_OUTPUTS_DIR", str(tmp_path / "cloudsd-outputs"))
     cloudsd_json("up", "frc", "--provider", "local", "--detach")
     txt2img("frc", "unsaveable")
     rel = on_machine("frc", "cd /workspace/webui/outputs && find . -type f -printf '%P\\n'").split()[0]
@@ -290,7 +290,7 @@ def test_down_force_destroys_when_outputs_cannot_be_created_locally(
 
 def test_no_outputs_skips_the_pull(local_env: dict[str, str], docker_client: Any, tmp_path: Path,
                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CLOUDSD_OUTPUTS_DIR", str(tmp_path / "cloudsd-outputs"))
     (tmp_path / "cloudsd-outputs").write_text("in the way")
     cloudsd_json("up", "gone", "--provider", "local", "--detach")
     txt2img("gone", "transient")
@@ -337,5 +337,5 @@ def test_sync_through_a_fake_cloud(fake_vast: Any, tmp_path: Path, monkeypatch: 
     txt2img("vm", "from the cloud")
     result = cloudsd("down", "vm", "--yes")
     assert result.returncode == 0, result.stderr
-    assert len(list((tmp_path / "cloudsd-outputs" / "vm").rglob("*.png"))) == 1
+    assert len(list((tmp_path / "user-home" / "cloudsd-outputs" / "vm").rglob("*.png"))) == 1
     assert fake_vast.live_instances() == []

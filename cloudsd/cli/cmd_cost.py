@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from cloudsd.cli.main import cli
-from cloudsd.cli.params import DURATION
+from cloudsd.cli.params import POSITIVE_DURATION, SPEND
 
 
 class DateType(click.ParamType):
@@ -81,9 +81,9 @@ def cost(since: tuple[float, bool] | None, until: tuple[float, bool] | None, by:
 
 @cli.command()
 @click.argument("name")
-@click.option("--max-time", type=DURATION, help="End it this long after it started, e.g. 3h.")
-@click.option("--max-spend", type=float, help="End it once it has cost this many USD in all.")
-@click.option("--idle-stop", type=DURATION, help="Stop it after this long with no use.")
+@click.option("--max-time", type=POSITIVE_DURATION, help="End it this long after it started, e.g. 3h.")
+@click.option("--max-spend", type=SPEND, help="End it once it has cost this many USD in all.")
+@click.option("--idle-stop", type=POSITIVE_DURATION, help="Stop it after this long with no use.")
 @click.option("--idle-action", type=click.Choice(["stop", "terminate"]), help="What idle does.")
 def budget(name: str, max_time: float | None, max_spend: float | None, idle_stop: float | None,
            idle_action: str | None) -> None:

@@ -197,7 +197,6 @@ def run_up(name: str | None, flags: dict[str, Any], choice: dict[str, Any], *, d
 def _model_requests(models: list[str], manifest: str | None) -> list[Any]:
     if not models and not manifest:
         return []
-    from pathlib import Path
 
     from cloudsd.sync.collect import check_sources
     from cloudsd.sync.manifest import from_args, load_manifest
@@ -328,9 +327,9 @@ def run_down(names: list[str], *, all_: bool, yes: bool, save_outputs: bool = Tr
             out.print(f"Not in this ledger but labelled cloudsd- on your accounts: {listing}")
             if not yes and not click.confirm("End these strays too?", default=False, err=True):
                 strays = []
-        from cloudsd.core.sync import OUTPUTS_FOLDER
+        from cloudsd.core.sync import outputs_root as root_of
 
-        outputs_root = Path.cwd() / OUTPUTS_FOLDER if save_outputs else None
+        outputs_root = root_of(settings) if save_outputs else None
         with LiveReporter() as reporter:
             results = down(names, ledger, providers, reporter, outputs_root=outputs_root, force=force)
             for row in strays:

@@ -19,7 +19,9 @@ from rich.progress import Progress as RichBar
 from rich.table import Table
 from rich.text import Text
 
+from cloudsd import paths
 from cloudsd.cli import render
+from cloudsd.config import resolve
 from cloudsd.core import sync as core_sync
 from cloudsd.errors import CloudsdError, SyncError
 from cloudsd.ledger import Ledger
@@ -134,7 +136,8 @@ def run_outputs(name: str | None, dest: Path | None, as_json: bool) -> None:
     ledger = Ledger()
     try:
         machine, _ = core_sync.choose_machine(ledger, [name] if name else [])
-        target = dest or core_sync.default_outputs_dir(machine)
+        target = (paths.expand(dest, "--dest") if dest else
+                  core_sync.default_outputs_dir(resolve(), machine))
         if as_json:
             summary = core_sync.sync_outputs(ledger, machine, target, NullProgress())
         else:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cloudsd import paths
 from cloudsd.errors import ConfigError
 from cloudsd.sync.kinds import infer_kind, is_model_file, kind_from_civitai, kind_of_folder
 from cloudsd.sync.manifest import ModelRequest
@@ -144,5 +145,5 @@ def check_sources(requests: list[ModelRequest]) -> None:
     for request in requests:
         if request.is_ref:
             parse_ref(request.source)
-        elif not Path(request.source).expanduser().exists():
+        elif not paths.expand(request.source, "model path").exists():
             raise ConfigError(f"no such file or folder: {request.source}.")
