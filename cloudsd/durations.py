@@ -7,7 +7,7 @@ from typing import Any
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 MAX_SECONDS = 366 * 86400.0  # a year: anything longer is a typo, and overflows dates downstream
-_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])")
+_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([smhd])")
 
 
 def parse_duration(value: Any) -> float:
@@ -20,7 +20,7 @@ def parse_duration(value: Any) -> float:
         text = str(value).strip().lower().replace(" ", "")
         if len(text) > 40:
             raise ValueError("expected a duration like 45m, 2h or 1h30m")
-        if re.fullmatch(r"\d+(\.\d+)?", text):
+        if re.fullmatch(r"[0-9]+(\.[0-9]+)?", text):
             seconds = float(text)
         else:
             parts = _PART.findall(text)

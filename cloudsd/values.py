@@ -15,7 +15,7 @@ MAX_DISK_GB = 10_000
 MAX_PRICE_PER_HOUR = 1_000.0  # USD per hour: no single rented machine costs more
 MAX_SPEND_USD = 1_000_000.0
 MAX_VRAM_GB = 4_096.0
-_CUDA = re.compile(r"\d{1,2}(\.\d{1,2})?")
+_CUDA = re.compile(r"[0-9]{1,2}(\.[0-9]{1,2})?")
 
 
 def number(value: Any, *, low: float | None = None, high: float | None = None, low_open: bool = False,

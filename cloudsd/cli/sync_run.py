@@ -25,6 +25,7 @@ from cloudsd.config import resolve
 from cloudsd.core import sync as core_sync
 from cloudsd.errors import CloudsdError, SyncError
 from cloudsd.ledger import Ledger
+from cloudsd.sync.collect import check_sources
 from cloudsd.sync.manifest import ModelRequest, from_args, load_manifest
 from cloudsd.sync.models import PushSummary
 from cloudsd.sync.outputs import PullSummary
@@ -85,6 +86,7 @@ def run_models(items: list[str], manifest: Path | None, kind: str | None, as_jso
     try:
         name, rest = core_sync.choose_machine(ledger, items)
         requests = requests_from(rest, manifest, kind)
+        check_sources(requests)  # a bad reference or path is refused before connecting
         summary = push_with_progress(lambda progress: core_sync.sync_models(ledger, name, requests, progress),
                                      quiet=as_json)
     finally:
