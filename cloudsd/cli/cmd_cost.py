@@ -72,7 +72,7 @@ def cost(since: tuple[float, bool] | None, until: tuple[float, bool] | None, by:
     if not report.lines:
         render.console().print("No machine billed in this period.")
     elif by == "session":
-        render.print_table(render_cost.sessions_table(report))
+        render.print_table(render_cost.sessions_table(report, render.console().width))
     else:
         render.print_table(render_cost.groups_table(report))
     for line in render_cost.summary_lines(report):

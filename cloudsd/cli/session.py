@@ -248,7 +248,7 @@ def run_status(as_json: bool) -> None:
     if not rows:
         render.console().print("No machines. Start one with `cloudsd up`.")
         return
-    render.print_table(render.status_table(rows))
+    render.print_table(render.status_table(rows, render.console().width))
     for row in rows:
         if row.stray:
             what = "storage " if row.live == "stopped" else ""
@@ -318,8 +318,11 @@ def run_down(names: list[str], *, all_: bool, yes: bool, save_outputs: bool = Tr
             if not names and not strays:
                 out.print("No machines to end.")
                 return
-        if names and not yes and not click.confirm(
-                f"Destroy {', '.join(names)}? Their disks are lost.", default=False, err=True):
+        from cloudsd.core.sync import outputs_root as root_of
+
+        outputs_root = root_of(settings) if save_outputs else None
+        if names and not yes and not click.confirm(render.down_question(names, outputs_root), default=False,
+                                                   err=True):
             raise click.Abort()
         if strays:
             listing = ", ".join(f"{r.name} ({r.provider} {r.provider_id}, {render.money(r.price_per_hour, 3)}/h)"
@@ -327,9 +330,6 @@ def run_down(names: list[str], *, all_: bool, yes: bool, save_outputs: bool = Tr
             out.print(f"Not in this ledger but labelled cloudsd- on your accounts: {listing}")
             if not yes and not click.confirm("End these strays too?", default=False, err=True):
                 strays = []
-        from cloudsd.core.sync import outputs_root as root_of
-
-        outputs_root = root_of(settings) if save_outputs else None
         with LiveReporter() as reporter:
             results = down(names, ledger, providers, reporter, outputs_root=outputs_root, force=force)
             for row in strays:
@@ -365,7 +365,7 @@ def run_offers(provider: str, choice: dict[str, Any], limit: int, as_json: bool)
     if as_json:
         render.print_json([o.to_dict() for o in chosen])
     else:
-        render.print_table(render.offers_table(chosen, spec))
+        render.print_table(render.offers_table(chosen, spec, render.console().width))
 
 
 def run_doctor(as_json: bool) -> None:
