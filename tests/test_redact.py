@@ -55,3 +55,14 @@ def test_a_bad_url_with_a_token_is_refused_without_printing_it(cloudsd_home: Pat
     code, _, err = run_in_process("up", "--provider", "local", "--yes",
                                   "--models", "https://host:99999/m.safetensors?token=abcdef0123456789")
     assert code == 2 and "abcdef" not in err and "internal error" not in err, err
+
+
+def test_progress_notes_are_masked_too(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from cloudsd.cli.session import LiveReporter
+
+    monkeypatch.setenv("VAST_API_KEY", "vast-key-0123456789abcdef")
+    reporter = LiveReporter(quiet=True)
+    reporter.quiet = False  # no spinner, but notes print
+    reporter.note("vastai: Vast.ai said: bad key vast-key-0123456789abcdef (you sent Bearer vast-key-0123456789abcdef)")
+    err = capsys.readouterr().err
+    assert "0123456789" not in err and "***" in err, err

@@ -20,6 +20,7 @@ from cloudsd.core.status import status
 from cloudsd.errors import CloudsdError
 from cloudsd.ledger import Ledger, MachineRecord
 from cloudsd.models import OfferSpec
+from cloudsd.redact import scrub
 
 CLOUDS = ("runpod", "vastai")
 
@@ -57,11 +58,11 @@ class LiveReporter:
             self._phase = name
             self._phase_started = time.monotonic()
         if self._status is not None:
-            self._status.update(Text(f"{name}: {detail}"))  # literal: details carry provider text
+            self._status.update(Text(scrub(f"{name}: {detail}")))  # literal: details carry provider text
 
     def note(self, message: str) -> None:
         if not self.quiet:
-            self.console.print(f"  {message}")
+            self.console.print(f"  {scrub(message)}")  # notes carry provider errors (a skipped provider)
 
 
 def _hold(session: Session, record: MachineRecord, ledger: Ledger | None = None,
