@@ -216,6 +216,11 @@ def env_cases() -> Iterator[Case]:
     for var, values in bad.items():
         for value in values:
             yield Case(f"env {var}", ["config", "show"], env={var: value})
+    for var in ("CLOUDSD_CIVITAI_BASE_URL", "HF_ENDPOINT"):
+        for value in ("http://[::1", "ftp://x", "https://h:99999"):
+            yield Case(f"env {var}", ["up", "--provider", "runpod", "--yes", "--models", "civitai:1"], env={var: value})
+            yield Case(f"env {var} (sync)", ["sync", "models", "box", "hf:o/r/f.safetensors"], env={var: value},
+                       machine=True)
 
 
 def all_cases() -> list[Case]:

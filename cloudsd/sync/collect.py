@@ -141,7 +141,9 @@ def source_failure(model: RefModel, reply: dict[str, Any], endpoints: Endpoints)
 
 
 def check_sources(requests: list[ModelRequest]) -> None:
-    """Fail on a bad reference or a missing path now, before anything is rented or sent."""
+    """Fail on a bad reference, a missing path or a bad source endpoint now, before anything is rented or sent."""
+    if any(request.is_ref for request in requests):
+        Endpoints.from_env()
     for request in requests:
         if request.is_ref:
             parse_ref(request.source)

@@ -51,6 +51,12 @@ class Endpoints:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Endpoints:
         env = os.environ if environ is None else environ
+        for var in ("CLOUDSD_CIVITAI_BASE_URL", "HF_ENDPOINT"):
+            if env.get(var):
+                try:
+                    http_url(env[var])
+                except ValueError as exc:
+                    raise ConfigError(f"env {var}: {exc}.") from None
         return cls(civitai=(env.get("CLOUDSD_CIVITAI_BASE_URL") or CIVITAI_DEFAULT).rstrip("/"),
                    hf=(env.get("HF_ENDPOINT") or HF_DEFAULT).rstrip("/"),
                    civitai_token=env.get(CIVITAI_TOKEN_ENV) or None, hf_token=env.get(HF_TOKEN_ENV) or None)
