@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from cloudsd.ledger import Ledger
 from tests.cli_helpers import run_in_process
 
@@ -52,3 +54,19 @@ def test_provider_text_is_printed_literally(cloudsd_home: Path) -> None:
     code, out, err = run_in_process("config", "show")
     assert code == 0, err
     assert "r/[b]x[/]" in out
+
+
+@pytest.mark.docker
+def test_a_provider_it_does_not_know_is_flagged_and_does_not_block_down_all(cloudsd_home: Path,
+                                                                            docker_client: object) -> None:
+    ledger = Ledger()
+    ledger.reserve("odd", "aws", "img")  # written by a newer cloudsd, or by hand
+    ledger.update("odd", provider_id="i-1", status="running", event="created")
+    ledger.reserve("fine", "local", "img")  # never created: `down` ends it without asking any engine
+    ledger.close()
+    code, out, err = run_in_process("status")
+    assert code == 0 and "odd: needs attention: unknown provider 'aws'" in out, out
+    code, out, err = run_in_process("down", "--all", "--yes")
+    assert code == 1 and "internal error" not in err, err
+    assert "odd: not ended: unknown provider 'aws'" in err and "fine: destroyed" in err, err
+    assert Ledger().get("fine").status == "terminated"

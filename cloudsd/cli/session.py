@@ -14,7 +14,7 @@ from rich.text import Text
 
 from cloudsd.cli import render
 from cloudsd.config import resolve
-from cloudsd.core.deploy import Session, UpOptions, attach, down, gather_offers, spec_from, up
+from cloudsd.core.deploy import NOT_ENDED, Session, UpOptions, attach, down, gather_offers, spec_from, up
 from cloudsd.core.machines import Providers
 from cloudsd.core.status import status
 from cloudsd.errors import CloudsdError
@@ -339,6 +339,9 @@ def run_down(names: list[str], *, all_: bool, yes: bool, save_outputs: bool = Tr
                 results.append((row.name, "stray destroyed"))
         for name, outcome in results:
             out.print(f"{name}: {outcome}" + (f" · {final_cost(ledger, name)}" if "stray" not in outcome else ""))
+        left = [name for name, outcome in results if outcome.startswith(NOT_ENDED)]
+        if left:
+            raise CloudsdError(f"{', '.join(left)} not ended (see above).", hint="They may still bill.")
     finally:
         providers.close()
         ledger.close()

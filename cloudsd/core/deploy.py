@@ -48,6 +48,7 @@ from cloudsd.tunnel import LocalForward
 from cloudsd.ui import DEFAULT_REGISTRY, UIProfile, highest_cuda, image_cuda, profile
 
 MAX_OFFERS_TRIED = 3
+NOT_ENDED = "not ended"  # the start of a `down` outcome for a machine it could not act on
 
 
 @dataclass(frozen=True)
@@ -465,6 +466,11 @@ def down(names: list[str], ledger: Ledger, providers: Providers, reporter: Repor
     """
     results: list[tuple[str, str]] = []
     for name in names:
+        try:
+            providers.get(ledger.get(name).provider)
+        except ConfigError as exc:  # a row this version cannot act on must not keep the others alive
+            results.append((name, f"{NOT_ENDED}: {exc.message}; end it in that provider's console"))
+            continue
         record = refresh_record(ledger, providers, ledger.get(name))  # gone meanwhile (its watchdog)?
         if record.status == "terminated":
             results.append((name, "already gone"))

@@ -13,7 +13,7 @@ from cloudsd.core.budget import use
 from cloudsd.core.cost import Event, SessionCost, session_cost
 from cloudsd.core.guard import current, plan_of, reconcile, resumed
 from cloudsd.core.machines import Providers
-from cloudsd.errors import CloudsdError
+from cloudsd.errors import CloudsdError, ConfigError
 from cloudsd.ledger import Ledger, MachineRecord
 from cloudsd.models import MachineStatus
 
@@ -91,6 +91,8 @@ def status(ledger: Ledger, providers: Providers, *, sweep: tuple[str, ...] = ())
                 live = "not created"
         except CloudsdError as exc:
             live = f"unreachable: {exc.message}"
+            if isinstance(exc, ConfigError):  # a provider this version does not know: say so, under the table too
+                note = f"needs attention: {exc.message}; it may still bill there: end it in that provider's console"
         record, events = current(ledger, record.name)
         if not note and record.status == "stopped":
             note = record.detail
