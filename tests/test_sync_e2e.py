@@ -317,12 +317,12 @@ def test_down_force_destroys_when_outputs_cannot_be_created_locally(
     refused = cloudsd("down", "frc", "--yes")
     assert refused.returncode != 0 and "internal error" not in refused.stderr, refused.stderr
     assert "did not destroy 'frc'" in refused.stderr
-    assert docker_client.containers.list(filters={"label": "cloudsd.machine=frc"})  # still there
+    assert own_machines(docker_client, "frc", running_only=True)  # still there
     forced = cloudsd("down", "frc", "--yes", "--force")
     assert forced.returncode == 0, forced.stderr
     assert "internal error" not in forced.stderr
     assert f"not saved: {rel!r}" in forced.stderr  # each output that was not saved is listed
-    assert docker_client.containers.list(all=True, filters={"label": "cloudsd.machine=frc"}) == []
+    assert own_machines(docker_client, "frc") == []
 
 
 def test_no_outputs_skips_the_pull(local_env: dict[str, str], docker_client: Any, tmp_path: Path,
