@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import time
 from dataclasses import replace
@@ -70,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         serve.close()
     done = time.perf_counter()
     connection.close()
-    print(json.dumps({"seconds": done - imported, "connect_s": connected - imported, "import_s": imported - started,
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({"seconds": done - imported, "cpu_s": usage.ru_utime + usage.ru_stime, "connect_s": connected - imported, "import_s": imported - started,
                       **result}))
     return 0
 

@@ -7,6 +7,7 @@ about 15%), and the host key is checked against the key pinned on first connect:
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 import threading
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import paramiko
+from paramiko.common import cMSG_CHANNEL_REQUEST
+from paramiko.packet import NeedRekeyException, Packetizer
 
 from cloudsd.errors import HostKeyMismatch, SSHError
 from cloudsd.models import SSHEndpoint
@@ -105,6 +108,86 @@ class Connection:
         return channel
 
 
+class BufferedReads:
+    """The packetizer's `read_all`, served from one buffer filled by large socket reads.
+
+    paramiko reads each packet with a `recv` for its first block and one or more for the rest, and joins the
+    pieces with `+=`: two or three system calls per 32 KiB packet (sshd never sends bigger ones), each one
+    releasing the GIL and waiting to take it back from the threads that consume the data. This asks the socket
+    for up to 256 KiB at a time and cuts the packets out of what came. The waiting keeps paramiko's behaviour on
+    its 0.1 s socket timeout: keepalives, a closed transport, and a rekey only at a packet boundary.
+
+    Installed once the handshake is done (the banner's leftover bytes, which only paramiko's own `read_all`
+    knows, are gone by then); on a paramiko whose packetizer lacks the attributes used, nothing is installed.
+    """
+
+    CHUNK_BYTES = 256 * 1024
+
+    def __init__(self, packetizer: Packetizer) -> None:
+        self.packetizer = packetizer
+        self.sock: socket.socket = packetizer._Packetizer__socket  # type: ignore[attr-defined]
+        self.buffer = bytearray()
+
+    @classmethod
+    def install(cls, packetizer: Packetizer) -> bool:
+        names = ("_Packetizer__socket", "_Packetizer__remainder", "_Packetizer__closed", "_Packetizer__need_rekey")
+        if not all(hasattr(packetizer, name) for name in names) or not hasattr(packetizer, "_check_keepalive"):
+            return False
+        if packetizer._Packetizer__remainder:  # type: ignore[attr-defined]
+            return False
+        packetizer.read_all = cls(packetizer).read_all  # type: ignore[method-assign]
+        return True
+
+    def read_all(self, n: int, check_rekey: bool = False) -> bytes:
+        buffer, packetizer = self.buffer, self.packetizer
+        while len(buffer) < n:
+            if packetizer.handshake_timed_out():
+                raise EOFError()
+            try:
+                chunk = self.sock.recv(max(self.CHUNK_BYTES, n - len(buffer)))
+            except TimeoutError:
+                chunk = None
+            except OSError as exc:
+                if exc.errno == errno.EAGAIN:
+                    chunk = None
+                elif packetizer._Packetizer__closed:  # type: ignore[attr-defined]
+                    raise EOFError() from None
+                else:
+                    raise
+            if chunk is None:
+                if packetizer._Packetizer__closed:  # type: ignore[attr-defined]
+                    raise EOFError()
+                if check_rekey and not buffer and packetizer._Packetizer__need_rekey:  # type: ignore[attr-defined]
+                    raise NeedRekeyException()
+                packetizer._check_keepalive()  # type: ignore[attr-defined]
+                continue
+            if not chunk:
+                raise EOFError()
+            buffer += chunk
+        with memoryview(buffer) as view:
+            out = bytes(view[:n])
+        del buffer[:n]
+        return out
+
+
+def start_command(channel: paramiko.Channel, command: str) -> None:
+    """Start `command` on a new session channel without waiting for sshd's answer (one round trip less).
+
+    paramiko's `exec_command` waits for sshd's reply before anything can be written; sshd handles a channel's
+    messages in order, so data sent right after the request reaches the command's stdin. A refused request
+    closes the channel (paramiko does that on the failure reply), which the caller sees as a stream that ended
+    without an exit status, as it sees a command that could not start.
+    """
+    message = paramiko.Message()
+    message.add_byte(cMSG_CHANNEL_REQUEST)
+    message.add_int(channel.remote_chanid)
+    message.add_string("exec")
+    message.add_boolean(True)
+    message.add_string(command)
+    transport = channel.get_transport()
+    transport._send_user_message(message)  # type: ignore[attr-defined]
+
+
 def _read_all(stream: paramiko.ChannelFile) -> bytes:
     chunks: list[bytes] = []
     while True:
@@ -150,6 +233,7 @@ def connect_once(
         pkey = paramiko.Ed25519Key.from_private_key_file(str(key_path))
         transport.auth_publickey(endpoint.user, pkey)
         transport.set_keepalive(KEEPALIVE_S)
+        BufferedReads.install(transport.packetizer)
         return Connection(transport, endpoint, host_key)
     except BaseException:
         transport.close()

@@ -193,6 +193,32 @@ def test_one_connection_carries_more_than_paramikos_rekey_limit(machine: tuple[S
     assert session.connection.active
 
 
+def test_a_command_started_without_waiting_reads_what_was_sent_at_once(
+        machine: tuple[Session, Ledger, Providers]) -> None:
+    # start_command does not wait for sshd's reply to the exec: the bytes sent right behind it must still
+    # reach the command's stdin, in order, and its output and exit status come back as with exec_command.
+    from cloudsd.ssh import start_command
+
+    session, _, _ = machine
+    payload = os.urandom(3 * MB)
+    for _ in range(3):
+        channel = session.connection.transport.open_session(timeout=20)
+        channel.settimeout(20)
+        start_command(channel, "python3 -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())'")
+        channel.sendall(payload)
+        channel.shutdown_write()
+        out = b""
+        while data := channel.recv(65536):
+            out += data
+        assert out.decode().strip() == hashlib.sha256(payload).hexdigest()
+        assert channel.recv_exit_status() == 0
+    channel = session.connection.transport.open_session(timeout=20)
+    channel.settimeout(20)
+    start_command(channel, "exit 97")
+    assert channel.recv(10) == b"" and channel.recv_exit_status() == 97
+    assert session.connection.active
+
+
 def small_disk_machine(docker_client: Any, image: str, size: str) -> tuple[Any, Any]:
     """A machine whose Lora folder is a small tmpfs (a full disk without filling the host's)."""
     from cloudsd import keys

@@ -25,7 +25,7 @@ from typing import Any
 import paramiko
 
 from cloudsd.errors import SyncError
-from cloudsd.ssh import WINDOW_BYTES, Connection
+from cloudsd.ssh import WINDOW_BYTES, Connection, start_command
 from cloudsd.ui import UIProfile
 
 AGENT_PACKAGE = "cloudsd.remote.agent"
@@ -99,7 +99,7 @@ class Agent:
                                                              timeout=60)
             if self.rtt_s is None:
                 self.rtt_s = time.perf_counter() - started
-            channel.exec_command(self.command(job))
+            start_command(channel, self.command(job))
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise lost_connection(exc) from None
         self.execs += 1
