@@ -131,7 +131,7 @@ def test_max_time_ends_the_machine_after_the_cli_is_killed(cloud: Cloud) -> None
     killed_at = time.monotonic()
     wait_for(lambda: cloud.state(pid) == "gone", 25 + 45, "the watchdog ending the machine")
     assert time.monotonic() - killed_at < 25 + 45
-    assert cloud.end_calls(pid) == [("machine", "podTerminate" if cloud.name == "runpod" else "terminate")]
+    assert cloud.end_calls(pid) == [("machine", "terminate")]
 
     row = by_name(cloudsd_json("status"))["k1"]
     assert row["status"] == "terminated" and row["note"] == "ended by the watchdog: time budget 25s reached"
@@ -147,7 +147,7 @@ def test_an_idle_machine_stops_itself_and_shows_its_storage_accrual(cloud: Cloud
     assert result.returncode == 0, result.stderr
     pid = str(json.loads(result.stdout)["provider_id"])
     wait_for(lambda: cloud.state(pid) == "stopped", 15 + 45, "the idle stop")
-    assert cloud.end_calls(pid) == [("machine", "podStop" if cloud.name == "runpod" else "stop")]
+    assert cloud.end_calls(pid) == [("machine", "stop")]
 
     row = by_name(cloudsd_json("status"))["i1"]
     assert row["status"] == "stopped" and row["live"].startswith("stopped")
@@ -206,7 +206,7 @@ def test_activity_through_the_tunnel_postpones_the_idle_stop(fake_runpod: Any) -
             proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "a1: stopped by the watchdog: idle for 12s" in err
-    assert fake_runpod.cloud.actions == [(pod.id, "podStop", pod.id)]
+    assert fake_runpod.cloud.actions == [(pod.id, "stop", pod.id)]
     assert cloudsd("down", "a1", "--yes", "--no-outputs").returncode == 0
 
 
@@ -225,7 +225,7 @@ def test_a_budget_below_what_is_spent_is_refused_and_a_new_one_is_enforced(fake_
     assert ok.returncode == 0, ok.stderr
     assert "b1: ends after 30s" in ok.stderr and "(time budget 30s reached)" in ok.stderr
     wait_for(lambda: cloud.state(pid) == "gone", 30 + 45, "the watchdog enforcing the new budget")
-    assert cloud.end_calls(pid) == [("machine", "podTerminate")]
+    assert cloud.end_calls(pid) == [("machine", "terminate")]
     done = cloudsd("down", "b1", "--yes")  # before any `status`: down itself finds out what happened
     assert done.returncode == 0, done.stderr
     assert "b1: already gone · cost $" in done.stderr

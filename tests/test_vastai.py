@@ -146,13 +146,17 @@ def test_key_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.delenv("VAST_API_KEY", raising=False)
     (home / ".vast_api_key").parent.mkdir(parents=True)
     (home / ".vast_api_key").write_text("legacykey1111\n")
-    assert api.resolve_api_key(None) == ("legacykey1111", str(home / ".vast_api_key"))
+    def found(explicit: str | None = None) -> tuple[str, str]:
+        credential = api.resolve_api_key(explicit)
+        return credential.key, credential.source
+
+    assert found() == ("legacykey1111", str(home / ".vast_api_key"))
     (xdg / "vastai").mkdir(parents=True)
     (xdg / "vastai" / "vast_api_key").write_text("xdgkey2222\n")
-    assert api.resolve_api_key(None) == ("xdgkey2222", str(xdg / "vastai" / "vast_api_key"))
+    assert found() == ("xdgkey2222", str(xdg / "vastai" / "vast_api_key"))
     monkeypatch.setenv("VAST_API_KEY", "envkey3333")
-    assert api.resolve_api_key(None) == ("envkey3333", "VAST_API_KEY")
-    assert api.resolve_api_key("argkey4444") == ("argkey4444", "argument")
+    assert found() == ("envkey3333", "env VAST_API_KEY")
+    assert found("argkey4444") == ("argkey4444", "argument")
     monkeypatch.delenv("XDG_CONFIG_HOME")
     monkeypatch.delenv("VAST_API_KEY")
     (home / ".config" / "vastai").mkdir(parents=True)

@@ -79,7 +79,9 @@ def arm(ledger: Ledger, record: MachineRecord, connection: Connection, provider:
     found = deadlines(budget, started_at=started, now=now, spent_usd=cost.cost_usd,
                       price_per_hour=record.price_per_hour)
     offset, rtt = measure_offset(connection)
-    config = machine_config(provider.name, budget, found, offset, settings, self_stop=provider.supports_self_stop)
+    calls = {action: call.to_dict() for action in ("stop", "terminate")
+             if provider.supports_self_stop and (call := provider.self_stop_call(action)) is not None}
+    config = machine_config(provider.name, budget, found, offset, settings, end_calls=calls or None)
     reading = install(connection, config)
     ledger.event(record.name, "budget", {"budget": budget.to_dict(), "deadlines": [d.to_dict() for d in found]})
     ledger.event(record.name, "watchdog-installed", {**reading.to_event(), "rtt_s": round(rtt, 4), "config": config})

@@ -67,10 +67,12 @@ def source() -> str:
 
 
 def machine_config(provider: str, budget: Budget, deadlines: list[Deadline], offset_s: float,
-                   settings: WatchdogSettings, *, self_stop: bool) -> dict[str, Any]:
-    """The watchdog's JSON config: deadlines moved onto the machine's clock. Holds no key of any kind."""
+                   settings: WatchdogSettings, *, end_calls: dict[str, Any] | None) -> dict[str, Any]:
+    """The watchdog's JSON config: deadlines moved onto the machine's clock, and the provider's own requests
+    for ending the machine from inside (None: the watchdog stops PID 1). Holds no key of any kind."""
     return {
-        "provider": provider if self_stop else "local",
+        "provider": provider,
+        "end_calls": end_calls or {},
         "deadlines": [{"at": d.at + offset_s, "reason": d.reason} for d in deadlines],
         "idle_s": budget.idle_s,
         "idle_action": budget.idle_action,

@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cloudsd.errors import CredentialsError
 from cloudsd.gpus import canonical_gpu_name
 from cloudsd.models import CreateRequest, MachineInfo, MachineStatus, Offer, OfferSpec, SSHEndpoint
+from cloudsd.providers.credentials import Credential, KeyFile, plain_file, resolve
 
 PROVIDER = "vastai"
 DEFAULT_BASE_URL = "https://console.vast.ai"
@@ -41,26 +41,15 @@ def key_files(environ: Mapping[str, str], home: Path) -> list[Path]:
 
 def resolve_api_key(
     explicit: str | None, environ: Mapping[str, str] | None = None, home: Path | None = None
-) -> tuple[str, str]:
-    """(key, where it came from): the argument, then VAST_API_KEY, then vast-cli's key files."""
+) -> Credential:
+    """The key and where it came from: the argument, then VAST_API_KEY, then vast-cli's key files."""
     environ = os.environ if environ is None else environ
     home = Path(environ.get("HOME") or Path.home()) if home is None else home
-    if explicit and explicit.strip():
-        return explicit.strip(), "argument"
-    if environ.get(KEY_ENV, "").strip():
-        return environ[KEY_ENV].strip(), KEY_ENV
     files = key_files(environ, home)
-    for path in files:
-        try:
-            text = path.read_text().strip()
-        except OSError:
-            continue
-        if text:
-            return text.split()[0], str(path)
-    raise CredentialsError(
-        "no Vast.ai API key found.",
-        hint=f"Set {KEY_ENV}, or write the key to {files[0]} "
-        "(copy it from https://cloud.vast.ai/manage-keys/).",
+    return resolve(
+        provider_label="Vast.ai", env_var=KEY_ENV, files=[KeyFile(path, plain_file) for path in files],
+        hint=f"Set {KEY_ENV}, or write the key to {files[0]} (copy it from https://cloud.vast.ai/manage-keys/).",
+        explicit=explicit, environ=environ,
     )
 
 
