@@ -18,7 +18,7 @@ from cloudsd.ui import DEFAULT_CUDA
 from tests.cli_helpers import cloudsd, cloudsd_json, free_port, interrupt, start, wait_for_line, wait_http
 
 pytestmark = pytest.mark.docker
-HOURS_PER_MONTH = 730.0
+HOURS_PER_MONTH = {"runpod": 730.0, "vastai": 720.0}  # RunPod's docs; Vast's published examples
 
 
 @dataclass
@@ -39,12 +39,12 @@ class Cloud:
             from tests.fakes.runpod_cloud import CATALOG
 
             prices = [p for g in CATALOG if g.display_name == gpu for p in (g.secure, g.community) if p]
-            return min(prices) + disk_gb * 0.10 / HOURS_PER_MONTH
+            return min(prices) + disk_gb * 0.10 / HOURS_PER_MONTH["runpod"]
         # The default image is cloudsd's CUDA 12.4 variant, so only hosts whose driver runs it are offered.
         rows = [r for r in self.fake.catalog if r["gpu_name"] == gpu and r["num_gpus"] == 1 and r["rentable"]
                 and r["verified"] and r["direct_port_count"] >= 1 and not r.get("rented")
                 and r["cuda_max_good"] >= float(DEFAULT_CUDA)]
-        return min(r["dph_base"] + r["storage_cost"] * disk_gb / HOURS_PER_MONTH for r in rows)
+        return min(r["dph_base"] + r["storage_cost"] * disk_gb / HOURS_PER_MONTH["vastai"] for r in rows)
 
     def make_stray(self) -> tuple[str, str]:
         """A `cloudsd-` machine made behind this ledger's back (another laptop): (provider id, name)."""
@@ -127,6 +127,16 @@ def test_capacity_errors_try_the_next_offers_then_one_line(cloud: Cloud, cloudsd
     assert "no offer could be started after 3 tries" in line
     assert cloud.live() == []
     assert _row(cloudsd_home, "full")["status"] == "terminated"
+
+
+def test_a_create_refused_for_another_reason_also_tries_the_next_offers(cloudsd_home: Path, fake_vast: Any) -> None:
+    fake_vast.faults.create_forbidden = True  # a 403 on create: the offer is not rentable by this account
+    result = cloudsd("up", "nope", "--provider", "vastai", "--detach", "--yes")
+    assert result.returncode == 5, result.stderr
+    (line,) = _error_lines(result.stderr)
+    assert "no offer could be started after 3 tries" in line and "not available to this account" in line
+    assert "rejected the API key" not in result.stderr
+    assert len([r for r in fake_vast.requests if r.method == "PUT" and "/asks/" in r.path]) == 3
 
 
 def test_never_ready_machines_are_destroyed(cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -91,14 +91,14 @@ class Session:
 
 
 def spec_from(settings: Settings, choice: dict[str, Any] | None = None) -> OfferSpec:
-    """The offer filters: gpu, max price and disk from the settings, the rest from flags. Without --cuda, only
-    hosts whose driver runs the image's CUDA version (its `-cuXYZ` tag) are offered."""
+    """The offer filters: gpu, max price and disk from the settings, the rest from flags. Only hosts whose driver
+    runs the image's CUDA version (its `-cuXYZ` tag) are offered; `--cuda` can only raise that floor."""
     choice = choice or {}
     image = settings["image"] or profile(settings["ui"]).image(settings["registry"])
     return OfferSpec(
         gpus=tuple(settings["gpu"]), max_price_per_hour=settings["max_price"], disk_gb=settings["disk_gb"],
         min_vram_gb=choice.get("min_vram"), min_reliability=choice.get("min_reliability"), region=choice.get("region"),
-        cuda=choice.get("cuda") or image_cuda(image), interruptible=bool(choice.get("interruptible")),
+        cuda=highest_cuda(choice.get("cuda"), image_cuda(image)), interruptible=bool(choice.get("interruptible")),
     )
 
 
@@ -188,6 +188,11 @@ def _up_on(offer: Offer, name: str, ui: UIProfile, options: UpOptions, ledger: L
             provider_id = provider.create(offer, request)
         except NoCapacity as exc:
             _forget(ledger, name, f"not created: {exc}")
+            raise _TryNextOffer(exc) from None
+        except ProviderError as exc:
+            # Anything but a bad key (a CredentialsError, not a ProviderError): once whatever the create made
+            # is ended, the next offer may work, just as after a capacity error.
+            _cleanup(ledger, providers, name, f"create failed: {exc}", options, reporter)
             raise _TryNextOffer(exc) from None
         except BaseException as exc:
             # The create may have gone through before it failed: look for the label before giving up.

@@ -65,6 +65,7 @@ class Provider(ABC):
     reports_billing: bool = False  # `billing()` says what the provider actually charged, per machine
     ssh_timeout_s: float = 120.0  # how long SSH may take to answer once the provider says running
     boot_timeout_s: float = 600.0  # how long the provider may take to say running (image pulls)
+    poll_interval_s: float = 1.0  # the pace of status polls while waiting (some APIs limit each endpoint)
 
     @abstractmethod
     def offers(self, spec: OfferSpec) -> list[Offer]:

@@ -110,11 +110,13 @@ class JsonApi:
         idempotent: bool,
         timeout: httpx.Timeout | None = None,
         retry_statuses: frozenset[int] = frozenset(),
+        own_statuses: frozenset[int] = frozenset(),
     ) -> httpx.Response:
         """Send one call; retry it only if `idempotent`. Returns any non-retryable response for the caller.
 
         `retry_statuses` lets a call that is not idempotent still retry answers that prove the server did
-        nothing (a create may retry 429: the rate limiter refused it before the API saw it).
+        nothing (a create may retry 429: the rate limiter refused it before the API saw it). `own_statuses` are
+        returned to the caller even where they would otherwise mean a rejected key (a 403 on one call).
         """
         started = time.monotonic()
         attempt = 0
@@ -144,7 +146,7 @@ class JsonApi:
                 wait = self._pace(response.headers)
                 if wait:
                     self._not_before = time.monotonic() + wait
-            if response.status_code in self._credential_statuses:
+            if response.status_code in self._credential_statuses and response.status_code not in own_statuses:
                 raise CredentialsError(
                     f"{self.provider_label} rejected the API key (HTTP {response.status_code}).",
                     hint=self.key_hint,

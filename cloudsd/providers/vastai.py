@@ -76,6 +76,7 @@ class VastProvider(Provider):
     supports_deadline = False
     reports_billing = True
     boot_timeout_s = 900.0  # hosts pull multi-GB images over their own links
+    poll_interval_s = 2.5  # Vast limits each endpoint to a minimum interval and sends no Retry-After
     list_page_size = 25
     recover_settle_s = 2.0  # pause before the second label lookup after an unconfirmed create
 
@@ -162,6 +163,7 @@ class VastProvider(Provider):
             response, body = self._call(
                 "PUT", f"/api/v0/asks/{offer.offer_id}/", json=create_body(offer, request), idempotent=False,
                 timeout=self._create_timeout, retry_statuses=frozenset({429}),
+                own_statuses=frozenset({403}),  # may mean the offer is not rentable by this account
             )
         except ConnectFailed as exc:
             return self._recover(request, started, f"no answer: {exc.message}")
@@ -177,6 +179,11 @@ class VastProvider(Provider):
         if is_capacity_error(body):
             raise NoCapacity(f"{LABEL} offer {offer.offer_id} is no longer available: {self._why(response, body)}",
                              hint="Choose another offer; `cloudsd up` tries the next cheapest.")
+        if response.status_code == 403:
+            raise ProviderError(
+                f"{LABEL} refused to rent offer {offer.offer_id} to this account (HTTP 403): {self._why(response, body)}",
+                hint="Some offers are open only to some accounts; `cloudsd up` tries the next cheapest. If every "
+                     f"offer is refused, check the key ({self.credential_source}).")
         raise self._fail(f"create from offer {offer.offer_id}", response, body)
 
     def _created(self, provider_id: str, request: CreateRequest) -> str:

@@ -20,7 +20,7 @@ PROVIDER = "vastai"
 DEFAULT_BASE_URL = "https://console.vast.ai"
 KEY_ENV = "VAST_API_KEY"
 URL_ENV = "VAST_URL"
-HOURS_PER_MONTH = 730.0
+HOURS_PER_MONTH = 720.0  # Vast's published examples convert $/GB/month at 720 hours
 SEARCH_LIMIT = 500
 RUNTYPE = "ssh_direc ssh_proxy"  # the SDK's spelling: ssh with a direct port, proxy as fallback
 CONSOLE_URL = "https://cloud.vast.ai/instances/"
@@ -257,7 +257,11 @@ def parse_instance(raw: Mapping[str, Any], *, fresh: bool = False) -> MachineInf
 
 
 def storage_per_hour(raw: Mapping[str, Any]) -> float | None:
-    """What a stopped instance bills: `storage_cost` ($/GB/month) x `disk_space` (GB) over a 730-hour month."""
+    """What a stopped instance bills per hour: its own `storage_total_cost` where given, else `storage_cost`
+    ($/GB/month) x `disk_space` (GB) over a 720-hour month."""
+    given = _float(raw.get("storage_total_cost"))
+    if given is not None and given > 0:
+        return round(given, 6)
     per_gb_month, disk_gb = _float(raw.get("storage_cost")), _float(raw.get("disk_space"))
     if per_gb_month is None or disk_gb is None:
         return None
@@ -273,14 +277,15 @@ def parse_account(body: Any) -> dict[str, Any]:
 
 
 def parse_charge(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """One `/api/v0/charges/` row: the instance only in `source` ("instance-<id>"), the label under
+    `metadata.label`, `amount` rounded to 3 decimals, `items` typed gpu/disk/bwd/bwu."""
     source = str(raw.get("source") or "")
-    instance_id = raw.get("instance_id")
-    if instance_id is None and source.startswith("instance-"):
-        instance_id = source.split("-", 1)[1]
+    instance_id = source.split("-", 1)[1] if source.startswith("instance-") else None
+    metadata = raw["metadata"] if isinstance(raw.get("metadata"), dict) else {}
     return {
         "provider": PROVIDER,
-        "provider_id": None if instance_id is None else str(instance_id),
-        "label": raw.get("label"),
+        "provider_id": instance_id,
+        "label": metadata.get("label"),
         "kind": raw.get("type"),
         "start": _float(raw.get("start")),
         "end": _float(raw.get("end")),

@@ -11,7 +11,7 @@ import operator
 from collections.abc import Callable
 from typing import Any
 
-HOURS_PER_MONTH = 730.0
+HOURS_PER_MONTH = 720.0  # as Vast's published examples convert storage_cost
 
 # gpu_name, gpu_ram (MB), num_gpus, dph_base, min_bid, storage_cost, reliability, geolocation, cuda_max_good,
 # inet_down, direct_port_count, verified, disk_space (GB)
