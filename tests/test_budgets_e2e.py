@@ -103,6 +103,10 @@ def test_report_matches_the_fakes_billing_to_the_cent(cloud: Cloud) -> None:
     assert report["accruing_per_hour"] == pytest.approx(second["price_per_hour"], abs=1e-6)
     assert report["month_projection_usd"] >= report["month_to_date_usd"] > 0
     assert report["basis"] == "estimate from the ledger, with the providers' own billing"
+    if cloud.name == "runpod":  # REST v2 has no balance route: `cost` says so rather than guessing
+        assert report["billing"]["runpod"]["balance_usd"] is None
+        assert report["billing"]["runpod"]["missing"] == "RunPod's v2 API reports no account balance"
+        assert "v2 API reports no account balance" in cloudsd("cost").stdout.replace("\n", " ")
 
     cloud.fake.faults.billing_unavailable = True
     report = cloudsd_json("cost")
@@ -139,6 +143,21 @@ def test_max_time_ends_the_machine_after_the_cli_is_killed(cloud: Cloud) -> None
     assert line["running_s"] == pytest.approx(25, abs=2), "billed until the deadline, not until status noticed"
     assert line["cost_usd"] == pytest.approx(cloud.billed(pid), abs=CENT)
     assert line["ended_by"] == "the watchdog: time budget 25s reached"
+
+
+def test_status_says_when_the_watchdog_last_reported_and_warns_when_it_is_silent(fake_runpod: Any) -> None:
+    result = cloudsd("up", "w1", "--provider", "runpod", "--gpu", PRICEY["runpod"], "--max-time", "30m",
+                     "--detach", "--yes")
+    assert result.returncode == 0, result.stderr
+    row = by_name(cloudsd_json("status"))["w1"]
+    assert row["watchdog_silent"] is False and "watchdog last reported" in row["note"]
+    assert time.time() - row["watchdog_reported_at"] < 30
+    code, out = fake_runpod.machines.exec(row["provider_id"], ["sh", "-c", "kill -9 $(cat /run/cloudsd/watchdog.lock)"])
+    assert code == 0, out
+    row = by_name(cloudsd_json("status"))["w1"]
+    assert row["watchdog_silent"] is True
+    assert "warning: the watchdog is silent" in row["note"] and "cloudsd down w1" in row["note"]
+    assert cloudsd("down", "w1", "--yes", "--force").returncode == 0
 
 
 def test_an_idle_machine_stops_itself_and_shows_its_storage_accrual(cloud: Cloud) -> None:

@@ -72,6 +72,8 @@ def summary_lines(report: Any) -> list[str]:
             text += f"; balance {money(b.balance_usd, 2)}"
         if b.spend_per_hour:
             text += f", spending {money(b.spend_per_hour, 3)}/h"
+        if b.missing:
+            text += f" ({b.missing})"
         lines.append(text)
     stopped = [line for line in report.lines if line.cost.state == "stopped"]
     for line in stopped:

@@ -50,6 +50,7 @@ class ProviderBilling:
     balance_usd: float | None = None
     spend_per_hour: float | None = None
     by_machine: dict[str, float] = field(default_factory=dict)
+    missing: str | None = None  # a figure the provider's API does not give (RunPod v2: no balance)
 
     @property
     def difference_usd(self) -> float | None:
@@ -60,7 +61,7 @@ class ProviderBilling:
                 "billed_usd": None if self.billed_usd is None else round(self.billed_usd, 6),
                 "estimate_usd": round(self.estimate_usd, 6),
                 "difference_usd": None if self.difference_usd is None else round(self.difference_usd, 6),
-                "balance_usd": self.balance_usd, "spend_per_hour": self.spend_per_hour}
+                "balance_usd": self.balance_usd, "spend_per_hour": self.spend_per_hour, "missing": self.missing}
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,7 @@ def _provider_billing(providers: Providers, lines: list[Line], since: float | No
             if pid in ids:
                 by_machine[pid] = by_machine.get(pid, 0.0) + float(record.get("amount_usd") or 0.0)
         balance = spend = None
+        details: dict[str, Any] = {}
         account = getattr(provider, "account", None)
         if callable(account):
             try:
@@ -172,5 +174,7 @@ def _provider_billing(providers: Providers, lines: list[Line], since: float | No
             balance = details.get("credit_usd") if details.get("credit_usd") is not None else details.get(
                 "balance_usd")  # Vast.ai's spendable money is its credit; RunPod's, its balance
             spend = details.get("spend_usd_per_hour")
-        out.append(ProviderBilling(name, True, None, sum(by_machine.values()), estimate, balance, spend, by_machine))
+        missing = details.get("missing") if isinstance(details.get("missing"), str) else None
+        out.append(ProviderBilling(name, True, None, sum(by_machine.values()), estimate, balance, spend, by_machine,
+                                   missing))
     return out
