@@ -6,6 +6,7 @@ RunPod and Vast.ai. Each fault switch has a test in which nothing leaks and the 
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -214,3 +215,17 @@ def test_doctor_says_which_key_source(cloud: Cloud) -> None:
     assert mine["ok"] is True
     assert mine["credential"].endswith(f"(…{cloud.fake.api_key[-4:]})")
     assert cloud.fake.api_key not in str(checks)
+    if cloud.name == "runpod":
+        assert "REST v2" in mine["detail"] and "no balance" in mine["detail"]
+
+
+def test_doctor_refuses_a_malformed_key_naming_its_source(cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> None:
+    var = "RUNPOD_API_KEY" if cloud.name == "runpod" else "VAST_API_KEY"
+    bad = "rpa_SECRETÄ\r\nX-Injected: yes"
+    monkeypatch.setenv(var, bad)
+    result = cloudsd("doctor", "--json")
+    mine = {c["provider"]: c for c in json.loads(result.stdout)}[cloud.name]
+    assert mine["ok"] is False and f"env {var}" in mine["detail"] and "line break" in mine["detail"]
+    assert "SECRET" not in result.stdout + result.stderr and "Injected" not in result.stdout + result.stderr
+    plain = cloudsd("doctor")
+    assert "SECRET" not in plain.stdout + plain.stderr and "Traceback" not in plain.stderr
