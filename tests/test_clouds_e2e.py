@@ -74,12 +74,18 @@ def _error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
-def test_offers_json_is_the_true_cheapest(cloud: Cloud) -> None:
+def test_offers_json_is_the_true_cheapest(cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> None:
     offers = cloudsd_json("offers", "--provider", cloud.name, "--gpu", "RTX 4090", "--disk", "40")
     assert offers, "the catalog has RTX 4090s"
     assert offers[0]["price_per_hour"] == pytest.approx(cloud.true_cheapest("RTX 4090", 40), abs=1e-6)
     assert [o["price_per_hour"] for o in offers] == sorted(o["price_per_hour"] for o in offers)
     assert all(o["gpu_name"] == "RTX 4090" and o["provider"] == cloud.name for o in offers)
+    billed_per_gb = [o["download_usd_per_gb"] is not None for o in offers]
+    assert all(billed_per_gb) if cloud.name == "vastai" else not any(billed_per_gb)  # Vast bills bandwidth per GB
+    if cloud.name == "vastai":
+        monkeypatch.setenv("COLUMNS", "240")  # a wide terminal: every column shown in full
+        table = cloudsd("offers", "--provider", cloud.name, "--gpu", "RTX 4090").stdout
+        assert "$/GB" in table and f"{offers[0]['download_usd_per_gb']:.4f}" in table
 
 
 def test_no_offer_fits_names_the_filter(cloud: Cloud) -> None:

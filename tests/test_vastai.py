@@ -94,6 +94,7 @@ def test_parse_offer_prices_storage_and_reads_vast_units() -> None:
     assert offer.storage_price_per_hour == pytest.approx(raw["storage_cost"] * 40 / 720)
     assert offer.region == raw["geolocation"] and offer.cuda_version == str(raw["cuda_max_good"])
     assert offer.reliability == raw["reliability"] and offer.download_mbps == raw["inet_down"]
+    assert (offer.download_usd_per_gb, offer.upload_usd_per_gb) == (raw["inet_down_cost"], raw["inet_up_cost"])
     bid = api.parse_offer(raw, OfferSpec(disk_gb=40, interruptible=True))
     assert bid is not None and bid.interruptible
     assert bid.price_per_hour == pytest.approx(raw["min_bid"] + raw["storage_cost"] * 40 / 720)

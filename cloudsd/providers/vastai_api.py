@@ -124,6 +124,8 @@ def parse_offer(raw: Mapping[str, Any], spec: OfferSpec) -> Offer | None:
         download_mbps=_float(raw.get("inet_down")),
         interruptible=spec.interruptible,
         storage_price_per_hour=storage_per_hour,
+        download_usd_per_gb=_float(raw.get("inet_down_cost")),
+        upload_usd_per_gb=_float(raw.get("inet_up_cost")),
     )
 
 

@@ -76,6 +76,8 @@ def default_catalog() -> list[dict[str, Any]]:
                 "reliability2": rel,
                 "inet_down": down,
                 "inet_up": round(down * 0.6, 1),
+                "inet_down_cost": round(0.002 + 0.001 * (n % 5), 4),  # $/GB, as Vast bills bandwidth
+                "inet_up_cost": round(0.001 + 0.001 * (n % 3), 4),
                 "cuda_max_good": cuda,
                 "driver_version": "570.133.07" if cuda >= 12.8 else "550.54.15",
                 "disk_space": disk,
