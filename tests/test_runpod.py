@@ -71,6 +71,22 @@ def test_problem_detail_is_one_line() -> None:
     assert v2.problem_detail("<html>", "fallback") == "fallback"
 
 
+def test_what_a_refused_create_or_start_means() -> None:
+    """The createPod table in RunPod's OpenAPI document: 400/403 -> the next candidate; 402 -> stop; 422 -> ours."""
+    def error(status: int, detail: str) -> v2.RunPodApiError:
+        return v2.RunPodApiError(f"HTTP {status}", status=status, detail=detail)
+
+    assert isinstance(v2.create_error(error(400, "no capacity"), "g|SECURE"), NoCapacity)
+    assert isinstance(v2.create_error(error(403, "pool not accessible"), "g|SECURE"), NoCapacity)
+    balance = v2.create_error(error(402, "insufficient balance"), "g|SECURE")
+    assert not isinstance(balance, NoCapacity) and "Add funds" in (balance.hint or "")
+    invalid = error(422, "Request validation failed.")
+    assert v2.create_error(invalid, "g|SECURE") is invalid
+    assert isinstance(v2.resume_error(error(400, "There are not enough free GPUs on the host"), "p"), ResumeRefused)
+    not_now = error(409, "action start is not valid for a pod in status RUNNING")
+    assert v2.resume_error(not_now, "p") is not_now
+
+
 CATALOG = [
     {"id": "NVIDIA GeForce RTX 4090", "memory": 24, "secure": True, "community": True,
      "price": {"secure": 0.69, "community": 0.34}, "maxCount": {"secure": 8, "community": 8}, "availability": "HIGH",
@@ -158,6 +174,10 @@ def test_key_order_argument_env_file(tmp_path: Any, monkeypatch: pytest.MonkeyPa
     assert RunPodProvider(base_url="http://127.0.0.1:7").base_url == "http://127.0.0.1:7"
     monkeypatch.delenv("RUNPOD_API_BASE_URL")
     assert RunPodProvider().base_url == "https://api.runpod.io"
+    for bad in ("http://[::1", "ftp://api.runpod.io", "api.runpod.io", "http://h:port"):
+        monkeypatch.setenv("RUNPOD_API_BASE_URL", bad)
+        with pytest.raises(ConfigError, match="RUNPOD_API_BASE_URL"):
+            RunPodProvider()
 
 
 def test_runpodctl_config_and_bad_toml(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,8 +23,9 @@ import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from cloudsd.errors import ProviderError
+from cloudsd.errors import ConfigError, ProviderError
 from cloudsd.gpus import canonical_gpu_name
 from cloudsd.models import (
     LABEL_PREFIX,
@@ -258,6 +259,15 @@ class RunPodProvider(Provider):
         self.credential_source = credential.source
         self.key_last4 = credential.last4
         self.base_url = (base_url or os.environ.get(URL_ENV) or DEFAULT_BASE_URL).rstrip("/")
+        try:
+            parts = urlsplit(self.base_url)
+            _ = parts.port  # raises on a port that is not a number
+            valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+        except ValueError:
+            valid = False
+        if not valid:
+            raise ConfigError(f"the RunPod base URL {self.base_url!r} is not an http(s) URL.",
+                              hint=f"Fix runpod.base_url or {URL_ENV}.")
         self.create_timeout_s = create_timeout_s
         hint = f"{KEY_HINT} The key in use (…{self.key_last4}) came from {self.credential_source}."
         self._api = RestV2(
