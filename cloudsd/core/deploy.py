@@ -200,7 +200,9 @@ def _up_on(offer: Offer, name: str, ui: UIProfile, options: UpOptions, ledger: L
             raise
         ledger.update(name, provider_id=provider_id, status="booting", event="created",
                       data={"provider_id": provider_id, "offer": offer.offer_id,
-                            "price_per_hour": offer.price_per_hour, "deadline_at": deadline_at})
+                            "price_per_hour": offer.price_per_hour, "deadline_at": deadline_at,
+                            "download_usd_per_gb": offer.download_usd_per_gb,
+                            "upload_usd_per_gb": offer.upload_usd_per_gb})
         if provider.bills_money:
             reporter.note(f"{provider.name} machine {provider_id} is billing ${offer.price_per_hour:.3f}/h; "
                           f"end it with `cloudsd down {name}`")

@@ -114,7 +114,8 @@ def build(ledger: Ledger, providers: Providers | None, *, since: float | None = 
     for cost in costs:
         pieces = [c for i in cost.intervals if (c := i.clipped(since, until)) is not None]
         if pieces:
-            lines.append(Line(cost, sum(p.cost_usd for p in pieces), sum(p.seconds for p in pieces)))
+            lines.append(Line(cost, sum(p.cost_usd for p in pieces) + cost.bandwidth_between(since, until),
+                              sum(p.seconds for p in pieces)))
     billing = _provider_billing(providers, lines, since, until, now) if providers is not None else []
     billed = {(b.provider, pid): amount for b in billing for pid, amount in b.by_machine.items()}
     lines = [Line(line.cost, line.window_cost_usd, line.window_seconds,

@@ -65,7 +65,9 @@ def sync_models(ledger: Ledger, name: str, requests: list[ModelRequest], progres
     record = running_record(ledger, name)
     with reconnect_record(record, deadline_s=CONNECT_DEADLINE_S) as connection:
         summary = push_models(connection, profile(record.ui or "a1111"), requests, progress=progress)
-    ledger.event(name, "models-synced", {"results": [[r.remote, r.outcome, r.short_hash] for r in summary.results]})
+    fetched = sum(r.size or 0 for r in summary.results if r.outcome == "fetched")  # the machine downloaded these
+    ledger.event(name, "models-synced", {"results": [[r.remote, r.outcome, r.short_hash] for r in summary.results],
+                                         "bytes_in": summary.bytes_sent + fetched})
     return summary
 
 
@@ -80,7 +82,7 @@ def pull_record_outputs(ledger: Ledger, record: MachineRecord, dest: Path, progr
     with reconnect_record(record, deadline_s=CONNECT_DEADLINE_S) as connection:
         summary = pull_outputs(connection, profile(record.ui or "a1111"), dest, progress=progress)
     ledger.event(record.name, "outputs-pulled", {"dest": str(summary.dest), "pulled": len(summary.pulled),
-                                                 "problems": summary.problems})
+                                                 "problems": summary.problems, "bytes_out": summary.bytes_pulled})
     return summary
 
 
