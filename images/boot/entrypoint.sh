@@ -21,6 +21,7 @@ RUN_DIR=/run/cloudsd
 LOG_DIR=/var/log/cloudsd
 ENV_FILE=/etc/cloudsd/env
 UI_START=/opt/cloudsd/ui/start
+UI_FLAVOR_FILE=/opt/cloudsd/ui/flavor
 UI_PIDFILE=$RUN_DIR/ui.pid
 AUTHORIZED_KEYS=/root/.ssh/authorized_keys
 SAVED_ENV_RE='^(RUNPOD_|CONTAINER_|VAST_|CLOUDSD_)|^PUBLIC_KEY$'
@@ -156,10 +157,22 @@ start_sshd() { # MODE: foreground (a child we supervise) or daemon (sshd forks a
     fi
 }
 
+# The UI this image runs: $CLOUDSD_UI_FLAVOR, else the first word of the image's flavor file (so a
+# ComfyUI image started without cloudsd's environment is still ComfyUI on 8188), else a1111.
+ui_flavor() {
+    local flavors=""
+    if [ -n "${CLOUDSD_UI_FLAVOR:-}" ]; then
+        printf '%s' "$CLOUDSD_UI_FLAVOR"
+        return 0
+    fi
+    read -r flavors _ <"$UI_FLAVOR_FILE" 2>/dev/null || true
+    printf '%s' "${flavors:-a1111}"
+}
+
 ui_port() {
     if [ -n "${CLOUDSD_UI_PORT:-}" ]; then
         printf '%s' "$CLOUDSD_UI_PORT"
-    elif [ "${CLOUDSD_UI_FLAVOR:-a1111}" = comfyui ]; then
+    elif [ "$(ui_flavor)" = comfyui ]; then
         printf 8188
     else
         printf 7860
