@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Run every check cloudsd has: lint, types, Dockerfile lint, and the test suite on a real Docker engine.
+# Run every check cloudsd has: lint, types, Dockerfile and workflow lint, the image pins resolved by pip
+# against the package index (scripts/resolve_pins.py, about 2 minutes), and the test suite on a real Docker
+# engine.
 #   scripts/test.sh [pytest args…]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -7,4 +9,7 @@ scripts/bootstrap.sh
 .venv/bin/ruff check cloudsd tests benchmarks
 .venv/bin/mypy cloudsd
 find images -name Dockerfile -print0 | xargs -0 .venv/bin/hadolint --config images/.hadolint.yaml
+.venv/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+.venv/bin/zizmor --offline --quiet .github/workflows/
+.venv/bin/python scripts/resolve_pins.py
 .venv/bin/pytest -q -ra "$@"
