@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from cloudsd.errors import ConfigError, EngineUnavailable, ImageBuildError, ImageMissing
-from cloudsd.ui import DEFAULT_CUDA, DEFAULT_REGISTRY, default_image_target, image_for_gpu, profile
+from cloudsd.ui import (
+    DEFAULT_CUDA,
+    DEFAULT_REGISTRY,
+    default_image_target,
+    image_cuda,
+    image_for_gpu,
+    profile,
+)
 
 Progress = Callable[[str], None]
 UIS = ("a1111", "forge", "comfyui", "testbed")
@@ -345,6 +352,28 @@ def ensure_local(image: str, *, registry: str = DEFAULT_REGISTRY, allow_pull: bo
             f"the image {image!r} could not be pulled ({why}) nor built here ({exc.message.rstrip('.')}).",
             hint=f"Build it where GitHub is reachable: `{build_cmd}` (then `cloudsd image push`), {TRIAL_HINT}",
         ) from None
+
+
+# -- a registry, before renting --------------------------------------------------------------------------------
+
+
+def require_pullable(image: str, ui: str, *, on_progress: Progress = _quiet) -> None:
+    """Before a provider is asked for a machine that would pull cloudsd's own `image`: make sure anyone can
+    pull it (cloudsd.registry, an anonymous manifest request). ImageMissing, before anything is rented, when
+    not; else say which image the machine will pull, and why."""
+    from cloudsd.registry import check_pullable  # httpx: kept out of `cloudsd --help`
+
+    on_progress(f"asking the registry for {image}")
+    found = check_pullable(image)
+    if not found.pullable:
+        cuda = image_cuda(image)
+        flags = f"--ui {ui}" + (f" --cuda {cuda}" if cuda and cuda != DEFAULT_CUDA else "")
+        raise ImageMissing(
+            f"the prebuilt image {image} cannot be pulled: {found.reason}. Nothing was rented.",
+            hint=(f"Publish it (`cloudsd image build {flags}` then `cloudsd image push {flags}`, or the images "
+                  "workflow on a version tag), set `registry` to where it is, or run another image with "
+                  f"`--image NAME --ui {ui}`."))
+    on_progress(f"the machine pulls the prebuilt {image}: {found.reason}")
 
 
 def _one_line(text: str, limit: int = 240) -> str:

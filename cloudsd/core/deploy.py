@@ -22,7 +22,7 @@ from cloudsd.core.budget import Budget, check_new_budget, provider_deadline
 from cloudsd.core.machines import Providers, Reporter, end_record, refresh_record, wait_until_running
 from cloudsd.core.watchdog import WatchdogSettings
 from cloudsd.errors import CloudsdError, NoCapacity, ProviderError, ProvisioningError, SSHError
-from cloudsd.images import machine_image
+from cloudsd.images import machine_image, require_pullable
 from cloudsd.ledger import Ledger, MachineRecord
 from cloudsd.models import CreateRequest, MachineInfo, Offer, OfferSpec, SSHEndpoint
 from cloudsd.providers import Provider
@@ -169,6 +169,8 @@ def _up_on(offer: Offer, name: str, ui: UIProfile, options: UpOptions, ledger: L
            providers: Providers, reporter: Reporter) -> Session:
     image = machine_image(options, ui.name, offer.gpu_name, on_local_engine=provider.prepares_images,
                           on_progress=lambda text: reporter.phase("image", text))  # before anything is recorded
+    if options.default_image and not provider.prepares_images:  # never rent for an image nobody can pull
+        require_pullable(image, ui.name, on_progress=lambda text: reporter.phase("image", text))
     pair = keys.create_key_pair(name)
     ledger.reserve(name, provider.name, image, ui=ui.name)
     ledger.update(name, gpu=offer.gpu_name, price_per_hour=offer.price_per_hour,
