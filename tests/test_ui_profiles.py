@@ -355,3 +355,18 @@ def test_up_comfyui_and_a1111_on_the_local_engine(local_env: dict[str, str]) -> 
         assert "no GPU: AUTOMATIC1111 runs in CPU mode (slow)" in a1111.stderr
     finally:
         assert cloudsd("down", "a1111-local", "--yes").returncode == 0
+
+
+@pytest.mark.docker
+def test_the_hugging_face_cache_is_on_the_volume(run_testbed: Callable[..., Any]) -> None:
+    """The UI's Hugging Face cache is under /workspace, so the next machine on that volume reuses it; an
+    HF_HOME the user set wins."""
+    box = run_testbed({"CLOUDSD_UI_PORT": "7873"})
+    _inside(box, 7873, "/internal/ping")
+    environ = box.exec_run(["sh", "-c", "read pid start < /run/cloudsd/ui.pid && tr '\\0' '\\n' < /proc/$pid/environ"])
+    assert "HF_HOME=/workspace/.cache/huggingface" in environ.output.decode().splitlines()
+    assert box.exec_run(["test", "-d", "/workspace/.cache/huggingface"]).exit_code == 0
+    own = run_testbed({"CLOUDSD_UI_PORT": "7874", "HF_HOME": "/workspace/hf"})
+    _inside(own, 7874, "/internal/ping")
+    environ = own.exec_run(["sh", "-c", "read pid start < /run/cloudsd/ui.pid && tr '\\0' '\\n' < /proc/$pid/environ"])
+    assert "HF_HOME=/workspace/hf" in environ.output.decode().splitlines()
