@@ -65,3 +65,14 @@ def test_require_pullable_stops_before_renting_with_what_to_do(registry: FakeReg
     assert caught.value.message == ("the prebuilt image ghcr.io/cloudsd/a1111:1.10.1-cu128 cannot be pulled: "
                                     "ghcr.io has no cloudsd/a1111:1.10.1-cu128 (not published). Nothing was rented.")
     assert "`cloudsd image build --ui a1111 --cuda 12.8`" in str(caught.value.hint)
+
+
+def test_the_image_is_chosen_in_one_place_as_plain_data() -> None:
+    from cloudsd.images import ImageChoice, choose_image
+
+    ours = choose_image("comfyui", "NVIDIA GeForce RTX 5090", image=None, registry="127.0.0.1:5000/x")
+    assert ours == ImageChoice("127.0.0.1:5000/x/comfyui:0.3.77-cu128", "comfyui", "12.8", "127.0.0.1:5000/x",
+                               ours=True, way="host-pulls")
+    assert choose_image("forge", None, image=None).image == "ghcr.io/cloudsd/forge:2.0.1-dfdcbab-cu124"
+    named = choose_image("a1111", "RTX 5090", image="runpod/stable-diffusion:web-ui", on_local_engine=True)
+    assert (named.image, named.cuda, named.ours, named.way) == ("runpod/stable-diffusion:web-ui", None, False, "engine")

@@ -22,7 +22,7 @@ from cloudsd.core.budget import Budget, check_new_budget, provider_deadline
 from cloudsd.core.machines import Providers, Reporter, end_record, refresh_record, wait_until_running
 from cloudsd.core.watchdog import WatchdogSettings
 from cloudsd.errors import CloudsdError, NoCapacity, ProviderError, ProvisioningError, SSHError
-from cloudsd.images import machine_image, require_pullable
+from cloudsd.images import choose_image, machine_image
 from cloudsd.ledger import Ledger, MachineRecord
 from cloudsd.models import CreateRequest, MachineInfo, Offer, OfferSpec, SSHEndpoint
 from cloudsd.providers import Provider
@@ -58,7 +58,7 @@ class UpOptions:
         providers = ("runpod", "vastai") if provider == "auto" else (provider,)
         spec = spec_from(settings)
         ui = profile(settings["ui"])
-        image = settings["image"] or ui.image(settings["registry"])
+        image = choose_image(ui.name, None, image=settings["image"], registry=settings["registry"]).image
         # Unless set, the local port is the UI's usual one: 7860 for A1111 and Forge, 8188 for ComfyUI.
         port = ui.internal_port if settings.source("port") == "default" else settings["port"]
         values: dict[str, Any] = dict(
@@ -94,7 +94,7 @@ def spec_from(settings: Settings, choice: dict[str, Any] | None = None) -> Offer
     """The offer filters: gpu, max price and disk from the settings, the rest from flags. Without --cuda, only
     hosts whose driver runs the image's CUDA version (its `-cuXYZ` tag) are offered."""
     choice = choice or {}
-    image = settings["image"] or profile(settings["ui"]).image(settings["registry"])
+    image = choose_image(settings["ui"], None, image=settings["image"], registry=settings["registry"]).image
     return OfferSpec(
         gpus=tuple(settings["gpu"]), max_price_per_hour=settings["max_price"], disk_gb=settings["disk_gb"],
         min_vram_gb=choice.get("min_vram"), min_reliability=choice.get("min_reliability"), region=choice.get("region"),
@@ -168,9 +168,7 @@ class _TryNextOffer(Exception):
 def _up_on(offer: Offer, name: str, ui: UIProfile, options: UpOptions, ledger: Ledger, provider: Provider,
            providers: Providers, reporter: Reporter) -> Session:
     image = machine_image(options, ui.name, offer.gpu_name, on_local_engine=provider.prepares_images,
-                          on_progress=lambda text: reporter.phase("image", text))  # before anything is recorded
-    if options.default_image and not provider.prepares_images:  # never rent for an image nobody can pull
-        require_pullable(image, ui.name, on_progress=lambda text: reporter.phase("image", text))
+                          on_progress=lambda text: reporter.phase("image", text)).image  # before anything is recorded
     pair = keys.create_key_pair(name)
     ledger.reserve(name, provider.name, image, ui=ui.name)
     ledger.update(name, gpu=offer.gpu_name, price_per_hour=offer.price_per_hour,
