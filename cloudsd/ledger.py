@@ -1,5 +1,9 @@
 """The ledger: every machine cloudsd ever asked for, and what happened to it (stdlib sqlite3, WAL).
 
+Storage only: the statuses and event kinds are the enums below, and the transitions between them are
+written by `cloudsd/core/lifecycle.py` alone. Each event carries the id of the ledger row (session) it
+belongs to, so a reused name never mixes two sessions' events.
+
 A row is written the moment a provider returns an id, before any waiting, so a crash or Ctrl-C never
 loses track of a machine that bills. Two cloudsd processes may use the ledger at once: WAL mode, a busy
 timeout and short transactions keep them from corrupting it or losing rows.
@@ -13,6 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -47,14 +52,62 @@ CREATE TABLE IF NOT EXISTS events (
     at        REAL NOT NULL,
     machine   TEXT NOT NULL,
     kind      TEXT NOT NULL,
-    data      TEXT NOT NULL DEFAULT '{}'
+    data      TEXT NOT NULL DEFAULT '{}',
+    record_id INTEGER
 );
 CREATE INDEX IF NOT EXISTS events_machine ON events(machine, at);
 CREATE INDEX IF NOT EXISTS machines_name ON machines(name, id);
 """
 
-# Statuses of a ledger row. "active" ones may still bill.
-ACTIVE = ("creating", "booting", "running", "stopped", "failed", "unknown", "destroying")
+
+class _Word(str, Enum):
+    """An enum whose members are their words: equal to, stored as and printed as the plain string
+    (`enum.StrEnum` from Python 3.11 on; cloudsd still runs on 3.10)."""
+
+    __str__ = str.__str__
+    __format__ = str.__format__  # type: ignore[assignment]
+
+
+class Status(_Word):
+    """A ledger row's status. Every one but TERMINATED may still bill."""
+
+    CREATING = "creating"  # reserved, the create call not answered yet
+    BOOTING = "booting"
+    RUNNING = "running"
+    STOPPED = "stopped"  # the disk is kept and bills storage
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+    DESTROYING = "destroying"
+    TERMINATED = "terminated"
+
+
+class EventKind(_Word):
+    """What happened to a session; `core/cost.py` reads billing from these."""
+
+    RESERVED = "reserved"
+    CREATED = "created"  # the provider returned an id: billing starts
+    NOT_CREATED = "not-created"
+    RUNNING = "running"
+    HOST_KEY_PINNED = "host-key-pinned"
+    READY = "ready"
+    ATTACHED = "attached"
+    SSH_MOVED = "ssh-moved"
+    DESTROYING = "destroying"  # the destroy call: billing ends
+    TERMINATED = "terminated"
+    GONE = "gone"
+    STOPPED = "stopped"
+    RESUMED = "resumed"
+    BUDGET = "budget"
+    BUDGET_REACHED = "budget-reached"
+    WATCHDOG_INSTALLED = "watchdog-installed"
+    WATCHDOG_SEEN = "watchdog-seen"
+    WATCHDOG_ENDED = "watchdog-ended"
+    MODELS_SYNCED = "models-synced"
+    OUTPUTS_PULLED = "outputs-pulled"
+
+
+# Statuses of a ledger row that may still bill.
+ACTIVE = tuple(s for s in Status if s is not Status.TERMINATED)
 
 
 @dataclass(frozen=True)
@@ -72,7 +125,7 @@ class MachineRecord:
     created_at: float
     ready_at: float | None
     terminated_at: float | None
-    status: str
+    status: Status
     ssh_host: str | None
     ssh_port: int | None
     ssh_user: str | None
@@ -81,6 +134,9 @@ class MachineRecord:
     local_port: int | None
     ui: str | None
     detail: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", Status(self.status))
 
     @property
     def active(self) -> bool:
@@ -105,6 +161,7 @@ class Ledger:
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = NORMAL")
             self._db.executescript(SCHEMA)
+            self._migrate()
         except sqlite3.DatabaseError as exc:
             raise CloudsdError(
                 f"the ledger at {self.path} cannot be opened ({exc}).",
@@ -113,6 +170,31 @@ class Ledger:
 
     def close(self) -> None:
         self._db.close()
+
+    def _migrate(self) -> None:
+        """Ledgers written before events carried their row's id get it, matched the only way they allow:
+        a name's events are cut at each `reserved` (written with the row) and given to its rows in order."""
+        columns = [row[1] for row in self._db.execute("PRAGMA table_info(events)")]
+        if "record_id" in columns:
+            return
+        with self._tx() as db:
+            db.execute("ALTER TABLE events ADD COLUMN record_id INTEGER")
+            rows: dict[str, list[int]] = {}
+            for record_id, name in db.execute("SELECT id, name FROM machines ORDER BY id"):
+                rows.setdefault(name, []).append(record_id)
+            chunks: dict[str, list[list[int]]] = {}
+            for event_id, name, kind in db.execute("SELECT id, machine, kind FROM events ORDER BY id"):
+                named = chunks.setdefault(name, [])
+                if kind == EventKind.RESERVED or not named:
+                    named.append([])
+                named[-1].append(event_id)
+            for name, ids in rows.items():
+                named = chunks.get(name, [])
+                offset = max(0, len(ids) - len(named))  # rows older than any event get none
+                for index, record_id in enumerate(ids):
+                    if 0 <= index - offset < len(named):
+                        db.executemany("UPDATE events SET record_id = ? WHERE id = ?",
+                                       [(record_id, event_id) for event_id in named[index - offset]])
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -137,11 +219,11 @@ class Ledger:
                 )
             db.execute(
                 "INSERT INTO machines (name, provider, image, created_at, status, ui) VALUES (?, ?, ?, ?, ?, ?)",
-                (name, provider, image, time.time(), "creating", ui),
+                (name, provider, image, time.time(), Status.CREATING, ui),
             )
-            self._event(db, name, "reserved", {"provider": provider, "image": image})
+            self._event(db, name, EventKind.RESERVED, {"provider": provider, "image": image})
 
-    def update(self, name: str, *, event: str | None = None, data: dict[str, Any] | None = None,
+    def update(self, name: str, *, event: EventKind | None = None, data: dict[str, Any] | None = None,
                **values: Any) -> None:
         unknown = set(values) - set(_COLUMNS) | ({"id", "name"} & set(values))
         if unknown:
@@ -179,15 +261,17 @@ class Ledger:
         return [MachineRecord(*row) for row in self._db.execute(sql, params).fetchall()]
 
     # -- events --------------------------------------------------------------------------------------
-    def event(self, name: str, kind: str, data: dict[str, Any] | None = None) -> None:
+    def event(self, name: str, kind: EventKind, data: dict[str, Any] | None = None) -> None:
         with self._tx() as db:
             self._event(db, name, kind, data or {})
 
     @staticmethod
-    def _event(db: sqlite3.Connection, name: str, kind: str, data: dict[str, Any]) -> None:
+    def _event(db: sqlite3.Connection, name: str, kind: EventKind, data: dict[str, Any]) -> None:
+        """An event of the name's newest session, in the same transaction as any change to its row."""
         db.execute(
-            "INSERT INTO events (at, machine, kind, data) VALUES (?, ?, ?, ?)",
-            (time.time(), name, kind, json.dumps(data, default=str)),
+            "INSERT INTO events (at, machine, kind, data, record_id) "
+            "VALUES (?, ?, ?, ?, (SELECT max(id) FROM machines WHERE name = ?))",
+            (time.time(), name, EventKind(kind), json.dumps(data, default=str), name),
         )
 
     def events(self, name: str | None = None) -> list[tuple[float, str, str, dict[str, Any]]]:
@@ -197,4 +281,20 @@ class Ledger:
             sql += " WHERE machine = ?"
             params = (name,)
         sql += " ORDER BY id"
+        return [(at, m, k, json.loads(d)) for at, m, k, d in self._db.execute(sql, params).fetchall()]
+
+    def session(self, name: str) -> tuple[MachineRecord, list[tuple[float, str, str, dict[str, Any]]]]:
+        """The newest session of `name`: its row and its own events, in the order they were written."""
+        record = self.get(name)
+        return record, self._events_where("record_id = ?", (record.id,))
+
+    def sessions(self) -> list[tuple[MachineRecord, list[tuple[float, str, str, dict[str, Any]]]]]:
+        """Every session, oldest first, each with its own events."""
+        by_id: dict[int, list[tuple[float, str, str, dict[str, Any]]]] = {}
+        for row in self._db.execute("SELECT record_id, at, machine, kind, data FROM events ORDER BY id"):
+            by_id.setdefault(row[0], []).append((row[1], row[2], row[3], json.loads(row[4])))
+        return [(record, by_id.get(record.id, [])) for record in self.machines()]
+
+    def _events_where(self, where: str, params: tuple[Any, ...]) -> list[tuple[float, str, str, dict[str, Any]]]:
+        sql = f"SELECT at, machine, kind, data FROM events WHERE {where} ORDER BY id"
         return [(at, m, k, json.loads(d)) for at, m, k, d in self._db.execute(sql, params).fetchall()]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from cloudsd.errors import CloudsdError, MachineNotFound
-from cloudsd.ledger import Ledger
+from cloudsd.ledger import EventKind, Ledger, Status
 
 
 def test_reserve_update_and_events(tmp_path: Path) -> None:
@@ -45,7 +45,7 @@ def _writer(path: str, prefix: str, count: int) -> None:
         name = f"{prefix}-{i}"
         ledger.reserve(name, "local", "img")
         ledger.update(name, provider_id=f"id-{name}", status="booting", event="created")
-        ledger.event(name, "note", {"i": i})
+        ledger.event(name, EventKind.WATCHDOG_SEEN, {"i": i})
 
 
 def test_two_processes_at_once_lose_nothing(tmp_path: Path) -> None:
@@ -72,3 +72,36 @@ def test_two_processes_cannot_claim_one_name(tmp_path: Path) -> None:
     first.reserve("same", "local", "img")
     with pytest.raises(CloudsdError, match="already exists"):
         second.reserve("same", "local", "img")
+
+
+def test_old_ledger_gets_record_ids_on_its_events(tmp_path: Path) -> None:
+    """A ledger from before events carried their row's id: opening it adds the column and matches each
+    name's events to its sessions (cut at each `reserved`); rows older than any event get none."""
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE machines (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, provider TEXT NOT NULL,
+            provider_id TEXT, image TEXT NOT NULL, gpu TEXT, price_per_hour REAL NOT NULL DEFAULT 0,
+            storage_price_per_hour REAL NOT NULL DEFAULT 0, created_at REAL NOT NULL, ready_at REAL,
+            terminated_at REAL, status TEXT NOT NULL, ssh_host TEXT, ssh_port INTEGER, ssh_user TEXT,
+            host_key TEXT, key_path TEXT, local_port INTEGER, ui TEXT, detail TEXT NOT NULL DEFAULT '');
+        CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, machine TEXT NOT NULL,
+            kind TEXT NOT NULL, data TEXT NOT NULL DEFAULT '{}');
+    """)
+    for name, status in (("a", "terminated"), ("a", "terminated"), ("b", "running"), ("a", "running")):
+        db.execute("INSERT INTO machines (name, provider, image, created_at, status) VALUES (?, 'local', 'i', 0, ?)",
+                   (name, status))
+    for name, kind in (("a", "reserved"), ("a", "created"), ("b", "reserved"), ("a", "reserved"), ("b", "created"),
+                       ("a", "created")):
+        db.execute("INSERT INTO events (at, machine, kind) VALUES (0, ?, ?)", (name, kind))
+    db.commit()
+    db.close()
+    ledger = Ledger(path)
+    assert [(r.id, r.name, [e[2] for e in evs]) for r, evs in ledger.sessions()] == [
+        (1, "a", []), (2, "a", ["reserved", "created"]), (3, "b", ["reserved", "created"]),
+        (4, "a", ["reserved", "created"])]
+    ledger.event("b", EventKind.ATTACHED)
+    assert [e[2] for e in ledger.session("b")[1]] == ["reserved", "created", "attached"]
+    ledger.close()
+    Ledger(path).close()  # a second open finds the column and leaves the ids alone
+    assert Ledger(path).session("a")[0].status is Status.RUNNING

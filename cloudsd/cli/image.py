@@ -9,6 +9,8 @@ from typing import Any
 
 import click
 
+from cloudsd.cli.app import App
+
 UI_CHOICE = click.Choice(["a1111", "forge", "comfyui", "testbed"])
 CUDA_CHOICE = click.Choice(["12.4", "12.8"])
 
@@ -52,9 +54,8 @@ class _Progress:
 
 def _target(ui: str | None, cuda: str, tag: str | None) -> Any:
     from cloudsd import images
-    from cloudsd.config import resolve
 
-    settings = resolve()
+    settings = click.get_current_context().find_object(App).settings  # type: ignore[union-attr]
     return images.build_target(ui or settings["ui"], cuda, tag, settings["registry"]), settings
 
 
