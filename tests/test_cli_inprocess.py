@@ -118,3 +118,23 @@ def test_ssh_into_an_ended_machine_says_where_to_look(world: World) -> None:
     assert ran.code == 1
     assert ran.err.strip() == "error: machine 'box' is not reachable (terminated).\n  `cloudsd status` shows its state." \
         or ran.err.startswith("error: machine 'box' is not reachable (terminated).")
+
+
+def test_tunnel_to_a_machine_the_provider_no_longer_has(world: World) -> None:
+    world.add_offer("a")
+    world.fails_boot.add("a")
+    cloudsd("up", "box", "--provider", "memory", "--yes", "--keep-on-failure")
+    world.machines.clear()  # ended in the provider's console
+    ran = cloudsd("tunnel", "box")
+    assert ran.code == 1 and "error: machine 'box' no longer exists at memory." in ran.err
+    record = Ledger().get("box")
+    assert record.status is Status.TERMINATED and record.detail == "gone (found by tunnel)"
+    ran = cloudsd("tunnel", "box")
+    assert ran.code == 1 and "error: machine 'box' is terminated." in ran.err
+
+
+def test_budget_needs_a_limit_and_a_running_machine(world: World) -> None:
+    ran = cloudsd("budget", "box")
+    assert ran.code == 2 and "give at least one of --max-time" in ran.err
+    ran = cloudsd("budget", "box", "--max-time", "1h")
+    assert ran.code == 9 and "no machine named 'box' in the ledger." in ran.err

@@ -7,8 +7,6 @@ commands), so `cloudsd --help` stays fast.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -306,6 +304,9 @@ def ssh(app: App, name: str, command: tuple[str, ...]) -> None:
 
     Uses the machine's own key and its pinned host key.
     """
+    import shutil
+    import subprocess
+
     from cloudsd.core.shell import run_command, ssh_argv
     from cloudsd.errors import CloudsdError
 
