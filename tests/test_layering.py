@@ -125,3 +125,19 @@ def test_layers_point_one_way() -> None:
             assert not any(t.startswith(("cloudsd.core", "cloudsd.cli")) for t in targets), module
         if module == "cloudsd.ledger":
             assert not any(t.startswith(("cloudsd.core", "cloudsd.cli")) for t in targets), module
+
+
+def test_status_with_no_machines_loads_no_ssh_or_docker_library(tmp_path: Path) -> None:
+    """`cloudsd status` on an empty ledger (start-up time counts there): no paramiko or docker. (rich still
+    comes in with httpx, which the vendor modules import to learn that no key is set.)"""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom cloudsd.cli.main import main\ntry:\n    main(['status'])\nexcept SystemExit:\n    pass\n"
+            "print('MODULES=' + ','.join(m for m in ('paramiko', 'docker') if m in sys.modules))\n")
+    env = {**os.environ, "CLOUDSD_HOME": str(tmp_path / "home"), "HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    assert out.splitlines()[0] == "No machines. Start one with `cloudsd up`."
+    assert out.strip().splitlines()[-1] == "MODULES=", json.dumps(out)
