@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudsd import paths
-from cloudsd.errors import CloudsdError, MachineNotFound
+from cloudsd.errors import CloudsdError, LedgerError, MachineNotFound
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS machines (
@@ -60,6 +60,7 @@ CREATE INDEX IF NOT EXISTS machines_name ON machines(name, id);
 """
 
 
+
 class _Word(str, Enum):
     """An enum whose members are their words: equal to, stored as and printed as the plain string
     (`enum.StrEnum` from Python 3.11 on; cloudsd still runs on 3.10)."""
@@ -69,7 +70,8 @@ class _Word(str, Enum):
 
 
 class Status(_Word):
-    """A ledger row's status. Every one but TERMINATED may still bill."""
+    """A ledger row's status. Every one but TERMINATED may still bill (and so may one this version does not
+    know, written by a newer cloudsd: such a row keeps its word as a plain string)."""
 
     CREATING = "creating"  # reserved, the create call not answered yet
     BOOTING = "booting"
@@ -108,6 +110,11 @@ class EventKind(_Word):
 
 # Statuses of a ledger row that may still bill.
 ACTIVE = tuple(s for s in Status if s is not Status.TERMINATED)
+KNOWN_STATUSES = tuple(Status)
+# PRAGMA user_version. 0: a ledger from before versions (columns may be missing); 1: SCHEMA without events'
+# record_id; 2: SCHEMA as above (each event names its row).
+SCHEMA_VERSION = 2
+UNREADABLE = "needs attention: "  # the start of `detail` for a row this version could not read whole
 
 
 @dataclass(frozen=True)
@@ -125,7 +132,7 @@ class MachineRecord:
     created_at: float
     ready_at: float | None
     terminated_at: float | None
-    status: Status
+    status: Status | str
     ssh_host: str | None
     ssh_port: int | None
     ssh_user: str | None
@@ -136,25 +143,108 @@ class MachineRecord:
     detail: str
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "status", Status(self.status))
+        if self.status in KNOWN_STATUSES:  # an unknown word stays a string: shown, never hidden
+            object.__setattr__(self, "status", Status(self.status))
+
+    @property
+    def attention(self) -> str | None:
+        """Why this row needs a look by hand (an unknown status, unreadable values), or None."""
+        if self.detail.startswith(UNREADABLE):
+            return self.detail
+        if self.status not in KNOWN_STATUSES:
+            return (f"{UNREADABLE}status {self.status!r} is not one this cloudsd knows (a newer version wrote it?); "
+                    f"it may still bill: `cloudsd down {self.name}` ends it")
+        return None
 
     @property
     def active(self) -> bool:
-        return self.status in ACTIVE
+        """May still bill: every status but terminated, including ones this version does not know."""
+        return self.status != "terminated"
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 _COLUMNS = [f.name for f in fields(MachineRecord)]
+_NUMBERS = {"price_per_hour": float, "storage_price_per_hour": float, "created_at": float, "ready_at": float,
+            "terminated_at": float, "ssh_port": int, "local_port": int, "id": int}
+_REQUIRED = {"price_per_hour", "storage_price_per_hour", "created_at", "id"}
+
+
+def _record(row: tuple[Any, ...]) -> MachineRecord:
+    """A row as a record; a value of the wrong type (a damaged or hand-edited ledger) is replaced by a neutral
+    one and named in `detail`, so the machine is listed as needing attention instead of breaking a command."""
+    values = dict(zip(_COLUMNS, row, strict=True))
+    damaged = []
+    for column, value in values.items():
+        kind = _NUMBERS.get(column)
+        try:
+            if kind is not None:
+                if value is None:
+                    if column in _REQUIRED:
+                        raise ValueError
+                    continue
+                number = kind(value)
+                if isinstance(number, float) and number != number:
+                    raise ValueError
+                values[column] = number
+            elif value is not None and not isinstance(value, str):
+                values[column] = str(value)
+        except (TypeError, ValueError, OverflowError):
+            damaged.append(f"{column}={value!r}")
+            values[column] = 0.0 if column in _REQUIRED else None
+    for column in ("name", "provider", "image", "status"):
+        if values[column] is None:
+            damaged.append(f"{column}=None")
+            values[column] = "unknown" if column == "status" else ""
+    values["detail"] = values["detail"] or ""
+    if damaged:
+        values["detail"] = f"{UNREADABLE}unreadable ledger values {', '.join(damaged)}; " + values["detail"]
+    return MachineRecord(**values)
 # The newest session of a name: names are reused once a machine is gone, and old sessions stay for the cost report.
 _NEWEST = "id = (SELECT max(id) FROM machines WHERE name = ?)"
+
+
+def _refuse_taken(name: str, row: tuple[Any, ...] | None) -> None:
+    if row and row[0] != "terminated":  # an unknown status may still bill: the name stays taken
+        raise CloudsdError(
+            f"a machine named {name!r} already exists ({row[0]}).",
+            hint=f"Use it (`cloudsd tunnel {name}`), end it (`cloudsd down {name}`), or pick another name.",
+        )
+
+
+def _table_columns() -> dict[str, list[tuple[str, str]]]:
+    """{table: [(column, declaration)]}, read from SCHEMA so the two never disagree."""
+    tables: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] | None = None
+    for line in SCHEMA.splitlines():
+        words = line.split()
+        if line.startswith("CREATE TABLE"):
+            current = tables.setdefault(words[5], [])
+        elif line.startswith(");"):
+            current = None
+        elif current is not None and words:
+            current.append((words[0], " ".join(words[1:]).rstrip(",")))
+    return tables
+
+
+def _addable(declaration: str) -> str:
+    """A declaration that ALTER TABLE ADD COLUMN accepts: NOT NULL needs a default."""
+    if "PRIMARY KEY" in declaration:
+        raise LedgerError("the ledger is too old to migrate (no id column).",
+                          hint="Move it aside; `cloudsd status` then lists strays on your accounts.")
+    if "NOT NULL" in declaration and "DEFAULT" not in declaration:
+        return declaration + (" DEFAULT 0" if declaration.startswith(("REAL", "INTEGER")) else " DEFAULT ''")
+    return declaration
 
 
 class Ledger:
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or paths.ledger_file()
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if path is None:
+            paths.ensure_home()
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
             self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA busy_timeout = 30000")
@@ -168,55 +258,56 @@ class Ledger:
                 hint="Move it aside and run `cloudsd status` to list strays on your accounts.",
             ) from None
 
+    def _migrate(self) -> None:
+        """Bring an older ledger forward to SCHEMA_VERSION; refuse one written by a newer cloudsd."""
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            self._db.close()
+            raise LedgerError(f"the ledger at {self.path} was written by a newer cloudsd (schema {version}, this "
+                              f"one knows {SCHEMA_VERSION}).", hint="Upgrade cloudsd (`pip install -U cloudsd`).")
+        if version == SCHEMA_VERSION:
+            return
+        with self._tx() as db:
+            # 0 -> 1: ledgers from before versions lack the columns added since; add each with its default.
+            for table, columns in _table_columns().items():
+                have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+                for column, declaration in columns:
+                    if column not in have:
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {_addable(declaration)}")
+            if version < 2:
+                _give_events_their_rows(db)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
     def close(self) -> None:
         self._db.close()
 
-    def _migrate(self) -> None:
-        """Ledgers written before events carried their row's id get it, matched the only way they allow:
-        a name's events are cut at each `reserved` (written with the row) and given to its rows in order."""
-        columns = [row[1] for row in self._db.execute("PRAGMA table_info(events)")]
-        if "record_id" in columns:
-            return
-        with self._tx() as db:
-            db.execute("ALTER TABLE events ADD COLUMN record_id INTEGER")
-            rows: dict[str, list[int]] = {}
-            for record_id, name in db.execute("SELECT id, name FROM machines ORDER BY id"):
-                rows.setdefault(name, []).append(record_id)
-            chunks: dict[str, list[list[int]]] = {}
-            for event_id, name, kind in db.execute("SELECT id, machine, kind FROM events ORDER BY id"):
-                named = chunks.setdefault(name, [])
-                if kind == EventKind.RESERVED or not named:
-                    named.append([])
-                named[-1].append(event_id)
-            for name, ids in rows.items():
-                named = chunks.get(name, [])
-                offset = max(0, len(ids) - len(named))  # rows older than any event get none
-                for index, record_id in enumerate(ids):
-                    if 0 <= index - offset < len(named):
-                        db.executemany("UPDATE events SET record_id = ? WHERE id = ?",
-                                       [(record_id, event_id) for event_id in named[index - offset]])
-
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
         try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        else:
-            self._db.execute("COMMIT")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+            else:
+                self._db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:  # a full disk, a read-only or locked file
+            raise LedgerError(f"cannot write the ledger at {self.path} ({exc}).",
+                              hint="Free some disk space (or fix the folder's permissions) and try again.") from exc
 
     # -- machines ------------------------------------------------------------------------------------
+    def check_free(self, name: str) -> None:
+        """CloudsdError if a machine of that name may still exist (anything but terminated)."""
+        row = self._db.execute(f"SELECT status FROM machines WHERE {_NEWEST}", (name,)).fetchone()
+        _refuse_taken(name, row)
+
     def reserve(self, name: str, provider: str, image: str, *, ui: str | None = None) -> None:
         """Claim `name` before asking a provider, so two terminals cannot create the same machine."""
         with self._tx() as db:
             row = db.execute(f"SELECT status FROM machines WHERE {_NEWEST}", (name,)).fetchone()
-            if row and row[0] in ACTIVE:
-                raise CloudsdError(
-                    f"a machine named {name!r} already exists ({row[0]}).",
-                    hint=f"Use it (`cloudsd tunnel {name}`), end it (`cloudsd down {name}`), or pick another name.",
-                )
+            _refuse_taken(name, row)
             db.execute(
                 "INSERT INTO machines (name, provider, image, created_at, status, ui) VALUES (?, ?, ?, ?, ?, ?)",
                 (name, provider, image, time.time(), Status.CREATING, ui),
@@ -237,13 +328,26 @@ class Ledger:
             if event:
                 self._event(db, name, event, data or values)
 
+    def pin_host_key(self, name: str, host_key: str) -> str:
+        """Pin `host_key` for the machine unless one is pinned already; returns the key that is pinned now
+        (another process may have pinned first: the caller compares)."""
+        with self._tx() as db:
+            row = db.execute(f"SELECT host_key FROM machines WHERE {_NEWEST}", (name,)).fetchone()
+            if row is None:
+                raise MachineNotFound(f"no machine named {name!r} in the ledger.")
+            if row[0]:
+                return str(row[0])
+            db.execute(f"UPDATE machines SET host_key = ? WHERE {_NEWEST}", (host_key, name))
+            self._event(db, name, EventKind.HOST_KEY_PINNED, {"host_key": host_key})
+            return host_key
+
     def get(self, name: str) -> MachineRecord:
         row = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM machines WHERE {_NEWEST}", (name,)).fetchone()
         if row is None:
             raise MachineNotFound(
                 f"no machine named {name!r} in the ledger.", hint="`cloudsd status` lists the machines."
             )
-        return MachineRecord(*row)
+        return _record(row)
 
     def find(self, name: str) -> MachineRecord | None:
         try:
@@ -254,11 +358,10 @@ class Ledger:
     def machines(self, *, active_only: bool = False) -> list[MachineRecord]:
         sql = f"SELECT {', '.join(_COLUMNS)} FROM machines"
         params: tuple[Any, ...] = ()
-        if active_only:
-            sql += f" WHERE status IN ({', '.join('?' * len(ACTIVE))})"
-            params = ACTIVE
+        if active_only:  # a status this version does not know may still bill: it is listed, never hidden
+            sql += " WHERE status IS NOT 'terminated'"
         sql += " ORDER BY id"
-        return [MachineRecord(*row) for row in self._db.execute(sql, params).fetchall()]
+        return [_record(row) for row in self._db.execute(sql, params).fetchall()]
 
     # -- events --------------------------------------------------------------------------------------
     def event(self, name: str, kind: EventKind, data: dict[str, Any] | None = None) -> None:
@@ -281,20 +384,54 @@ class Ledger:
             sql += " WHERE machine = ?"
             params = (name,)
         sql += " ORDER BY id"
-        return [(at, m, k, json.loads(d)) for at, m, k, d in self._db.execute(sql, params).fetchall()]
+        return [_event_row(at, m, k, d) for at, m, k, d in self._db.execute(sql, params).fetchall()]
 
     def session(self, name: str) -> tuple[MachineRecord, list[tuple[float, str, str, dict[str, Any]]]]:
         """The newest session of `name`: its row and its own events, in the order they were written."""
         record = self.get(name)
-        return record, self._events_where("record_id = ?", (record.id,))
+        sql = "SELECT at, machine, kind, data FROM events WHERE record_id = ? ORDER BY id"
+        return record, [_event_row(*row) for row in self._db.execute(sql, (record.id,)).fetchall()]
 
     def sessions(self) -> list[tuple[MachineRecord, list[tuple[float, str, str, dict[str, Any]]]]]:
         """Every session, oldest first, each with its own events."""
-        by_id: dict[int, list[tuple[float, str, str, dict[str, Any]]]] = {}
-        for row in self._db.execute("SELECT record_id, at, machine, kind, data FROM events ORDER BY id"):
-            by_id.setdefault(row[0], []).append((row[1], row[2], row[3], json.loads(row[4])))
+        by_id: dict[Any, list[tuple[float, str, str, dict[str, Any]]]] = {}
+        for record_id, *row in self._db.execute("SELECT record_id, at, machine, kind, data FROM events ORDER BY id"):
+            by_id.setdefault(record_id, []).append(_event_row(*row))
         return [(record, by_id.get(record.id, [])) for record in self.machines()]
 
-    def _events_where(self, where: str, params: tuple[Any, ...]) -> list[tuple[float, str, str, dict[str, Any]]]:
-        sql = f"SELECT at, machine, kind, data FROM events WHERE {where} ORDER BY id"
-        return [(at, m, k, json.loads(d)) for at, m, k, d in self._db.execute(sql, params).fetchall()]
+
+def _event_row(at: Any, machine: Any, kind: Any, data: Any) -> tuple[float, str, str, dict[str, Any]]:
+    """An event row; damaged data is kept as `{"unreadable": text}`, never a crash of `cost` or `status`."""
+    try:
+        value = json.loads(data)
+    except (TypeError, ValueError):
+        value = None
+    if not isinstance(value, dict):
+        value = {"unreadable": str(data)[:200]}
+    try:
+        when = float(at)
+    except (TypeError, ValueError):
+        when, value = 0.0, {**value, "unreadable_at": str(at)[:50]}
+    return when, str(machine), str(kind), value
+
+
+def _give_events_their_rows(db: sqlite3.Connection) -> None:
+    """Events written before they carried their row's id get it, matched the only way such a ledger allows:
+    a name's events are cut at each `reserved` (written with the row) and given to its rows in order; rows
+    older than any event get none."""
+    rows: dict[str, list[int]] = {}
+    for record_id, name in db.execute("SELECT id, name FROM machines ORDER BY id"):
+        rows.setdefault(name, []).append(record_id)
+    chunks: dict[str, list[list[int]]] = {}
+    for event_id, name, kind in db.execute("SELECT id, machine, kind FROM events WHERE record_id IS NULL ORDER BY id"):
+        named = chunks.setdefault(name, [])
+        if kind == EventKind.RESERVED or not named:
+            named.append([])
+        named[-1].append(event_id)
+    for name, ids in rows.items():
+        named = chunks.get(name, [])
+        offset = max(0, len(ids) - len(named))
+        for index, record_id in enumerate(ids):
+            if 0 <= index - offset < len(named):
+                db.executemany("UPDATE events SET record_id = ? WHERE id = ?",
+                               [(record_id, event_id) for event_id in named[index - offset]])

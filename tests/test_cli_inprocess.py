@@ -104,7 +104,7 @@ def test_down_needs_a_name_and_asks_first(world: World) -> None:
     world.fails_boot.add("a")
     cloudsd("up", "box", "--provider", "memory", "--yes", "--keep-on-failure")
     ran = cloudsd("down", "box", input="n\n")
-    assert ran.code == 130 and "Destroy box? Their disks are lost." in ran.err
+    assert ran.code == 130 and "Destroy box? Its disk is lost" in ran.err
     assert list(world.machines) == ["m1"]
     ran = cloudsd("down", "--all", "--yes")
     assert ran.code == 0 and world.machines == {}

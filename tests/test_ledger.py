@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 
 from cloudsd.errors import CloudsdError, MachineNotFound
-from cloudsd.ledger import EventKind, Ledger, Status
+from cloudsd.ledger import SCHEMA_VERSION, EventKind, Ledger, Status
 
 
 def test_reserve_update_and_events(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path / "l.db")
     ledger.reserve("a", "local", "img")
-    ledger.update("a", provider_id="c1", status="booting", event="created")
+    ledger.update("a", provider_id="c1", status="booting", event=EventKind.CREATED)
     record = ledger.get("a")
     assert (record.provider_id, record.status, record.image) == ("c1", "booting", "img")
     assert [kind for _, _, kind, _ in ledger.events("a")] == ["reserved", "created"]
@@ -44,7 +44,7 @@ def _writer(path: str, prefix: str, count: int) -> None:
     for i in range(count):
         name = f"{prefix}-{i}"
         ledger.reserve(name, "local", "img")
-        ledger.update(name, provider_id=f"id-{name}", status="booting", event="created")
+        ledger.update(name, provider_id=f"id-{name}", status="booting", event=EventKind.CREATED)
         ledger.event(name, EventKind.WATCHDOG_SEEN, {"i": i})
 
 
@@ -74,6 +74,81 @@ def test_two_processes_cannot_claim_one_name(tmp_path: Path) -> None:
         second.reserve("same", "local", "img")
 
 
+def test_a_full_disk_is_a_ledger_error_not_a_database_traceback(tmp_path: Path) -> None:
+    from cloudsd.errors import LedgerError
+
+    ledger = Ledger(tmp_path / "l.db")
+    ledger.reserve("a", "local", "img")
+    pages = ledger._db.execute("PRAGMA page_count").fetchone()[0]
+    ledger._db.execute(f"PRAGMA max_page_count = {pages}")  # SQLite's own "database or disk is full"
+    with pytest.raises(LedgerError, match="disk is full"):
+        ledger.update("a", event=EventKind.WATCHDOG_SEEN, data={"blob": "x" * 200_000})
+    assert ledger.get("a").status == "creating"
+
+
+def test_unknown_status_is_never_hidden(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "l.db")
+    ledger.reserve("a", "local", "img")
+    ledger.update("a", status="hibernating")  # written by a newer cloudsd
+    assert [r.name for r in ledger.machines(active_only=True)] == ["a"]
+    assert ledger.get("a").active
+    with pytest.raises(CloudsdError, match="already exists"):
+        ledger.reserve("a", "local", "img")
+
+
+OLD_SCHEMA = """
+CREATE TABLE machines (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, provider TEXT NOT NULL,
+    provider_id TEXT, image TEXT NOT NULL, gpu TEXT, price_per_hour REAL NOT NULL DEFAULT 0, created_at REAL NOT NULL,
+    ready_at REAL, terminated_at REAL, status TEXT NOT NULL, ssh_host TEXT, ssh_port INTEGER, ssh_user TEXT,
+    host_key TEXT, key_path TEXT);
+CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, machine TEXT NOT NULL,
+    kind TEXT NOT NULL, data TEXT NOT NULL DEFAULT '{}');
+INSERT INTO machines (name, provider, provider_id, image, price_per_hour, created_at, status)
+    VALUES ('old', 'runpod', 'pod1', 'img', 0.5, 1000.0, 'running');
+"""
+
+
+def test_an_older_ledger_is_migrated_forward(tmp_path: Path) -> None:
+    path = tmp_path / "l.db"
+    db = sqlite3.connect(path)
+    db.executescript(OLD_SCHEMA)
+    db.close()
+    ledger = Ledger(path)
+    record = ledger.get("old")
+    assert (record.provider_id, record.storage_price_per_hour, record.ui, record.detail) == ("pod1", 0.0, None, "")
+    ledger.update("old", local_port=7860, ui="forge", event=EventKind.ATTACHED)  # columns it lacked
+    assert ledger.get("old").local_port == 7860
+    assert ledger._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    ledger.close()
+    Ledger(path).close()  # a second open finds it current
+
+
+def test_a_newer_ledger_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    from cloudsd.errors import LedgerError
+
+    path = tmp_path / "l.db"
+    Ledger(path).close()
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version = 99")
+    db.close()
+    with pytest.raises(LedgerError, match="newer cloudsd"):
+        Ledger(path)
+
+
+def test_damaged_rows_and_events_are_shown_as_needing_attention(tmp_path: Path) -> None:
+    path = tmp_path / "l.db"
+    ledger = Ledger(path)
+    ledger.reserve("dmg", "runpod", "img")
+    ledger.update("dmg", provider_id="pod2", status="running")
+    ledger._db.execute("UPDATE machines SET price_per_hour = 'lots', ssh_port = 'x' WHERE name = 'dmg'")
+    ledger._db.execute("UPDATE events SET data = '{not json' WHERE machine = 'dmg'")
+    record = ledger.get("dmg")
+    assert record.price_per_hour == 0.0 and record.ssh_port is None
+    assert record.attention and "price_per_hour='lots'" in record.attention
+    assert [r.name for r in ledger.machines(active_only=True)] == ["dmg"]
+    assert all("unreadable" in data for _, _, _, data in ledger.events("dmg"))
+
+
 def test_old_ledger_gets_record_ids_on_its_events(tmp_path: Path) -> None:
     """A ledger from before events carried their row's id: opening it adds the column and matches each
     name's events to its sessions (cut at each `reserved`); rows older than any event get none."""
@@ -87,6 +162,7 @@ def test_old_ledger_gets_record_ids_on_its_events(tmp_path: Path) -> None:
             host_key TEXT, key_path TEXT, local_port INTEGER, ui TEXT, detail TEXT NOT NULL DEFAULT '');
         CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, machine TEXT NOT NULL,
             kind TEXT NOT NULL, data TEXT NOT NULL DEFAULT '{}');
+        PRAGMA user_version = 1;
     """)
     for name, status in (("a", "terminated"), ("a", "terminated"), ("b", "running"), ("a", "running")):
         db.execute("INSERT INTO machines (name, provider, image, created_at, status) VALUES (?, 'local', 'i', 0, ?)",
@@ -103,5 +179,5 @@ def test_old_ledger_gets_record_ids_on_its_events(tmp_path: Path) -> None:
     ledger.event("b", EventKind.ATTACHED)
     assert [e[2] for e in ledger.session("b")[1]] == ["reserved", "created", "attached"]
     ledger.close()
-    Ledger(path).close()  # a second open finds the column and leaves the ids alone
+    Ledger(path).close()  # a second open finds it current and leaves the ids alone
     assert Ledger(path).session("a")[0].status is Status.RUNNING

@@ -246,17 +246,17 @@ def test_outputs_come_down_once_and_never_overwrite(local_env: dict[str, str], t
     assert mine.read_bytes() == b"my own picture, do not touch"
     assert sha(renamed) == on_machine("out", f"sha256sum /workspace/webui/outputs/{newest}").split()[0]
 
-    # `down` pulls first (into ./cloudsd-outputs/out/), then destroys
+    # `down` pulls first (into ~/cloudsd-outputs/out/, wherever it runs from), then destroys
     result = cloudsd("down", "out", "--yes")
     assert result.returncode == 0, result.stderr
-    saved = sorted(p.relative_to(tmp_path / "cloudsd-outputs" / "out").as_posix()
-                   for p in (tmp_path / "cloudsd-outputs" / "out").rglob("*.png"))
+    saved_in = tmp_path / "user-home" / "cloudsd-outputs" / "out"
+    saved = sorted(p.relative_to(saved_in).as_posix() for p in saved_in.rglob("*.png"))
     assert saved == sorted([*remote, newest])
 
 
 def test_down_refuses_when_outputs_cannot_be_saved(local_env: dict[str, str], docker_client: Any, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CLOUDSD_OUTPUTS_DIR", str(tmp_path / "cloudsd-outputs"))
     (tmp_path / "cloudsd-outputs").write_text("a file where the outputs folder would go")
     cloudsd_json("up", "keep", "--provider", "local", "--detach")
     txt2img("keep", "precious")
@@ -270,9 +270,29 @@ def test_down_refuses_when_outputs_cannot_be_saved(local_env: dict[str, str], do
     assert docker_client.containers.list(all=True, filters={"label": "cloudsd.machine=keep"}) == []
 
 
+def test_down_force_destroys_when_outputs_cannot_be_created_locally(
+        local_env: dict[str, str], docker_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLOUDSD_OUTPUTS_DIR", str(tmp_path / "cloudsd-outputs"))
+    cloudsd_json("up", "frc", "--provider", "local", "--detach")
+    txt2img("frc", "unsaveable")
+    rel = on_machine("frc", "cd /workspace/webui/outputs && find . -type f -printf '%P\\n'").split()[0]
+    dest = tmp_path / "cloudsd-outputs" / "frc"
+    dest.mkdir(parents=True)
+    (dest / rel.split("/")[0]).write_text("a file where the output's folder must go")  # `x` beside `x/y.png`
+    refused = cloudsd("down", "frc", "--yes")
+    assert refused.returncode != 0 and "internal error" not in refused.stderr, refused.stderr
+    assert "did not destroy 'frc'" in refused.stderr
+    assert docker_client.containers.list(filters={"label": "cloudsd.machine=frc"})  # still there
+    forced = cloudsd("down", "frc", "--yes", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert "internal error" not in forced.stderr
+    assert f"not saved: {rel!r}" in forced.stderr  # each output that was not saved is listed
+    assert docker_client.containers.list(all=True, filters={"label": "cloudsd.machine=frc"}) == []
+
+
 def test_no_outputs_skips_the_pull(local_env: dict[str, str], docker_client: Any, tmp_path: Path,
                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CLOUDSD_OUTPUTS_DIR", str(tmp_path / "cloudsd-outputs"))
     (tmp_path / "cloudsd-outputs").write_text("in the way")
     cloudsd_json("up", "gone", "--provider", "local", "--detach")
     txt2img("gone", "transient")
@@ -319,5 +339,5 @@ def test_sync_through_a_fake_cloud(fake_vast: Any, tmp_path: Path, monkeypatch: 
     txt2img("vm", "from the cloud")
     result = cloudsd("down", "vm", "--yes")
     assert result.returncode == 0, result.stderr
-    assert len(list((tmp_path / "cloudsd-outputs" / "vm").rglob("*.png"))) == 1
+    assert len(list((tmp_path / "user-home" / "cloudsd-outputs" / "vm").rglob("*.png"))) == 1
     assert fake_vast.live_instances() == []

@@ -8,13 +8,24 @@ commands), so `cloudsd --help` stays fast.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from cloudsd.cli.app import App, pass_app
-from cloudsd.cli.params import DURATION, PORT, ProviderChoice
+from cloudsd.cli.params import (
+    CUDA,
+    DISK_GB,
+    FRACTION,
+    LIMIT,
+    MACHINE_NAME,
+    PORT,
+    POSITIVE_DURATION,
+    PRICE,
+    SPEND,
+    VRAM_GB,
+    ProviderChoice,
+)
 
 if TYPE_CHECKING:
     from cloudsd.ledger import Ledger
@@ -27,12 +38,12 @@ def offer_options(func: Any) -> Any:
     """The flags that choose an offer, shared by `up` and `offers`, packed into one `choice` dict."""
     options = [
         click.option("--gpu", multiple=True, help="GPU to accept, e.g. 'RTX 4090' (repeatable)."),
-        click.option("--min-vram", type=float, help="Least GPU memory, GB."),
-        click.option("--max-price", type=float, help="Most USD per hour, storage included."),
-        click.option("--disk", type=int, help="Disk in GB (priced into the offer)."),
-        click.option("--min-reliability", type=float, help="Least host reliability, 0-1 (Vast.ai)."),
+        click.option("--min-vram", type=VRAM_GB, help="Least GPU memory, GB."),
+        click.option("--max-price", type=PRICE, help="Most USD per hour, storage included."),
+        click.option("--disk", type=DISK_GB, help="Disk in GB (priced into the offer)."),
+        click.option("--min-reliability", type=FRACTION, help="Least host reliability, 0-1 (Vast.ai)."),
         click.option("--region", help="Region or country, e.g. 'US' or 'Sweden'."),
-        click.option("--cuda", help="Least CUDA version the host driver supports, e.g. 12.4."),
+        click.option("--cuda", type=CUDA, help="Least CUDA version the host driver supports, e.g. 12.4."),
         click.option("--interruptible", is_flag=True, default=None, help="Spot/bid machines (cheaper, may stop)."),
     ]
     for option in reversed(options):
@@ -55,7 +66,7 @@ def _choice_settings(choice: dict[str, Any]) -> dict[str, Any]:
 
 
 @click.command()
-@click.argument("name", required=False)
+@click.argument("name", required=False, type=MACHINE_NAME)
 @click.option("--provider", type=ProviderChoice(extra=("auto",)), help="Where to run.")
 @click.option("--image", help="Container image with sshd and the web UI.")
 @click.option("--ui", type=click.Choice(["a1111", "forge", "comfyui"]), help="Which web UI the image runs.")
@@ -63,9 +74,9 @@ def _choice_settings(choice: dict[str, Any]) -> dict[str, Any]:
 @offer_options
 @click.option("--detach", is_flag=True, help="Return once the machine is ready instead of holding the tunnel.")
 @click.option("--keep-on-failure", is_flag=True, default=None, help="Keep a machine that fails to start.")
-@click.option("--max-time", type=DURATION, help="End the machine this long after it starts, e.g. 45m or 2h.")
-@click.option("--max-spend", type=float, help="End the machine once it has cost this many USD.")
-@click.option("--idle-stop", type=DURATION, help="Stop the machine after this long with no use, e.g. 30m.")
+@click.option("--max-time", type=POSITIVE_DURATION, help="End the machine this long after it starts, e.g. 45m or 2h.")
+@click.option("--max-spend", type=SPEND, help="End the machine once it has cost this many USD.")
+@click.option("--idle-stop", type=POSITIVE_DURATION, help="Stop the machine after this long with no use, e.g. 30m.")
 @click.option("--idle-action", type=click.Choice(["stop", "terminate"]),
               help="What idle does: stop (keeps the disk, which still bills storage) or terminate.")
 @click.option("--models", multiple=True, metavar="PATH|REF",
@@ -121,7 +132,7 @@ def up(app: App, name: str | None, provider: str | None, image: str | None, ui: 
     if as_json:
         render.print_json({**record.to_dict(), "url": session.url})
     else:
-        out.print(f"[bold green]{record.name} is ready:[/] {session.url}")
+        out.print(render.styled((f"{record.name} is ready:", "bold green"), f" {session.url}"))
         if record.price_per_hour:
             out.print(f"  billing {render.money(record.price_per_hour, 3)}/h; end it with "
                       f"`cloudsd down {record.name}`")
@@ -135,6 +146,8 @@ def up(app: App, name: str | None, provider: str | None, image: str | None, ui: 
 
 def _hold(app: App, session: Any) -> None:
     """Draw the attached status line while core holds the machine, then say how it ended."""
+    from rich.text import Text
+
     from cloudsd.cli import render
     from cloudsd.cli.progress import LiveReporter
     from cloudsd.core.hold import HoldLine, hold
@@ -146,10 +159,10 @@ def _hold(app: App, session: Any) -> None:
             text = render.status_line(record.name, view.uptime_s, record.price_per_hour, session.url,
                                       cost_usd=view.cost_usd, budget=view.budget_text)
             if view.warning:
-                out.print(f"[yellow]warning:[/] {view.warning}")
+                out.print(render.styled(("warning:", "yellow"), f" {view.warning}"))
             if not view.ssh_healthy:
                 text += " · SSH dropped, reconnecting on next request"
-            line.update(text)
+            line.update(Text(text))
 
         def announce(text: str) -> None:
             line.stop()
@@ -190,7 +203,7 @@ def final_cost(ledger: Ledger, name: str) -> str:
 @click.option("--provider", type=ProviderChoice(extra=("all",)), default="all",
               show_default=True, help="Which providers to ask.")
 @offer_options
-@click.option("--limit", type=int, default=20, show_default=True, help="How many offers to show.")
+@click.option("--limit", type=LIMIT, default=20, show_default=True, help="How many offers to show.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_app
 def offers(app: App, provider: str, choice: dict[str, Any], limit: int, as_json: bool) -> None:
@@ -219,7 +232,7 @@ def offers(app: App, provider: str, choice: dict[str, Any], limit: int, as_json:
     if as_json:
         render.print_json([o.to_dict() for o in chosen])
     else:
-        render.print_table(render.offers_table(chosen, spec))
+        render.print_table(render.offers_table(chosen, spec, render.console().width))
 
 
 @click.command()
@@ -255,7 +268,7 @@ def status(app: App, as_json: bool) -> None:
         return
     from cloudsd.cli import render
 
-    render.print_table(render.status_table(rows))
+    render.print_table(render.status_table(rows, render.console().width))
     for row in rows:
         if row.stray:
             what = "storage " if row.live == "stopped" else ""
@@ -264,8 +277,8 @@ def status(app: App, as_json: bool) -> None:
         elif row.note:
             render.console().print(f"{row.name}: {row.note}")
         if row.budget_warning and row.budget_used is not None:
-            render.console().print(f"[yellow]warning:[/] {row.name} has used {row.budget_used:.0%} of its budget "
-                                   f"(${row.cost_usd:.4f} so far)")
+            render.console().print(render.styled(("warning:", "yellow"), f" {row.name} has used "
+                                                 f"{row.budget_used:.0%} of its budget (${row.cost_usd:.4f} so far)"))
 
 
 def _json(rows: Any) -> str:
@@ -288,7 +301,7 @@ def tunnel(app: App, name: str, port: int | None) -> None:
 
     with LiveReporter() as reporter:
         session = attach(name, port, app.ledger, app.providers, reporter)
-    render.console(stderr=True).print(f"[bold green]{name}:[/] {session.url}")
+    render.console(stderr=True).print(render.styled((f"{name}:", "bold green"), f" {session.url}"))
     note = rearm(app.ledger, app.providers, session, WatchdogSettings.from_settings(app.settings))
     if note:
         render.console(stderr=True).print(f"  {note}")
@@ -332,15 +345,17 @@ def ssh(app: App, name: str, command: tuple[str, ...]) -> None:
 def down(app: App, names: tuple[str, ...], all_: bool, yes: bool, no_outputs: bool, force: bool) -> None:
     """End machines and confirm with the provider that they are gone. Safe to repeat.
 
-    First the outputs are pulled into ./cloudsd-outputs/NAME/ and verified; if that fails, the machine is
-    not destroyed (unless --force or --no-outputs).
+    First the outputs are pulled into ~/cloudsd-outputs/NAME/ (the `outputs_dir` setting,
+    CLOUDSD_OUTPUTS_DIR) and verified; if that fails, the machine is not destroyed (unless --force or
+    --no-outputs).
     """
     from cloudsd.cli import render
     from cloudsd.cli.progress import LiveReporter
     from cloudsd.core.status import status as machine_status
-    from cloudsd.core.sync import OUTPUTS_FOLDER
+    from cloudsd.core.sync import outputs_root as root_of
+    from cloudsd.core.teardown import NOT_ENDED, end_stray
     from cloudsd.core.teardown import down as end
-    from cloudsd.core.teardown import end_stray
+    from cloudsd.errors import CloudsdError
 
     if not names and not all_:
         raise click.UsageError("name a machine, or use --all")
@@ -354,8 +369,9 @@ def down(app: App, names: tuple[str, ...], all_: bool, yes: bool, no_outputs: bo
         if not chosen and not strays:
             out.print("No machines to end.")
             return
-    if chosen and not yes and not click.confirm(
-            f"Destroy {', '.join(chosen)}? Their disks are lost.", default=False, err=True):
+    outputs_root = root_of(app.settings) if not no_outputs else None
+    if chosen and not yes and not click.confirm(render.down_question(chosen, outputs_root), default=False,
+                                                err=True):
         raise click.Abort()
     if strays:
         listing = ", ".join(f"{r.name} ({r.provider} {r.provider_id}, {render.money(r.price_per_hour, 3)}/h)"
@@ -363,7 +379,6 @@ def down(app: App, names: tuple[str, ...], all_: bool, yes: bool, no_outputs: bo
         out.print(f"Not in this ledger but labelled cloudsd- on your accounts: {listing}")
         if not yes and not click.confirm("End these strays too?", default=False, err=True):
             strays = []
-    outputs_root = Path.cwd() / OUTPUTS_FOLDER if not no_outputs else None
     with LiveReporter() as reporter:
         results = end(chosen, ledger, providers, reporter, outputs_root=outputs_root, force=force)
         for row in strays:
@@ -372,3 +387,6 @@ def down(app: App, names: tuple[str, ...], all_: bool, yes: bool, no_outputs: bo
             results.append((row.name, "stray destroyed"))
     for name, outcome in results:
         out.print(f"{name}: {outcome}" + (f" · {final_cost(ledger, name)}" if "stray" not in outcome else ""))
+    left = [name for name, outcome in results if outcome.startswith(NOT_ENDED)]
+    if left:
+        raise CloudsdError(f"{', '.join(left)} not ended (see above).", hint="They may still bill.")

@@ -17,6 +17,7 @@ import click
 from cloudsd import __version__
 from cloudsd.cli.app import App
 from cloudsd.errors import CloudsdError
+from cloudsd.redact import scrub
 
 EXIT_INTERRUPTED = 130
 EXIT_INTERNAL = 70
@@ -24,6 +25,12 @@ EXIT_INTERNAL = 70
 
 def _debug() -> bool:
     return os.environ.get("CLOUDSD_DEBUG", "") not in ("", "0")
+
+
+def say_error(text: str) -> None:
+    """Every error line goes out here: secrets masked in any form they may take (`cloudsd.redact`), and
+    one line, whatever a provider's message held."""
+    click.echo(" ".join(scrub(text).splitlines()), err=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,7 +41,11 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("Aborted.", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except click.ClickException as exc:
-        exc.show()
+        if isinstance(exc, click.UsageError) and exc.ctx is not None:
+            click.echo(exc.ctx.get_usage(), err=True)
+            hint = f"Try '{exc.ctx.command_path} {exc.ctx.help_option_names[0]}' for help."
+            click.echo(hint, err=True)
+        say_error(f"Error: {exc.format_message()}")
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
@@ -44,13 +55,12 @@ def main(argv: list[str] | None = None) -> None:
     except CloudsdError as exc:
         if _debug():
             raise
-        click.echo(f"error: {exc}", err=True)
+        say_error(f"error: {exc}")
         sys.exit(exc.exit_code)
     except Exception as exc:  # a bug: still one line, the traceback on request
         if _debug():
             raise
-        click.echo(f"internal error: {type(exc).__name__}: {exc} (run with CLOUDSD_DEBUG=1 for the traceback)",
-                   err=True)
+        say_error(f"internal error: {type(exc).__name__}: {exc} (run with CLOUDSD_DEBUG=1 for the traceback)")
         sys.exit(EXIT_INTERNAL)
 
 

@@ -17,8 +17,10 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 from rich.progress import Progress as RichBar
+from rich.text import Text
 
 from cloudsd.cli import render
+from cloudsd.redact import scrub
 from cloudsd.sync.progress import NullProgress, Progress
 
 
@@ -46,7 +48,8 @@ class LiveReporter:
 
     def _finish_phase(self) -> None:
         if self._phase and self._phase != "ready" and not self.quiet:
-            self.console.print(f"  [green]✓[/] {self._phase} ({time.monotonic() - self._phase_started:.1f} s)")
+            self.console.print(render.styled("  ", ("✓", "green"),
+                                             f" {self._phase} ({time.monotonic() - self._phase_started:.1f} s)"))
         self._phase = None
 
     def phase(self, name: str, detail: str = "") -> None:
@@ -55,11 +58,11 @@ class LiveReporter:
             self._phase = name
             self._phase_started = time.monotonic()
         if self._status is not None:
-            self._status.update(f"{name}: {detail}")
+            self._status.update(Text(scrub(f"{name}: {detail}")))  # literal: details carry provider text
 
     def note(self, message: str) -> None:
         if not self.quiet:
-            self.console.print(f"  {message}")
+            self.console.print(f"  {scrub(message)}")  # notes carry provider errors (a skipped provider)
 
     @contextmanager
     def transfer(self) -> Iterator[Progress]:
@@ -79,7 +82,7 @@ class BarProgress:
     """Per-file bars (bytes, speed, ETA) under a total bar, drawn on stderr; thread-safe like rich."""
 
     def __init__(self, console: Console) -> None:
-        self.bar = RichBar(TextColumn("{task.description}", table_column=None), BarColumn(), DownloadColumn(),
+        self.bar = RichBar(TextColumn("{task.description}", table_column=None, markup=False), BarColumn(), DownloadColumn(),
                            TransferSpeedColumn(), TimeRemainingColumn(), console=console, transient=True)
         self.tasks: dict[str, TaskID] = {}
         self.total: TaskID | None = None

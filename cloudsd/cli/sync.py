@@ -52,10 +52,12 @@ def models(app: App, items: tuple[str, ...], manifest: Path | None, kind: str | 
     from cloudsd.cli import render
     from cloudsd.cli.progress import BarProgress
     from cloudsd.core import sync as core_sync
+    from cloudsd.sync.collect import check_sources
     from cloudsd.sync.progress import NullProgress
 
     name, rest = core_sync.choose_machine(app.ledger, list(items))
     requests = _requests_from(rest, manifest, kind)
+    check_sources(requests)  # a bad reference or path is refused before connecting
     if as_json:
         summary = core_sync.sync_models(app.ledger, name, requests, NullProgress())
     else:
@@ -67,7 +69,7 @@ def models(app: App, items: tuple[str, ...], manifest: Path | None, kind: str | 
 @sync.command("outputs")
 @click.argument("name", required=False)
 @click.option("--dest", type=click.Path(file_okay=False, path_type=Path),
-              help="Where to put them (default ./cloudsd-outputs/NAME/).")
+              help="Where to put them (default: the outputs_dir setting, ~/cloudsd-outputs, then NAME/).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @pass_app
 def outputs(app: App, name: str | None, dest: Path | None, as_json: bool) -> None:
@@ -82,7 +84,9 @@ def outputs(app: App, name: str | None, dest: Path | None, as_json: bool) -> Non
     from cloudsd.sync.progress import NullProgress
 
     machine, _ = core_sync.choose_machine(app.ledger, [name] if name else [])
-    target = dest or core_sync.default_outputs_dir(machine)
+    from cloudsd import paths
+
+    target = paths.expand(dest, "--dest") if dest else core_sync.default_outputs_dir(app.settings, machine)
     if as_json:
         summary = core_sync.sync_outputs(app.ledger, machine, target, NullProgress())
     else:
@@ -129,7 +133,7 @@ def show_push(summary: PushSummary, as_json: bool, *, table: bool | None = None)
         if summary.results:
             render.print_table(push_table(summary))
         for result in summary.failed:
-            out.print(f"[red]✗[/] {result.message}")
+            out.print(render.styled(("✗", "red"), f" {result.message}"))
         for note in summary.notes:
             out.print(f"  {note}")
         moved = f"{summary.bytes_sent / 1e9:.2f} GB sent" if summary.bytes_sent else "nothing to send"
@@ -140,14 +144,15 @@ def show_push(summary: PushSummary, as_json: bool, *, table: bool | None = None)
 
 def push_table(summary: PushSummary) -> Table:
     from rich.table import Table
+    from rich.text import Text
 
     from cloudsd.cli.render import size_text
 
     table = Table(title="models on the machine")
     for column in ("model", "kind", "", "short hash", "size", "on the machine"):
         table.add_column(column, justify="right" if column == "size" else "left")
-    marks = {"present": "already there", "sent": "sent ✓", "resumed": "resumed ✓", "fetched": "fetched ✓",
-             "failed": "[red]failed[/]"}
+    marks: dict[str, str | Text] = {"present": "already there", "sent": "sent ✓", "resumed": "resumed ✓",
+                                    "fetched": "fetched ✓", "failed": Text("failed", "red")}
     for r in summary.results:
         table.add_row(r.name, r.kind, marks.get(r.outcome, r.outcome), f"[{r.short_hash}]" if r.short_hash else "-",
                       size_text(r.size), r.remote or "-")
@@ -165,7 +170,7 @@ def show_pull(summary: PullSummary, as_json: bool) -> None:
         for remote, local in summary.renamed:
             out.print(f"  {remote}: a different file has that name here; saved as {local}")
         for problem in summary.problems:
-            out.print(f"[red]✗[/] {problem}")
+            out.print(render.styled(("✗", "red"), f" {problem}"))
         out.print(f"{len(summary.pulled)} new file(s) in {summary.dest} ({summary.bytes_pulled / 1e6:.1f} MB, "
                   f"{summary.seconds:.1f} s); {summary.already + summary.same} already here")
     if summary.problems:

@@ -10,8 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cloudsd.errors import ProvisioningError, SSHError
-from cloudsd.ledger import MachineRecord
+from cloudsd import keys
+from cloudsd.errors import HostKeyMismatch, ProvisioningError, SSHError
+from cloudsd.ledger import Ledger, MachineRecord
 from cloudsd.machine import SSHEndpoint
 from cloudsd.ssh import Connection, connect
 from cloudsd.tunnel import LocalForward
@@ -38,13 +39,35 @@ class Session:
         self.connection.close()
 
 
-def reconnect_record(record: MachineRecord, *, deadline_s: float) -> Connection:
-    """SSH back into a machine of the ledger with its own key and its pinned host key."""
+def reconnect_record(record: MachineRecord, *, deadline_s: float, ledger: Ledger | None = None) -> Connection:
+    """SSH to a machine in the ledger, checking its pinned host key. A row without one (an older cloudsd,
+    a crash right after the first connect) gets the key seen now pinned, so no later connect trusts blindly."""
     if not (record.ssh_host and record.ssh_port and record.key_path):
         raise SSHError(f"machine {record.name!r} has no SSH endpoint yet.",
                        hint="`cloudsd status` shows its state.")
     endpoint = SSHEndpoint(record.ssh_host, record.ssh_port, record.ssh_user or "root")
-    return connect(endpoint, Path(record.key_path), record.host_key, deadline_s=deadline_s)
+    if record.host_key:
+        return connect(endpoint, Path(record.key_path), record.host_key, deadline_s=deadline_s)
+    if ledger is None:
+        own = Ledger()
+        try:
+            return reconnect_record(record, deadline_s=deadline_s, ledger=own)
+        finally:
+            own.close()
+    pinned = ledger.get(record.name).host_key  # another process may have pinned it since `record` was read
+    connection = connect(endpoint, Path(record.key_path), pinned, deadline_s=deadline_s)
+    if pinned is None:
+        try:
+            pinned = ledger.pin_host_key(record.name, connection.host_key.text)
+            if pinned != connection.host_key.text:
+                raise HostKeyMismatch(f"the machine at {endpoint} presented another SSH host key than the one "
+                                      "pinned meanwhile; refusing to connect.",
+                                      hint=f"If it was rebuilt on purpose, end it with `cloudsd down {record.name}`.")
+            keys.write_known_hosts(keys.load_key_pair(record.name), endpoint.host, endpoint.port, pinned)
+        except BaseException:
+            connection.close()
+            raise
+    return connection
 
 
 def open_tunnel(record: MachineRecord, connection: Connection, port: int) -> LocalForward:

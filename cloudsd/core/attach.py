@@ -30,7 +30,7 @@ def attach(name: str, port: int | None, ledger: Ledger, providers: Providers, re
             record = ledger.get(name)
     ui = profile(record.ui or "a1111")
     reporter.phase("ssh", f"connecting to {record.ssh_user}@{record.ssh_host}:{record.ssh_port}")
-    connection = reconnect_record(record, deadline_s=ssh_timeout_s)
+    connection = reconnect_record(record, deadline_s=ssh_timeout_s, ledger=ledger)
     try:
         forward = open_tunnel(record, connection, port or record.local_port or 7860)
         reporter.phase("web UI", f"checking {ui.title} at {forward.url}")

@@ -9,6 +9,8 @@ import math
 import os
 from pathlib import Path
 
+from cloudsd import paths
+from cloudsd.config import Settings
 from cloudsd.core.access import reconnect_record
 from cloudsd.errors import CloudsdError, MachineNotFound, SyncError
 from cloudsd.ledger import EventKind, Ledger, MachineRecord, Status
@@ -20,7 +22,6 @@ from cloudsd.sync.outputs import PullSummary, pull_outputs
 from cloudsd.sync.progress import NullProgress, Progress
 from cloudsd.ui import profile
 
-OUTPUTS_FOLDER = "cloudsd-outputs"
 CONNECT_DEADLINE_S = 30.0
 # What a model of each kind takes when nothing says its size (fp16 SD 1.x checkpoint, typical LoRA, …).
 KIND_BYTES = {"checkpoint": 4_300_000_000, "lora": 200_000_000, "vae": 335_000_000, "embedding": 1_000_000,
@@ -28,9 +29,14 @@ KIND_BYTES = {"checkpoint": 4_300_000_000, "lora": 200_000_000, "vae": 335_000_0
 HEADROOM_GB = 20  # the web UI's caches, outputs, a model being replaced
 
 
-def default_outputs_dir(name: str) -> Path:
-    """./cloudsd-outputs/<name>/ in the current folder."""
-    return Path.cwd() / OUTPUTS_FOLDER / name
+def outputs_root(settings: Settings) -> Path:
+    """The folder that holds each machine's outputs folder: the `outputs_dir` setting, ~ expanded."""
+    return paths.expand(settings["outputs_dir"], f"outputs_dir ({settings.source('outputs_dir')})").absolute()
+
+
+def default_outputs_dir(settings: Settings, name: str) -> Path:
+    """outputs_dir/NAME (default ~/cloudsd-outputs/NAME)."""
+    return outputs_root(settings) / name
 
 
 def choose_machine(ledger: Ledger, args: list[str]) -> tuple[str, list[str]]:
@@ -62,7 +68,7 @@ def running_record(ledger: Ledger, name: str) -> MachineRecord:
 
 def sync_models(ledger: Ledger, name: str, requests: list[ModelRequest], progress: Progress) -> PushSummary:
     record = running_record(ledger, name)
-    with reconnect_record(record, deadline_s=CONNECT_DEADLINE_S) as connection:
+    with reconnect_record(record, deadline_s=CONNECT_DEADLINE_S, ledger=ledger) as connection:
         return push_to(ledger, record, connection, requests, progress)
 
 
@@ -80,7 +86,7 @@ def sync_outputs(ledger: Ledger, name: str, dest: Path, progress: Progress) -> P
 
 
 def pull_record_outputs(ledger: Ledger, record: MachineRecord, dest: Path, progress: Progress) -> PullSummary:
-    with reconnect_record(record, deadline_s=CONNECT_DEADLINE_S) as connection:
+    with reconnect_record(record, deadline_s=CONNECT_DEADLINE_S, ledger=ledger) as connection:
         summary = pull_outputs(connection, profile(record.ui or "a1111"), dest, progress=progress)
     ledger.event(record.name, EventKind.OUTPUTS_PULLED, {"dest": str(summary.dest), "pulled": len(summary.pulled),
                                                  "problems": summary.problems})
@@ -94,7 +100,9 @@ def save_outputs(ledger: Ledger, record: MachineRecord, dest: Path) -> PullSumma
     except CloudsdError as exc:
         raise SyncError(str(exc)) from None
     if summary.problems:
-        raise SyncError(f"{len(summary.problems)} output(s) could not be saved: {'; '.join(summary.problems[:3])}")
+        error = SyncError(f"{len(summary.problems)} output(s) could not be saved: {'; '.join(summary.problems[:3])}")
+        error.problems = list(summary.problems)
+        raise error
     return summary
 
 
@@ -109,7 +117,7 @@ def disk_gb_for(requests: list[ModelRequest]) -> tuple[int, list[str]]:
                 notes.append(f"{request.label}: size unknown before renting, counted as {size / 1e9:.1f} GB")
             total += size
             continue
-        path = Path(request.source).expanduser()
+        path = paths.expand(request.source, "model path")
         if path.is_file():
             total += path.stat().st_size
         elif path.is_dir():

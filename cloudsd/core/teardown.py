@@ -15,8 +15,19 @@ from pathlib import Path
 from cloudsd.core import lifecycle
 from cloudsd.core.machines import Providers, Reporter, destroy_and_confirm, refresh_record
 from cloudsd.core.sync import save_outputs
-from cloudsd.errors import CloudsdError, NoCapacity, ProviderError, ProvisioningError, SSHError
+from cloudsd.errors import (
+    CloudsdError,
+    ConfigError,
+    LedgerError,
+    NoCapacity,
+    ProviderError,
+    ProvisioningError,
+    SSHError,
+)
 from cloudsd.ledger import Ledger, MachineRecord, Status
+from cloudsd.providers import Provider
+
+NOT_ENDED = "not ended"  # the start of a `down` outcome for a machine it could not act on
 
 
 def end_record(ledger: Ledger, providers: Providers, record: MachineRecord, *, reason: str,
@@ -48,9 +59,33 @@ class TryNextOffer(Exception):
 
 @dataclass
 class Attempt:
-    """What `ended_unless_ready` knows of the machine it guards; the block marks it ready."""
+    """What `ended_unless_ready` knows of the machine it guards: the block sets the provider's id the moment
+    there is one (before the ledger records it) and marks it ready."""
 
+    provider_id: str | None = None
     ready: bool = False
+
+
+class Unrecorded(CloudsdError):
+    """A created machine the ledger could not record, already dealt with (destroyed, or its id printed)."""
+
+
+def end_unrecorded(provider: Provider, name: str, provider_id: str, cause: LedgerError, *,
+                   keep: bool) -> CloudsdError:
+    """The error for a created machine the ledger could not record: destroyed first, unless `keep`; when it
+    was not destroyed, the message carries its provider id and the command that ends it."""
+    how = (f"End it with `cloudsd down {name}` once the ledger can be written (it is found by its label), "
+           f"or in {provider.name}'s console: machine {provider_id}.")
+    if keep:
+        return Unrecorded(f"{cause.message} {provider.name} machine {provider_id} ({name}) was kept as asked and "
+                          "may still bill.", hint=how)
+    try:
+        destroy_and_confirm(provider, provider_id)
+    except CloudsdError as exc:
+        return Unrecorded(f"{cause.message} Destroying {provider.name} machine {provider_id} ({name}) failed too "
+                          f"({exc}); it may still bill.", hint=how)
+    return Unrecorded(f"{cause.message} {provider.name} machine {provider_id} ({name}) was destroyed, so nothing "
+                      "bills unrecorded.", hint=cause.hint)
 
 
 @contextmanager
@@ -70,6 +105,10 @@ def ended_unless_ready(ledger: Ledger, providers: Providers, name: str, *, keep_
         yield attempt
     except BaseException as exc:
         what_failed = str(exc) or type(exc).__name__  # Ctrl-C has no message of its own
+        if isinstance(exc, LedgerError) and attempt.provider_id is not None:
+            # The ledger cannot be written (a full disk): end the machine by its id, never through the ledger.
+            raise end_unrecorded(providers.get(ledger.get(name).provider), name, attempt.provider_id, exc,
+                                 keep=keep_on_failure) from None
         record = ledger.find(name)
         if record is None or not record.active:
             raise
@@ -86,6 +125,11 @@ def ended_unless_ready(ledger: Ledger, providers: Providers, name: str, *, keep_
         reporter.phase("cleaning up", f"destroying {name} ({reason})")
         try:
             end_record(ledger, providers, record, reason=reason)
+        except LedgerError as ledger_error:
+            if not record.provider_id:
+                raise
+            raise end_unrecorded(providers.get(record.provider), name, record.provider_id, ledger_error,
+                                 keep=False) from None
         except CloudsdError as cleanup_error:
             raise CloudsdError(
                 f"{reason}; and destroying the machine failed too ({cleanup_error}). It may still bill.",
@@ -105,6 +149,11 @@ def down(names: list[str], ledger: Ledger, providers: Providers, reporter: Repor
     """
     results: list[tuple[str, str]] = []
     for name in names:
+        try:
+            providers.get(ledger.get(name).provider)
+        except ConfigError as exc:  # a row this version cannot act on must not keep the others alive
+            results.append((name, f"{NOT_ENDED}: {exc.message}; end it in that provider's console"))
+            continue
         record = refresh_record(ledger, providers, ledger.get(name))  # gone meanwhile (its watchdog)?
         if record.status is Status.TERMINATED:
             results.append((name, "already gone"))
@@ -129,13 +178,18 @@ def _save_outputs_first(ledger: Ledger, record: MachineRecord, dest: Path, repor
             raise CloudsdError(f"it is stopped; its disk still holds them (and bills storage): start it again "
                                f"from {record.provider}'s console to save them")
         summary = save_outputs(ledger, record, dest)
-    except CloudsdError as exc:
+    except Exception as exc:  # with --force nothing here may keep a billing machine alive, not even a bug
         if not force:
+            if not isinstance(exc, (CloudsdError, OSError)):
+                raise
             raise CloudsdError(
                 f"did not destroy {record.name!r}: its outputs could not be saved ({exc}).",
                 hint=f"Fix that and run `cloudsd down {record.name}` again; `--no-outputs` destroys it without "
                      "saving them, `--force` destroys it even when saving fails.") from None
+        lost = getattr(exc, "problems", None) or []
         reporter.note(f"{record.name}: outputs not saved ({exc}); destroying anyway (--force)")
+        for problem in lost:
+            reporter.note(f"  not saved: {problem}")
         return
     if summary.pulled:
         reporter.note(f"{record.name}: saved {len(summary.pulled)} new output(s) in {summary.dest}")

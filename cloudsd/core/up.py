@@ -25,10 +25,11 @@ from cloudsd.core.machines import Providers, Reporter, wait_until_running
 from cloudsd.core.sync import disk_gb_for, push_to
 from cloudsd.core.teardown import TryNextOffer, ended_unless_ready
 from cloudsd.core.watchdog import WatchdogSettings
-from cloudsd.errors import CloudsdError, NoCapacity, SyncError
+from cloudsd.errors import CloudsdError, ConfigError, NoCapacity, SyncError
 from cloudsd.images import machine_image
 from cloudsd.ledger import Ledger
 from cloudsd.machine import CreateRequest, MachineInfo, Offer, OfferSpec
+from cloudsd.names import name_problem
 from cloudsd.providers import Provider, cloud_names
 from cloudsd.ssh import connect
 from cloudsd.sync.manifest import ModelRequest
@@ -167,6 +168,10 @@ def _start(options: UpOptions, ledger: Ledger, providers: Providers, reporter: R
            confirm: Callable[[Offer], bool] | None) -> Session:
     ui = profile(options.ui)
     name = options.name or new_name()
+    problem = name_problem(name)
+    if problem:
+        raise ConfigError(f"{problem}.")
+    ledger.check_free(name)  # a name in use is refused before offers are asked for (reserve() decides races)
     check_new_budget(options.budget, started_at=time.time(), now=time.time(), spent_usd=0.0)  # before renting
     reporter.phase("offers", f"asking {', '.join(options.providers)} for live offers")
     candidates = offer_choice.select(gather_offers(providers, options.providers, options.spec, reporter),
@@ -195,9 +200,14 @@ def _up_on(offer: Offer, name: str, ui: UIProfile, options: UpOptions, ledger: L
            providers: Providers, reporter: Reporter) -> Session:
     image = machine_image(options, ui.name, offer.gpu_name, on_local_engine=provider.prepares_images,
                           on_progress=lambda text: reporter.phase("image", text))  # before anything is recorded
-    pair = keys.create_key_pair(name)
+    # The name is claimed first: nothing of a machine that already has it (its key, known_hosts) is touched.
     ledger.reserve(name, provider.name, image, ui=ui.name)
-    lifecycle.priced(ledger, name, offer, str(pair.private_path))
+    try:
+        pair = keys.create_key_pair(name)
+        lifecycle.priced(ledger, name, offer, str(pair.private_path))
+    except BaseException as exc:
+        lifecycle.not_created(ledger, name, f"not created: {str(exc) or type(exc).__name__}")
+        raise
     cuda = highest_cuda(options.spec.cuda, image_cuda(image))  # the host's driver must run the image
     deadline_at = (provider_deadline(options.budget, now=time.time(), price_per_hour=offer.price_per_hour)
                    if provider.supports_deadline else None)  # RunPod's own backstop behind the watchdog
@@ -210,7 +220,7 @@ def _up_on(offer: Offer, name: str, ui: UIProfile, options: UpOptions, ledger: L
         reporter.note(f"no GPU: {ui.title} runs in CPU mode (slow)")
     with ended_unless_ready(ledger, providers, name, keep_on_failure=options.keep_on_failure,
                             reporter=reporter) as attempt:
-        provider_id = provider.create(offer, request)
+        provider_id = attempt.provider_id = provider.create(offer, request)
         lifecycle.created(ledger, name, provider_id, offer, deadline_at)
         if provider.bills_money:
             reporter.note(f"{provider.name} machine {provider_id} is billing ${offer.price_per_hour:.3f}/h; "

@@ -117,7 +117,12 @@ def _pull(agent: Agent, ui: UIProfile, dest: Path, pulls: list[PullAction], reco
             progress.finish(job.key, "failed")
             continue
         os.utime(job.partial, ns=(time.time_ns(), job.mtime_ns))
-        target = _place(dest, real_dest, job.partial, action.target)
+        try:
+            target = _place(dest, real_dest, job.partial, action.target)
+        except OSError as exc:  # a name this disk cannot hold (too long; a file where a folder must go)
+            summary.problems.append(f"{job.key!r}: cannot be saved here ({exc.strerror or exc})")
+            progress.finish(job.key, "failed")
+            continue
         if target is None:
             summary.problems.append(f"{job.key!r}: refused, a folder on its way is a link out of {dest}")
             continue
