@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cloudsd.core.access import reconnect_record
 
 from cloudsd import keys
+from cloudsd.core.access import reconnect_record
 from cloudsd.errors import HostKeyMismatch
 from cloudsd.ledger import Ledger
 from tests.fakes.machines import TEST_NETWORK

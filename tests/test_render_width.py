@@ -6,13 +6,13 @@ import io
 import time
 from pathlib import Path
 
-from cloudsd.machine import Offer, OfferSpec
 from rich.console import Console
 
 from cloudsd.cli import render, render_cost
 from cloudsd.core.report import build
 from cloudsd.core.status import StatusRow
 from cloudsd.ledger import Ledger
+from cloudsd.machine import Offer, OfferSpec
 
 
 def printed(table: object, width: int = 80) -> str:

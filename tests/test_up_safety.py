@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cloudsd.core.up import UpOptions, up
 
 from cloudsd import keys
 from cloudsd.config import resolve
 from cloudsd.core.machines import Providers, QuietReporter
+from cloudsd.core.up import UpOptions, up
 from cloudsd.errors import CloudsdError, LedgerError, ProviderError
 from cloudsd.ledger import Ledger
 from cloudsd.providers.local import MACHINE_LABEL
