@@ -12,6 +12,8 @@ from cloudsd.providers.memory import WORLD, World
 @pytest.fixture
 def world(monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     monkeypatch.setenv("CLOUDSD_PROVIDERS", "memory")
+    # A named image: cloudsd's own would be looked up in its registry before renting, and tests stay offline.
+    monkeypatch.setenv("CLOUDSD_IMAGE", "cloudsd-testbed:latest")
     WORLD.reset()
     yield WORLD
     WORLD.reset()

@@ -86,7 +86,7 @@ def ui_healthy(local_port: int, ui: UIProfile, timeout_s: float = 5.0) -> tuple[
     """One health probe through the tunnel: (ready, why not)."""
     conn = http.client.HTTPConnection("127.0.0.1", local_port, timeout=timeout_s)
     try:
-        conn.request("GET", ui.health_path)
+        conn.request("GET", ui.health_path, headers={"User-Agent": "cloudsd-health"})  # not UI use (idle stop)
         response = conn.getresponse()
         response.read()
         if response.status == 200:
