@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 
 from cloudsd.config import resolve
-from cloudsd.core.deploy import spec_from
 from cloudsd.core.offers import select
+from cloudsd.core.up import spec_from
 from cloudsd.errors import NoCapacity
-from cloudsd.models import Offer, OfferSpec
+from cloudsd.machine import Offer, OfferSpec
 
 
 def offer(oid: str, gpu: str, price: float, vram: float = 24, **kw: object) -> Offer:

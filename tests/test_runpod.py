@@ -14,7 +14,7 @@ import paramiko
 import pytest
 
 from cloudsd.errors import ConfigError, CredentialsError, NoCapacity, ProviderError, ResumeRefused
-from cloudsd.models import CreateRequest, MachineStatus, Offer, OfferSpec
+from cloudsd.machine import CreateRequest, MachineStatus, Offer, OfferSpec
 from cloudsd.providers import runpod_api as v2
 from cloudsd.providers.credentials import parse_simple_toml
 from cloudsd.providers.runpod import (

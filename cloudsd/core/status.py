@@ -1,7 +1,7 @@
 """`status`: the ledger joined with each provider's live view, plus strays on the accounts.
 
 A machine the provider says is gone or stopped, which cloudsd did not end or stop itself, is recorded here
-with who did it and why (`core/guard.reconcile`): usually the watchdog, for a budget or idleness.
+with who did it and why (`core/lifecycle.reconcile`): usually the watchdog, for a budget or idleness.
 """
 
 from __future__ import annotations
@@ -9,15 +9,14 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, replace
 
+from cloudsd.core import lifecycle
 from cloudsd.core.budget import use
 from cloudsd.core.cost import Event, SessionCost, session_cost
-from cloudsd.core.deploy import reconnect_record
-from cloudsd.core.guard import Plan, current, plan_of, reconcile, resumed
+from cloudsd.core.guard import Plan, plan_of
 from cloudsd.core.machines import Providers
-from cloudsd.core.watchdog import read
 from cloudsd.errors import CloudsdError, ConfigError
-from cloudsd.ledger import Ledger, MachineRecord
-from cloudsd.models import MachineStatus
+from cloudsd.ledger import Ledger, MachineRecord, Status
+from cloudsd.machine import MachineStatus
 
 RECENT_S = 86400.0  # machines the watchdog ended stay listed this long, so `status` can say why they are gone
 SILENT_AFTER_S = 120.0  # a watchdog that has not written its state for this long is silent (it writes every poll)
@@ -80,6 +79,10 @@ def _with_watchdog(row: StatusRow, record: MachineRecord, plan: Plan, events: li
             if kind in ("watchdog-installed", "watchdog-seen")]
     reported_at: float | None = max(seen) if seen else None
     running, why = True, ""
+    # SSH and the watchdog reader load only when a machine has a watchdog to ask (`status` with none stays light).
+    from cloudsd.core.access import reconnect_record
+    from cloudsd.core.watchdog import read
+
     try:
         connection = reconnect_record(record, deadline_s=10)
         try:
@@ -111,35 +114,35 @@ def status(ledger: Ledger, providers: Providers, *, sweep: tuple[str, ...] = ())
             provider = providers.get(record.provider)
             info = provider.get(record.provider_id) if record.provider_id else None
             if record.provider_id and info is None:
-                note, live = reconcile(ledger, record, None, provider, now=now), "gone"
+                note, live = lifecycle.reconcile(ledger, record, None, provider, now=now), "gone"
             elif info is not None:
                 live = info.status.value + (f" ({info.detail})" if info.detail and info.detail != info.status.value
                                             else "")
-                if info.status is MachineStatus.STOPPED and record.status in ("running", "booting"):
-                    note = reconcile(ledger, record, info.status, provider, now=now)
-                elif info.status is MachineStatus.RUNNING and record.status == "stopped":
-                    resumed(ledger, record)
+                if info.status is MachineStatus.STOPPED and record.status in (Status.RUNNING, Status.BOOTING):
+                    note = lifecycle.reconcile(ledger, record, info.status, provider, now=now)
+                elif info.status is MachineStatus.RUNNING and record.status is Status.STOPPED:
+                    lifecycle.resumed(ledger, record)
             else:
                 live = "not created"
         except CloudsdError as exc:
             live = f"unreachable: {exc.message}"
             if isinstance(exc, ConfigError):  # a provider this version does not know: say so, under the table too
                 note = f"needs attention: {exc.message}; it may still bill there: end it in that provider's console"
-        record, events = current(ledger, record.name)
-        if not note and record.status == "stopped":
+        record, events = ledger.session(record.name)
+        if not note and record.status is Status.STOPPED:
             note = record.detail
         row = _row(record, live, session_cost(record, events, now), note, events, now)
         plan = plan_of(events)
-        if plan is not None and plan.script and plan.budget.enforced and record.status == "running" \
+        if plan is not None and plan.script and plan.budget.enforced and record.status is Status.RUNNING \
                 and live.startswith("running"):
             row = _with_watchdog(row, record, plan, events, now)
         rows.append(row)
     listed = {(r.provider, r.provider_id) for r in rows}
     for record in ledger.machines():
         recent = record.terminated_at is not None and now - record.terminated_at < RECENT_S
-        if (record.status == "terminated" and recent and record.detail.startswith("ended by the watchdog")
+        if (record.status is Status.TERMINATED and recent and record.detail.startswith("ended by the watchdog")
                 and (record.provider, record.provider_id) not in listed):
-            record, events = current(ledger, record.name)
+            record, events = ledger.session(record.name)
             rows.append(_row(record, "gone", session_cost(record, events, now), record.detail))
     known = {(r.provider, r.provider_id) for r in ledger.machines() if r.provider_id}
     for provider_name in sweep:

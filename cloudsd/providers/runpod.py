@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 from cloudsd.errors import ConfigError, ProviderError
 from cloudsd.gpus import canonical_gpu_name
-from cloudsd.models import (
+from cloudsd.machine import (
     LABEL_PREFIX,
     CreateRequest,
     MachineInfo,
@@ -36,7 +36,7 @@ from cloudsd.models import (
     OfferSpec,
     SSHEndpoint,
 )
-from cloudsd.providers import Provider, SelfStopCall
+from cloudsd.providers import KeyedAccount, Provider, ReportsBilling, SelfStopCall, Stoppable
 from cloudsd.providers.credentials import KeyFile, resolve, toml_key
 from cloudsd.providers.http import ConnectFailed, JsonApi
 from cloudsd.providers.runpod_api import (
@@ -238,7 +238,7 @@ def self_stop_call(action: str) -> SelfStopCall:
 
 
 # -- the provider ----------------------------------------------------------------------------------
-class RunPodProvider(Provider):
+class RunPodProvider(Stoppable, ReportsBilling, KeyedAccount, Provider):
     name = "runpod"
     supports_stop = True  # the volume (/workspace) survives; the container disk does not
     supports_self_stop = True  # each pod gets a RUNPOD_API_KEY scoped to itself

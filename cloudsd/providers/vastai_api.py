@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudsd.gpus import canonical_gpu_name
-from cloudsd.models import CreateRequest, MachineInfo, MachineStatus, Offer, OfferSpec, SSHEndpoint
+from cloudsd.machine import CreateRequest, MachineInfo, MachineStatus, Offer, OfferSpec, SSHEndpoint
 from cloudsd.providers.credentials import Credential, KeyFile, plain_file, resolve
 
 PROVIDER = "vastai"
