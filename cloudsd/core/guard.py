@@ -81,7 +81,7 @@ def arm(ledger: Ledger, record: MachineRecord, connection: Connection, provider:
 
 
 def provider_deadline_of(events: list[Event]) -> float | None:
-    """The server-side deadline asked for at create (RunPod `terminateAfter`), from the `created` event."""
+    """The server-side deadline asked for at create (`supports_deadline`), from the `created` event."""
     for _, _, kind, data in events:
         if kind == EventKind.CREATED and data.get("deadline_at") is not None:
             return float(data["deadline_at"])

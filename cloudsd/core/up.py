@@ -210,7 +210,7 @@ def _up_on(offer: Offer, name: str, ui: UIProfile, options: UpOptions, ledger: L
         raise
     cuda = highest_cuda(options.spec.cuda, image_cuda(image))  # the host's driver must run the image
     deadline_at = (provider_deadline(options.budget, now=time.time(), price_per_hour=offer.price_per_hour)
-                   if provider.supports_deadline else None)  # RunPod's own backstop behind the watchdog
+                   if provider.supports_deadline else None)  # the provider's own backstop behind the watchdog
     request = CreateRequest(name=name, image=image, public_key=pair.public_line,
                             env={"CLOUDSD_MACHINE": name, **ui.machine_env(), **options.env},
                             disk_gb=options.spec.disk_gb, cuda=cuda, onstart="/opt/cloudsd/boot/entrypoint.sh",
