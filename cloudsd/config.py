@@ -135,6 +135,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("timeouts.boot", 600.0, _to_duration, "CLOUDSD_BOOT_TIMEOUT",
             "how long the provider may take to start the machine (image pull included)"),
     Setting("timeouts.ssh", 120.0, _to_duration, "CLOUDSD_SSH_TIMEOUT", "how long sshd may take to answer"),
+    Setting("timeouts.resume", 90.0, _to_duration, "CLOUDSD_RESUME_TIMEOUT",
+            "how long `cloudsd start` waits for the host to give a stopped machine its GPU back"),
     Setting("timeouts.ui", 600.0, _to_duration, "CLOUDSD_UI_TIMEOUT", "how long the web UI may take to answer"),
     Setting("local.network", None, _to_str, "CLOUDSD_LOCAL_NETWORK",
             "Docker network for local machines (default: the engine's bridge)", optional=True),

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from cloudsd.errors import CloudsdError, ConfigError, NoCapacity, ProviderError, RateLimited
+from cloudsd.errors import CloudsdError, ConfigError, NoCapacity, ProviderError, RateLimited, ResumeRefused
 from cloudsd.models import LABEL_PREFIX, CreateRequest, MachineInfo, MachineStatus, Offer, OfferSpec
 from cloudsd.providers import Provider
 from cloudsd.providers.http import ConnectFailed, JsonApi
@@ -254,6 +254,18 @@ class VastProvider(Provider):
             gone = is_gone_error(response.status_code, body)
             raise self._fail(f"stop of instance {provider_id}", response, body,
                              hint="It no longer exists." if gone else f"Stop or destroy it at {CONSOLE_URL}.")
+
+    def start(self, provider_id: str) -> None:
+        """`PUT /instances/{id}/ {"state": "running"}`. Vast accepts it even when the host's GPU is rented out;
+        the instance then waits in "scheduling" (the core's wait turns that into ResumeRefused)."""
+        response, body = self._call("PUT", f"/api/v0/instances/{provider_id}/", json={"state": "running"})
+        if not response.is_success or (isinstance(body, dict) and body.get("success") is False):
+            if is_gone_error(response.status_code, body):
+                raise self._fail(f"start of instance {provider_id}", response, body, hint="It no longer exists.")
+            if is_capacity_error(body):
+                raise ResumeRefused(f"{LABEL} has no GPU free on its host ({self._why(response, body)})")
+            raise self._fail(f"start of instance {provider_id}", response, body,
+                             hint=f"Start it at {CONSOLE_URL}, or try `cloudsd start` again.")
 
     # -- many machines -------------------------------------------------------------------------------
     def _list_raw(self) -> list[dict[str, Any]]:

@@ -233,10 +233,12 @@ class VastRoutes:
         if "label" in body:
             inst.label = None if body["label"] is None else str(body["label"])
         if state and state != inst.intended:
+            waiting = state == "running" and inst.id in self.hosts_taken
             with self._lock:
                 inst.intended = state
-                inst.switch(state, time.time())
-            if inst.backed:
+                if not waiting:  # a start the host cannot honour waits in "scheduling", billing only storage
+                    inst.switch(state, time.time())
+            if inst.backed and not waiting:
                 (self.machines.stop if state == "stopped" else self.machines.start)(str(inst.id))
         return 200, {"success": True}
 
