@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from cloudsd import __version__
-from cloudsd.cli import cmd_image, cmd_lifecycle
+from cloudsd.cli import cmd_generate, cmd_image, cmd_lifecycle
 from cloudsd.cli.params import DURATION, PORT
 from cloudsd.errors import CloudsdError
 
@@ -258,6 +258,7 @@ def down(names: tuple[str, ...], all_: bool, yes: bool, no_outputs: bool, force:
 cli.add_command(cmd_image.image)
 cli.add_command(cmd_lifecycle.stop_cmd)
 cli.add_command(cmd_lifecycle.start_cmd)
+cli.add_command(cmd_generate.generate_cmd)
 from cloudsd.cli import cmd_cost  # noqa: E402,F401 - registers `cost` and `budget` on `cli` (click only)
 
 cli.add_command(__import__("cloudsd.cli.cmd_sync", fromlist=["sync"]).sync)
