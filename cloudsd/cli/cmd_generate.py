@@ -132,12 +132,6 @@ def _run(name: str, settings: Any, requests: list[Any], out: Path | None, as_jso
         jobs = plan_jobs(requests)
         note = check_budget(ledger, ledger.get(name), jobs)
         session = open_session(ledger, providers, name)
-        if not as_json:
-            seen: set[int] = set()
-            for job in jobs:
-                if job.request.seed is None and id(job.request) not in seen:
-                    seen.add(id(job.request))
-                    console.print(f"  seed {job.seed} (random) for {job.request.prompt[:60]!r}")
         if note and not as_json:
             console.print(f"  {note}")
         dest = out if out is not None else default_outputs_dir(name)

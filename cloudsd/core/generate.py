@@ -186,7 +186,12 @@ def run(requests: list[GenerateRequest], jobs: list[Job], ui: UIProfile, port: i
     result = RunResult()
     started = time.monotonic()
     total = sum(j.batch_size for j in jobs)
-    backend.prepare(requests, events)
+    backend.prepare(requests, events)  # every name checked before anything runs
+    noted: set[int] = set()
+    for job in jobs:
+        if job.request.seed is None and id(job.request) not in noted:
+            noted.add(id(job.request))
+            events.note(f"seed {job.seed} (random) for {job.request.prompt[:60]!r}")
     try:
         for job in jobs:
             done = len(result.pictures)

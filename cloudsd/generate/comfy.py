@@ -126,7 +126,8 @@ def _choice(aliases: dict[str, str], wanted: str, choices: list[str], kind: str,
     lowered = {c.lower(): c for c in choices}
     if wanted.lower() in lowered:
         return lowered[wanted.lower()]
-    raise unknown(kind, wanted, choices, flag)
+    known = [alias for alias, name in aliases.items() if name in choices]  # A1111 names it would accept
+    raise unknown(kind, wanted, [*choices, *known], flag)
 
 
 def workflow(request: GenerateRequest, resolved: Resolved, *, seed: int, batch_size: int,
