@@ -34,7 +34,7 @@ from cloudsd.core.cost import session_cost
 from cloudsd.core.deploy import Session, open_tunnel, reconnect_record, wait_for_ui
 from cloudsd.core.guard import current, plan_of
 from cloudsd.core.machines import Providers, refresh_record
-from cloudsd.errors import BudgetError, CloudsdError
+from cloudsd.errors import BudgetError, CloudsdError, SSHError
 from cloudsd.generate import a1111, comfy
 from cloudsd.generate.client import UIClient
 from cloudsd.generate.png import text as png_text
@@ -44,7 +44,8 @@ from cloudsd.ledger import Ledger, MachineRecord
 from cloudsd.ssh import Connection
 from cloudsd.ui import UIProfile, profile
 
-POLL_S = 0.25
+POLL_S = 0.25  # A1111 progress
+HISTORY_POLL_S = 0.05  # ComfyUI /history: one small GET through the tunnel
 OOM = re.compile(r"out of memory|OutOfMemory", re.IGNORECASE)
 
 
@@ -148,16 +149,26 @@ def check_budget(ledger: Ledger, record: MachineRecord, jobs: list[Job], now: fl
 
 
 # -- running -----------------------------------------------------------------------------------------------
-def open_session(ledger: Ledger, providers: Providers, name: str, *, deadline_s: float = 60.0) -> Session:
+def _check_running(record: MachineRecord) -> None:
+    if record.status == "stopped":
+        raise CloudsdError(f"machine {record.name!r} is stopped.", hint=f"Start it with `cloudsd start {record.name}`.")
+    if record.status != "running":
+        raise CloudsdError(f"machine {record.name!r} is {record.status}.", hint="`cloudsd status` shows its state.")
+
+
+def open_session(ledger: Ledger, providers: Providers, name: str, *, deadline_s: float = 20.0) -> Session:
     """SSH and a private tunnel (any free local port) to the UI of a running machine; the machine's own
     tunnel port in the ledger stays as it is."""
-    record = refresh_record(ledger, providers, ledger.get(name))
-    if record.status == "stopped":
-        raise CloudsdError(f"machine {name!r} is stopped.", hint=f"Start it with `cloudsd start {name}`.")
-    if record.status != "running":
-        raise CloudsdError(f"machine {name!r} is {record.status}.", hint="`cloudsd status` shows its state.")
+    record = ledger.get(name)
+    _check_running(record)
     ui = profile(record.ui or "a1111")
-    connection = reconnect_record(record, deadline_s=deadline_s)
+    try:
+        # SSH first, the provider only when that fails: a `generate` pays for no provider call (nor for
+        # importing its client) when the machine answers.
+        connection = reconnect_record(record, deadline_s=deadline_s)
+    except SSHError:
+        _check_running(refresh_record(ledger, providers, record))  # stopped or gone meanwhile (its watchdog)?
+        raise
     try:
         forward = open_tunnel(record, connection, 0)
         wait_for_ui(forward.local_port, ui, deadline_s=deadline_s)
@@ -170,7 +181,10 @@ def open_session(ledger: Ledger, providers: Providers, name: str, *, deadline_s:
 class Backend(Protocol):
     def prepare(self, requests: list[GenerateRequest], events: Events) -> None: ...
 
-    def run(self, job: Job, on_progress: Callable[[float, float | None, str], None]) -> list[Picture]: ...
+    def run(self, job: Job, on_progress: Callable[[float, float | None, str], None],
+            next_job: Job | None = None) -> list[Picture]:
+        """Run `job` and return its pictures; `next_job` may be queued on the machine meanwhile."""
+        ...
 
     def interrupt(self) -> None: ...
 
@@ -193,14 +207,15 @@ def run(requests: list[GenerateRequest], jobs: list[Job], ui: UIProfile, port: i
             noted.add(id(job.request))
             events.note(f"seed {job.seed} (random) for {job.request.prompt[:60]!r}")
     try:
-        for job in jobs:
+        for number, job in enumerate(jobs):
             done = len(result.pictures)
 
             def on_progress(fraction: float, eta: float | None, detail: str, done: int = done,
                             size: int = job.batch_size) -> None:
                 events.progress(done + fraction * size, total, eta, detail)
 
-            for picture in backend.run(job, on_progress):
+            following = jobs[number + 1] if number + 1 < len(jobs) else None
+            for picture in backend.run(job, on_progress, following):
                 result.pictures.append(picture)
                 events.picture(picture)
             events.progress(len(result.pictures), total, None, "")
@@ -306,7 +321,8 @@ class A1111Backend:
         self.port = port
         self.dest = dest
         self.ui = ui
-        self.client = UIClient(port)
+        self.client = UIClient(port)  # lists and progress
+        self.post_client = UIClient(port)  # the jobs, one at a time, on a connection of their own
         self.resolved: dict[int, a1111.Resolved] = {}
         self.catalog: a1111.Catalog | None = None
         self._worker: threading.Thread | None = None
@@ -341,8 +357,9 @@ class A1111Backend:
                 raise _ui_error("checkpoint switch", a1111.error_text(status, body))
             self.catalog = a1111.Catalog(**{**self.catalog.__dict__, "current_checkpoint": title})
 
-    def run(self, job: Job, on_progress: Callable[[float, float | None, str], None]) -> list[Picture]:
-        request = job.request
+    def run(self, job: Job, on_progress: Callable[[float, float | None, str], None],
+            next_job: Job | None = None) -> list[Picture]:
+        request = job.request  # txt2img blocks until done: no queueing ahead, the UI would take them in any order
         self._switch(request, _Silent())
         resolved = self.resolved[id(request)]
         init = self._init_images.get(request.init_image) if request.init_image else None
@@ -351,13 +368,10 @@ class A1111Backend:
         answer: dict[str, Any] = {}
 
         def post() -> None:
-            client = UIClient(self.port)
             try:
-                answer["reply"] = client.json("POST", path, body)
+                answer["reply"] = self.post_client.json("POST", path, body)
             except BaseException as exc:  # noqa: BLE001 - handed to the main thread
                 answer["error"] = exc
-            finally:
-                client.close()
 
         self._worker = threading.Thread(target=post, name="generate-job", daemon=True)
         self._worker.start()
@@ -458,7 +472,8 @@ class ComfyBackend:
         self.client_id = uuid.uuid4().hex
         self.resolved: dict[int, comfy.Resolved] = {}
         self.uploaded: dict[Path, str] = {}
-        self.pending: list[str] = []
+        self.submitted: dict[int, str] = {}  # job number -> prompt_id
+        self.pending: list[str] = []  # queued or running, not yet seen in /history
         self.seconds_per_job: list[float] = []
 
     def prepare(self, requests: list[GenerateRequest], events: Events) -> None:
@@ -484,7 +499,7 @@ class ComfyBackend:
         answer = json.loads(reply)
         return f"{answer['subfolder']}/{answer['name']}" if answer.get("subfolder") else str(answer["name"])
 
-    def run(self, job: Job, on_progress: Callable[[float, float | None, str], None]) -> list[Picture]:
+    def _submit(self, job: Job) -> str:
         request = job.request
         init = self.uploaded.get(request.init_image) if request.init_image else None
         graph = comfy.workflow(request, self.resolved[id(request)], seed=job.seed, batch_size=job.batch_size,
@@ -493,7 +508,17 @@ class ComfyBackend:
         if status != 200 or not isinstance(reply, dict) or "prompt_id" not in reply:
             raise _ui_error("prompt", comfy.prompt_error(reply))
         prompt_id = str(reply["prompt_id"])
-        self.pending = [prompt_id]
+        self.submitted[job.number] = prompt_id
+        self.pending.append(prompt_id)
+        return prompt_id
+
+    def run(self, job: Job, on_progress: Callable[[float, float | None, str], None],
+            next_job: Job | None = None) -> list[Picture]:
+        """The next job is queued while this one runs, so the GPU does not wait for the laptop in between."""
+        request = job.request
+        prompt_id = self.submitted.get(job.number) or self._submit(job)
+        if next_job is not None and next_job.number not in self.submitted:
+            self._submit(next_job)
         started = time.monotonic()
         typical = (sum(self.seconds_per_job) / len(self.seconds_per_job)) if self.seconds_per_job else None
         while True:
@@ -504,10 +529,11 @@ class ComfyBackend:
             elapsed = time.monotonic() - started
             fraction = min(0.99, elapsed / typical) if typical else 0.0
             on_progress(fraction, max(0.0, typical - elapsed) if typical else None, "running")
-            time.sleep(POLL_S / 2)
-        self.pending = []
+            time.sleep(HISTORY_POLL_S)
+        self.pending.remove(prompt_id)
         self.seconds_per_job.append(time.monotonic() - started)
         if result.error is not None:
+            self._drop_pending()  # the job queued ahead would fail alike
             raise _ui_error("prompt", f"{result.error_type}: {result.error}")
         pictures = []
         for index, image in enumerate(result.images):
@@ -523,10 +549,15 @@ class ComfyBackend:
             pictures.append(Picture(saved, job.seed, request.prompt, job.number, index, rel, parameters))
         return pictures
 
+    def _drop_pending(self) -> None:
+        if self.pending:
+            self.client.json("POST", "/queue", {"delete": self.pending})
+            self.pending = []
+
     def interrupt(self) -> None:
         client = UIClient(self.port, timeout_s=30)
         try:
-            if self.pending:
+            if self.pending:  # first the queued ones, so none of them starts when the running one ends
                 client.json("POST", "/queue", {"delete": self.pending})
             client.json("POST", "/interrupt", {})
         except CloudsdError:
