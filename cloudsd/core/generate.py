@@ -322,10 +322,10 @@ class A1111Backend:
         self.dest = dest
         self.ui = ui
         self.client = UIClient(port)  # lists and progress
-        self.post_client = UIClient(port)  # the jobs, one at a time, on a connection of their own
         self.resolved: dict[int, a1111.Resolved] = {}
         self.catalog: a1111.Catalog | None = None
-        self._worker: threading.Thread | None = None
+        self._posts: dict[int, _Post] = {}  # job number -> its POST, running or done
+        self._clients: list[UIClient] = []  # keep-alive connections of finished POSTs, for the next ones
         self._init_images: dict[Path, bytes] = {}
         self._counter: dict[Path, int] = {}
 
@@ -357,27 +357,34 @@ class A1111Backend:
                 raise _ui_error("checkpoint switch", a1111.error_text(status, body))
             self.catalog = a1111.Catalog(**{**self.catalog.__dict__, "current_checkpoint": title})
 
+    def _start(self, job: Job) -> _Post:
+        """POST the job's txt2img/img2img from a thread of its own (the call blocks until the job is done)."""
+        request = job.request
+        init = self._init_images.get(request.init_image) if request.init_image else None
+        body = a1111.payload(request, self.resolved[id(request)], seed=job.seed, batch_size=job.batch_size,
+                             init_image=init)
+        post = _Post(self._clients.pop() if self._clients else UIClient(self.port),
+                     "/sdapi/v1/img2img" if init is not None else "/sdapi/v1/txt2img", body)
+        self._posts[job.number] = post
+        post.start()
+        return post
+
     def run(self, job: Job, on_progress: Callable[[float, float | None, str], None],
             next_job: Job | None = None) -> list[Picture]:
-        request = job.request  # txt2img blocks until done: no queueing ahead, the UI would take them in any order
-        self._switch(request, _Silent())
-        resolved = self.resolved[id(request)]
-        init = self._init_images.get(request.init_image) if request.init_image else None
-        body = a1111.payload(request, resolved, seed=job.seed, batch_size=job.batch_size, init_image=init)
-        path = "/sdapi/v1/img2img" if init is not None else "/sdapi/v1/txt2img"
-        answer: dict[str, Any] = {}
-
-        def post() -> None:
-            try:
-                answer["reply"] = self.post_client.json("POST", path, body)
-            except BaseException as exc:  # noqa: BLE001 - handed to the main thread
-                answer["error"] = exc
-
-        self._worker = threading.Thread(target=post, name="generate-job", daemon=True)
-        self._worker.start()
-        while self._worker.is_alive():
-            self._worker.join(POLL_S)
-            if not self._worker.is_alive():
+        """The next job is sent while this one runs: the UI's queue lock holds it until this one is done, so
+        the GPU does not wait for the laptop in between (not across a checkpoint switch)."""
+        request = job.request
+        post = self._posts.get(job.number)
+        if post is None:
+            self._switch(request, _Silent())
+            post = self._start(job)
+        if next_job is not None and next_job.number not in self._posts and \
+                self.resolved[id(next_job.request)].checkpoint_title in (None, self.catalog and
+                                                                         self.catalog.current_checkpoint):
+            self._start(next_job)
+        while post.is_alive():
+            post.join(POLL_S)
+            if not post.is_alive():
                 break
             try:
                 status, progress = self.client.json("GET", "/sdapi/v1/progress?skip_current_image=true")
@@ -389,14 +396,19 @@ class A1111Backend:
                           if state.get("sampling_steps") else "")
                 on_progress(min(1.0, float(progress.get("progress") or 0.0)),
                             float(progress.get("eta_relative") or 0.0) or None, detail)
-        if "error" in answer:
-            raise answer["error"]
-        status, reply = answer["reply"]
-        if status != 200:
-            raise _ui_error("job", a1111.error_text(status, reply))
+        del self._posts[job.number]
+        self._clients.append(post.client)
+        answer = post.answer
+        init = "init_images" in post.body
+        if "error" in answer or answer["reply"][0] != 200:
+            self.interrupt()  # a job sent ahead would fail alike, or leave an unrecorded picture
+            if "error" in answer:
+                raise answer["error"]
+            raise _ui_error("job", a1111.error_text(*answer["reply"]))
+        _, reply = answer["reply"]
         images, seeds, texts = a1111.parse_response(reply)
         pictures = []
-        folder = self.dest / ("img2img-images" if init is not None else "txt2img-images") / _today()
+        folder = self.dest / ("img2img-images" if init else "txt2img-images") / _today()
         for index, png in enumerate(images[:job.batch_size]):  # the rest (grids) are not pictures of their own
             seed = seeds[index] if index < len(seeds) else job.seed + index
             parameters = texts[index] if index < len(texts) else ""
@@ -415,15 +427,21 @@ class A1111Backend:
         return self._counter[folder]
 
     def interrupt(self) -> None:
+        """Interrupt until every job sent has answered: a job sent ahead starts (and clears the UI's
+        interrupted flag) once the running one stops, so it is interrupted in its turn. Their pictures are
+        incomplete and dropped."""
         client = UIClient(self.port, timeout_s=30)
+        deadline = time.monotonic() + 120
         try:
-            client.json("POST", "/sdapi/v1/interrupt")
-        except CloudsdError:
-            pass
+            while any(p.is_alive() for p in self._posts.values()) and time.monotonic() < deadline:
+                try:
+                    client.json("POST", "/sdapi/v1/interrupt")
+                except CloudsdError:
+                    pass
+                for post in self._posts.values():
+                    post.join(0.2)
         finally:
             client.close()
-        if self._worker is not None:
-            self._worker.join(120)  # the UI answers the interrupted job; its pictures are incomplete
 
     def remote_names(self, connection: Connection, pictures: list[Picture], age_s: float) -> dict[str, tuple[int, int]]:
         """A1111 names files `NNNNN-SEED….png` in outputs/{txt2img,img2img}-images/DATE/: match by seed,
@@ -442,6 +460,19 @@ class A1111Backend:
                 picture.remote_rel = candidates.pop(0)[1]
                 by_seed[picture.seed] = candidates
         return found
+
+
+class _Post(threading.Thread):
+    def __init__(self, client: UIClient, path: str, body: dict[str, Any]) -> None:
+        super().__init__(name="generate-job", daemon=True)
+        self.client, self.path, self.body = client, path, body
+        self.answer: dict[str, Any] = {}
+
+    def run(self) -> None:
+        try:
+            self.answer["reply"] = self.client.json("POST", self.path, self.body)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            self.answer["error"] = exc
 
 
 class _Silent:
