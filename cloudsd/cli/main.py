@@ -75,6 +75,8 @@ def cli() -> None:
     cloudsd up                 start a machine, tunnel the web UI to 127.0.0.1
     cloudsd status             what runs, what it costs
     cloudsd tunnel NAME        reattach the tunnel
+    cloudsd generate NAME "…"  pictures from the terminal, through the machine's UI
+    cloudsd stop NAME          stop for the night, keeping the disk (start NAME resumes)
     cloudsd down NAME          end the machine and confirm it is gone
 
     Config, keys and the ledger live in $CLOUDSD_HOME (default ~/.cloudsd).

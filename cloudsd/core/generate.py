@@ -145,7 +145,9 @@ def check_budget(ledger: Ledger, record: MachineRecord, jobs: list[Job], now: fl
     if need is not None and need > left:
         raise BudgetError(f"this run needs about {need:.0f} s (from earlier runs here) but the machine ends in "
                           f"{left:.0f} s ({found[0].reason}); nothing was generated.", hint=hint)
-    return f"the machine's budget ends in {left:.0f} s"
+    if left < 3600:
+        return f"the machine's budget ends in {left / 60:.0f} min ({found[0].reason.replace(' reached', '')})"
+    return None
 
 
 # -- running -----------------------------------------------------------------------------------------------
