@@ -196,3 +196,80 @@ def test_png_text_roundtrip() -> None:
     assert text(png) == {"prompt": "{}"}
     both = with_text(png, "parameters", "a château\nSteps: 20")
     assert text(both) == {"prompt": "{}", "parameters": "a château\nSteps: 20"}
+
+
+# -- the runner against the stand-in UIs, in this process (no machine: no index on the machine) ---------------
+@pytest.fixture
+def standin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    import threading
+
+    import standin_ui
+
+    monkeypatch.setenv("CLOUDSD_STANDIN_STEP_S", "0.02")
+    servers = []
+
+    def make(flavor: str):  # type: ignore[no-untyped-def]
+        data = tmp_path / flavor
+        folder = "models/Stable-diffusion" if flavor == "a1111" else "models/checkpoints"
+        (data / folder).mkdir(parents=True)
+        (data / folder / "dreamshaper_8.safetensors").write_bytes(b"weights")
+        server = standin_ui.make_server(flavor, "127.0.0.1", 0, data, None, log=False)
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        servers.append(server)
+        return server.server_address[1]
+
+    yield make
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+class Recorder:
+    """What `run` reports, as the CLI's progress bar receives it."""
+
+    def __init__(self) -> None:
+        self.updates: list[tuple[float, int, float | None, str]] = []
+        self.pictures: list[object] = []
+        self.notes: list[str] = []
+
+    def progress(self, done: float, total: int, eta_s: float | None, detail: str) -> None:
+        self.updates.append((done, total, eta_s, detail))
+
+    def picture(self, picture: object) -> None:
+        self.pictures.append(picture)
+
+    def note(self, message: str) -> None:
+        self.notes.append(message)
+
+
+def test_progress_comes_from_the_ui_and_pictures_arrive_one_by_one(standin, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from cloudsd.core.generate import plan_jobs, run
+    from cloudsd.ui import profile
+
+    port = standin("a1111")
+    requests = [GenerateRequest("a lighthouse", steps=40, count=3, seed=5)]
+    jobs = plan_jobs(requests)
+    events = Recorder()
+    result = run(requests, jobs, profile("a1111"), port, tmp_path / "out", None, events)
+    assert [p.seed for p in result.pictures] == [5, 6, 7]  # type: ignore[attr-defined]
+    steps = [u for u in events.updates if u[3].startswith("step ")]
+    assert steps, "the UI's own step counter reaches the progress bar"
+    assert all(u[3].endswith("/40") and u[2] is not None and u[2] > 0 for u in steps)  # the UI's ETA
+    assert all(0 <= u[0] <= 3 and u[1] == 3 for u in events.updates)
+    done_marks = [u[0] for u in events.updates if u[3] == ""]
+    assert done_marks == [1, 2, 3]  # each picture counted as it arrived, not all at the end
+    assert not events.notes or "seed" not in events.notes[0]  # the seed was given: nothing printed
+
+
+def test_comfy_runner_queues_ahead_and_reports_progress(standin, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from cloudsd.core.generate import plan_jobs, run
+    from cloudsd.ui import profile
+
+    port = standin("comfyui")
+    requests = [GenerateRequest("a lighthouse", steps=10, count=3)]
+    jobs = plan_jobs(requests)
+    events = Recorder()
+    result = run(requests, jobs, profile("comfyui"), port, tmp_path / "out", None, events)
+    assert len(result.pictures) == 3 and all(p.path.is_file() for p in result.pictures)  # type: ignore[attr-defined]
+    assert events.notes[0].startswith(f"seed {jobs[0].seed} (random)")
+    assert [u[0] for u in events.updates if u[3] == ""] == [1, 2, 3]

@@ -195,9 +195,10 @@ class Backend(Protocol):
 
 
 def run(requests: list[GenerateRequest], jobs: list[Job], ui: UIProfile, port: int, dest: Path,
-        connection: Connection, events: Events, *, ledger: Ledger | None = None, name: str | None = None,
-        record_index: bool = True) -> RunResult:
-    """Run `jobs` against the UI tunneled to 127.0.0.1:`port`, writing pictures into `dest`."""
+        connection: Connection | None, events: Events, *, ledger: Ledger | None = None,
+        name: str | None = None) -> RunResult:
+    """Run `jobs` against the UI tunneled to 127.0.0.1:`port`, writing pictures into `dest`. With the
+    machine's SSH `connection`, the pictures' files on the machine are noted in DEST's pulled-index."""
     backend: Backend = ComfyBackend(port, dest, ui) if ui.name == "comfyui" else A1111Backend(port, dest, ui)
     result = RunResult()
     started = time.monotonic()
@@ -225,19 +226,19 @@ def run(requests: list[GenerateRequest], jobs: list[Job], ui: UIProfile, port: i
         events.note("interrupting the job on the machine …")
         backend.interrupt()
         result.seconds = time.monotonic() - started
-        _finish(backend, connection, result, dest, record_index, events)
+        _finish(backend, connection, result, dest, events)
         raise Interrupted(result.pictures) from None
     result.seconds = time.monotonic() - started
-    _finish(backend, connection, result, dest, record_index, events)
+    _finish(backend, connection, result, dest, events)
     if ledger is not None and name is not None:
         ledger.event(name, "generated", {"pictures": len(result.pictures), "seconds": round(result.seconds, 3),
                                          "steps": total_steps(jobs)})
     return result
 
 
-def _finish(backend: Backend, connection: Connection, result: RunResult, dest: Path, record_index: bool,
+def _finish(backend: Backend, connection: Connection | None, result: RunResult, dest: Path,
             events: Events) -> None:
-    if not record_index or not result.pictures:
+    if connection is None or not result.pictures:
         return
     from cloudsd.sync.outputs import record_pulled
 
