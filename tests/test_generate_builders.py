@@ -273,3 +273,42 @@ def test_comfy_runner_queues_ahead_and_reports_progress(standin, tmp_path: Path)
     assert len(result.pictures) == 3 and all(p.path.is_file() for p in result.pictures)  # type: ignore[attr-defined]
     assert events.notes[0].startswith(f"seed {jobs[0].seed} (random)")
     assert [u[0] for u in events.updates if u[3] == ""] == [1, 2, 3]
+    steps = [u for u in events.updates if u[3].startswith("step ")]
+    assert steps and all(u[3].endswith("/10") for u in steps), "ComfyUI's own progress, from its WebSocket"
+
+    hires = [GenerateRequest("a lighthouse", steps=10, hires_scale=1.5, hires_steps=6, seed=1)]
+    events = Recorder()
+    run(hires, plan_jobs(hires), profile("comfyui"), port, tmp_path / "out", None, events)
+    assert any(u[3].endswith("/6 (pass 2)") for u in events.updates), "the hires pass is the second half"
+    fractions = [u[0] for u in events.updates if u[3].startswith("step ")]
+    assert fractions == sorted(fractions) and max(fractions) > 0.5
+
+
+def test_standin_websocket_speaks_comfyui(standin) -> None:  # type: ignore[no-untyped-def]
+    import json as json_
+
+    from cloudsd.generate.client import UIClient
+    from cloudsd.generate.ws import WebSocket
+
+    port = standin("comfyui")
+    ws = WebSocket(port, "/ws?clientId=abc")
+    first = json_.loads(ws.recv())
+    assert first == {"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 0}}, "sid": "abc"}}
+    client = UIClient(port)
+    info = client.get_json("/object_info")
+    catalog = comfy.Catalog.from_object_info(info)
+    request = GenerateRequest("x", steps=3, seed=1)
+    graph = comfy.workflow(request, comfy.resolve(request, catalog), seed=1, batch_size=1)
+    status, reply = client.json("POST", "/prompt", {"prompt": graph, "client_id": "abc"})
+    assert status == 200
+    kinds = []
+    while True:
+        message = json_.loads(ws.recv())
+        kinds.append(message["type"])
+        if message["type"] == "executing" and message["data"]["node"] is None:
+            assert message["data"]["prompt_id"] == reply["prompt_id"]
+            break
+    assert kinds[:3] == ["status", "execution_start", "execution_cached"]
+    assert kinds.count("progress") == 3 and "executed" in kinds and "execution_success" in kinds
+    ws.close()
+    client.close()

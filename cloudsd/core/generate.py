@@ -40,6 +40,7 @@ from cloudsd.generate.client import UIClient
 from cloudsd.generate.png import text as png_text
 from cloudsd.generate.png import with_text
 from cloudsd.generate.request import MAX_SEED, GenerateRequest, Picture
+from cloudsd.generate.ws import Closed, WebSocket
 from cloudsd.ledger import Ledger, MachineRecord
 from cloudsd.ssh import Connection
 from cloudsd.ui import UIProfile, profile
@@ -190,6 +191,8 @@ class Backend(Protocol):
 
     def interrupt(self) -> None: ...
 
+    def close(self) -> None: ...
+
     def remote_names(self, connection: Connection, pictures: list[Picture], age_s: float) -> dict[str, tuple[int, int]]:
         ...
 
@@ -200,6 +203,14 @@ def run(requests: list[GenerateRequest], jobs: list[Job], ui: UIProfile, port: i
     """Run `jobs` against the UI tunneled to 127.0.0.1:`port`, writing pictures into `dest`. With the
     machine's SSH `connection`, the pictures' files on the machine are noted in DEST's pulled-index."""
     backend: Backend = ComfyBackend(port, dest, ui) if ui.name == "comfyui" else A1111Backend(port, dest, ui)
+    try:
+        return _run(backend, requests, jobs, dest, connection, events, ledger, name)
+    finally:
+        backend.close()
+
+
+def _run(backend: Backend, requests: list[GenerateRequest], jobs: list[Job], dest: Path,
+         connection: Connection | None, events: Events, ledger: Ledger | None, name: str | None) -> RunResult:
     result = RunResult()
     started = time.monotonic()
     total = sum(j.batch_size for j in jobs)
@@ -429,6 +440,10 @@ class A1111Backend:
         self._counter[folder] += 1
         return self._counter[folder]
 
+    def close(self) -> None:
+        for client in [self.client, *self._clients]:
+            client.close()
+
     def interrupt(self) -> None:
         """Interrupt until every job sent has answered: a job sent ahead starts (and clears the UI's
         interrupted flag) once the running one stops, so it is interrupted in its turn. Their pictures are
@@ -507,10 +522,39 @@ class ComfyBackend:
         self.resolved: dict[int, comfy.Resolved] = {}
         self.uploaded: dict[Path, str] = {}
         self.submitted: dict[int, str] = {}  # job number -> prompt_id
+        self.samplers: dict[str, list[str]] = {}  # prompt_id -> its KSampler node ids, in order
+        self.steps: dict[str, tuple[str, int, int]] = {}  # prompt_id -> (node, value, max) from the WebSocket
+        self.changed = threading.Condition()
+        self.ws: Any = None
         self.pending: list[str] = []  # queued or running, not yet seen in /history
         self.seconds_per_job: list[float] = []
 
+    def _listen(self) -> None:
+        """ComfyUI's WebSocket: `progress` (value/max of the running sampler) and `executing` with node None
+        (a prompt is done) for this client id. Without it, progress falls back to the time jobs took."""
+        try:
+            self.ws = WebSocket(self.port, f"/ws?clientId={self.client_id}")
+        except (OSError, Closed):
+            return
+        threading.Thread(target=self._read_ws, name="comfy-ws", daemon=True).start()
+
+    def _read_ws(self) -> None:
+        assert self.ws is not None
+        while True:
+            try:
+                message = json.loads(self.ws.recv())
+            except (Closed, ValueError):
+                return
+            data = message.get("data") or {}
+            prompt_id = data.get("prompt_id")
+            with self.changed:
+                if message.get("type") == "progress" and prompt_id:
+                    self.steps[prompt_id] = (str(data.get("node")), int(data.get("value") or 0),
+                                             int(data.get("max") or 1))
+                self.changed.notify_all()
+
     def prepare(self, requests: list[GenerateRequest], events: Events) -> None:
+        self._listen()
         info = self.client.get_json("/object_info")
         catalog = comfy.Catalog.from_object_info(info if isinstance(info, dict) else {})
         for request in requests:
@@ -542,6 +586,7 @@ class ComfyBackend:
         if status != 200 or not isinstance(reply, dict) or "prompt_id" not in reply:
             raise _ui_error("prompt", comfy.prompt_error(reply))
         prompt_id = str(reply["prompt_id"])
+        self.samplers[prompt_id] = [k for k, n in graph.items() if n["class_type"] == "KSampler"]
         self.submitted[job.number] = prompt_id
         self.pending.append(prompt_id)
         return prompt_id
@@ -561,9 +606,20 @@ class ComfyBackend:
             if result.done:
                 break
             elapsed = time.monotonic() - started
-            fraction = min(0.99, elapsed / typical) if typical else 0.0
-            on_progress(fraction, max(0.0, typical - elapsed) if typical else None, "running")
-            time.sleep(HISTORY_POLL_S)
+            with self.changed:
+                step = self.steps.get(prompt_id)
+            if step is not None:  # the UI's own progress: samplers done, and the running one's step
+                node, value, total = step
+                order = self.samplers.get(prompt_id) or [node]
+                index = order.index(node) if node in order else 0
+                fraction = min(1.0, (index + value / max(total, 1)) / len(order))
+                eta = elapsed / fraction - elapsed if fraction > 0 else None
+                on_progress(fraction, eta, f"step {value}/{total}" + (f" (pass {index + 1})" if index else ""))
+            else:
+                fraction = min(0.99, elapsed / typical) if typical else 0.0
+                on_progress(fraction, max(0.0, typical - elapsed) if typical else None, "queued")
+            with self.changed:  # woken by the WebSocket as soon as something happens, else poll
+                self.changed.wait(HISTORY_POLL_S)
         self.pending.remove(prompt_id)
         self.seconds_per_job.append(time.monotonic() - started)
         if result.error is not None:
@@ -582,6 +638,10 @@ class ComfyBackend:
             parameters = png_text(png).get("prompt", "")
             pictures.append(Picture(saved, job.seed, request.prompt, job.number, index, rel, parameters))
         return pictures
+
+    def close(self) -> None:
+        if self.ws is not None:
+            self.ws.close()
 
     def _drop_pending(self) -> None:
         if self.pending:

@@ -15,8 +15,12 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
+import queue
+import struct
 import threading
 import time
 import uuid
@@ -185,9 +189,25 @@ def validate(graph: dict[str, Any], types: dict[str, tuple[dict[str, Any], list[
     return None
 
 
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def ws_frame(text: str) -> bytes:
+    """One unmasked text frame, as a server sends it."""
+    data = text.encode()
+    if len(data) < 126:
+        header = struct.pack(">BB", 0x81, len(data))
+    elif len(data) < 65536:
+        header = struct.pack(">BBH", 0x81, 126, len(data))
+    else:
+        header = struct.pack(">BBQ", 0x81, 127, len(data))
+    return header + data
+
+
 class ComfyJobs:
     def __init__(self, app: Any) -> None:
         self.app = app
+        self.sockets: dict[str, queue.Queue[str | None]] = {}  # sid -> messages for its WebSocket
         self.cond = threading.Condition()
         self.queue: list[list[Any]] = []  # [number, prompt_id, graph, extra_data, outputs]
         self.running: list[Any] | None = None
@@ -239,6 +259,7 @@ class ComfyJobs:
             self.app.number += 1
             self.queue.append([number, prompt_id, graph, extra, outputs])
             self.cond.notify_all()
+        self._status()
         return json_reply({"prompt_id": prompt_id, "number": number, "node_errors": {}})
 
     def queue_get(self) -> Reply:
@@ -277,6 +298,52 @@ class ComfyJobs:
         (folder / name).write_bytes(image.get_payload(decode=True) or b"")
         return json_reply({"name": name, "subfolder": subfolder, "type": "input"})
 
+    # -- /ws ------------------------------------------------------------------------------------------------
+    def websocket(self, handler: Any, query: dict[str, list[str]]) -> None:
+        """GET /ws?clientId=…: as server.py's websocket_handler, `status` first, then what the worker sends
+        to this client id (`progress`, `executing`, `executed`, `execution_*`) and broadcasts (`status`)."""
+        key = handler.headers.get("Sec-WebSocket-Key", "").encode()
+        accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest()).decode()
+        handler.close_connection = True
+        handler.wfile.write(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                             f"Sec-WebSocket-Accept: {accept}\r\n\r\n").encode())
+        sid = (query.get("clientId") or [""])[0] or uuid.uuid4().hex
+        messages: queue.Queue[str | None] = queue.Queue()
+        with self.cond:
+            self.sockets[sid] = messages
+            remaining = len(self.queue) + (1 if self.running else 0)
+        messages.put(json.dumps({"type": "status", "data": {"status": {"exec_info": {"queue_remaining": remaining}},
+                                                            "sid": sid}}))
+        try:
+            while True:
+                try:
+                    text = messages.get(timeout=1.0)
+                except queue.Empty:
+                    handler.wfile.write(b"\x89\x00")  # a ping: finds a client that went away
+                    continue
+                if text is None:
+                    break
+                handler.wfile.write(ws_frame(text))
+        except OSError:
+            pass
+        finally:
+            with self.cond:
+                if self.sockets.get(sid) is messages:
+                    del self.sockets[sid]
+
+    def send(self, event: str, data: dict[str, Any], sid: str | None = None) -> None:
+        """To one client (`sid`), or to every client when None, as PromptServer.send_sync."""
+        text = json.dumps({"type": event, "data": data})
+        with self.cond:
+            targets = [self.sockets[sid]] if sid in self.sockets else (list(self.sockets.values()) if sid is None else [])
+        for target in targets:
+            target.put(text)
+
+    def _status(self) -> None:
+        with self.cond:
+            remaining = len(self.queue) + (1 if self.running else 0)
+        self.send("status", {"status": {"exec_info": {"queue_remaining": remaining}}})
+
     # -- running --------------------------------------------------------------------------------------------
     def _step_s(self, pixels: int) -> float:
         raw = os.environ.get("CLOUDSD_STANDIN_STEP_S")
@@ -308,8 +375,14 @@ class ComfyJobs:
                                                                     "traceback": []}]], "error")
             with self.app.lock:
                 self.app.history[item[1]] = entry
+            sid = item[3].get("client_id")
+            for kind, data in entry["status"]["messages"][1:]:
+                self.send(kind, data, sid)
+            if entry["status"]["status_str"] == "success":
+                self.send("executing", {"node": None, "prompt_id": item[1]}, sid)
             with self.cond:
                 self.running = None
+            self._status()
 
     def _entry(self, item: list[Any], outputs: dict[str, Any], messages: list[Any], status: str) -> dict[str, Any]:
         start = [["execution_start", {"prompt_id": item[1], "timestamp": int(time.time() * 1000)}]]
@@ -328,17 +401,25 @@ class ComfyJobs:
                 "executed": [], "exception_message": f"Allocation on device. CUDA out of memory. Tried to allocate "
                 f"{width * height * batch * 4 / 2**30:.2f} GiB", "exception_type": "torch.OutOfMemoryError",
                 "traceback": [], "current_inputs": {}, "current_outputs": {}}]], "error")
+        sid = extra.get("client_id")
+        self.send("execution_start", {"prompt_id": prompt_id, "timestamp": int(time.time() * 1000)}, sid)
+        self.send("execution_cached", {"nodes": [], "prompt_id": prompt_id, "timestamp": int(time.time() * 1000)},
+                  sid)
         executed: list[str] = []
         for node_id in samplers:
             steps = int(graph[node_id]["inputs"]["steps"])
             step_s = self._step_s(width * height * batch)
-            for _ in range(steps):
+            self.send("executing", {"node": node_id, "display_node": node_id, "prompt_id": prompt_id}, sid)
+            for step in range(steps):
+                if step:
+                    self.send("progress", {"value": step, "max": steps, "prompt_id": prompt_id, "node": node_id}, sid)
                 with self.cond:
                     if self.interrupted:
                         return self._entry(item, {}, [["execution_interrupted", {
                             "prompt_id": prompt_id, "node_id": node_id, "node_type": "KSampler",
                             "executed": executed, "timestamp": int(time.time() * 1000)}]], "error")
                 time.sleep(step_s)
+            self.send("progress", {"value": steps, "max": steps, "prompt_id": prompt_id, "node": node_id}, sid)
             executed.append(node_id)
         texts = [str(n["inputs"]["text"]) for n in graph.values() if n["class_type"] == "CLIPTextEncode"]
         seed = next((n["inputs"]["seed"] for n in graph.values() if n["class_type"] == "KSampler"), 0)
@@ -355,6 +436,8 @@ class ComfyJobs:
                                 f"{chr(0).join(texts)}\x00{seed}\x00{index}\x00{ckpt}", meta)
                 images.append(self.app._save(png, graph[node_id]))
             saved[node_id] = {"images": images}
+            self.send("executed", {"node": node_id, "display_node": node_id, "output": saved[node_id],
+                                   "prompt_id": prompt_id}, sid)
         return self._entry(item, saved, [["execution_success", {"prompt_id": prompt_id,
                                                                  "timestamp": int(time.time() * 1000)}]], "success")
 

@@ -66,6 +66,10 @@ class ComfyApp:
     def object_info(self) -> dict[str, Any]:
         return self.jobs.object_info()
 
+    def websocket(self, handler: Any, query: dict[str, list[str]]) -> None:
+        """GET /ws: the WebSocket that carries progress and execution messages."""
+        self.jobs.websocket(handler, query)
+
     def _save(self, png: bytes, node: dict[str, Any]) -> dict[str, str]:
         prefix = str((node.get("inputs") or {}).get("filename_prefix") or "ComfyUI")
         subfolder, _, name = prefix.rpartition("/")
