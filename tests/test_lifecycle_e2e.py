@@ -4,6 +4,7 @@ Vast.ai, whose machines are real containers, including a resume the host refuses
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -118,3 +119,33 @@ def test_vast_stop_start_and_a_refused_resume(fake_vast: Any, cloudsd_home: Path
     _marker_survives("night")
     cloudsd("down", "night", "--yes", check=True, timeout=300)
     assert not fake_vast.live_instances()
+
+
+def test_host_keys_survive_a_lost_container_disk(docker_client: Any, testbed_image: str) -> None:
+    """RunPod's stop keeps only /workspace: a resumed machine (a new container disk on the same volume) must
+    present the host key cloudsd pinned at `up`, or `cloudsd start` could not reconnect."""
+    import uuid
+
+    from tests.fakes.machines import TEST_NETWORK
+
+    volume = docker_client.volumes.create(name=f"cloudsd-test-workspace-{uuid.uuid4().hex[:8]}")
+    keys = []
+    try:
+        for _ in range(2):
+            container = docker_client.containers.run(
+                testbed_image, detach=True, environment={"PUBLIC_KEY": "ssh-ed25519 AAAA test"},
+                labels={"cloudsd.test": "lifecycle"}, volumes={volume.name: {"bind": "/workspace", "mode": "rw"}},
+                network=TEST_NETWORK)
+            try:
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    code, out = container.exec_run(["cat", "/etc/ssh/ssh_host_ed25519_key.pub"])
+                    if code == 0:
+                        keys.append(out.decode().split()[1])
+                        break
+                    time.sleep(0.5)
+            finally:
+                container.remove(force=True)
+        assert len(keys) == 2 and keys[0] == keys[1]
+    finally:
+        volume.remove(force=True)
