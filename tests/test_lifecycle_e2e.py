@@ -47,6 +47,8 @@ def test_local_stop_start_keeps_disk_and_rearms_watchdog(local_env: dict[str, st
     assert row["status"] == "stopped" and row["live"].startswith("stopped")
     assert "cloudsd start box" in row["note"]
     assert "stop again" not in cloudsd("stop", "box", check=True).stderr  # safe to repeat
+    refused = cloudsd("down", "box", "--yes")  # its outputs cannot be saved from a stopped machine
+    assert refused.returncode != 0 and "cloudsd start box --detach" in refused.stderr
 
     result = cloudsd("start", "box", "--detach", check=True, timeout=300)
     assert "box is ready again" in result.stderr
