@@ -13,22 +13,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cloudsd import paths
+import yaml
+
+from cloudsd import paths, values
 from cloudsd.durations import parse_duration
 from cloudsd.errors import ConfigError
 from cloudsd.ui import DEFAULT_REGISTRY
+from cloudsd.yamlfile import compose_file, construct
 
 
-def _to_int(value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValueError("expected a whole number")
-    return int(value)
-
-
-def _to_float(value: Any) -> float:
-    if isinstance(value, bool):
-        raise ValueError("expected a number")
-    return float(value)
+def _to_positive_duration(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError("expected a duration above zero, e.g. 30m")
+    return seconds
 
 
 def _to_bool(value: Any) -> bool:
@@ -49,10 +47,7 @@ def _to_str(value: Any) -> str:
 
 
 def _to_port(value: Any) -> int:
-    port = _to_int(value)
-    if not 1 <= port <= 65535:
-        raise ValueError("expected a port from 1 to 65535")
-    return port
+    return values.whole(value, low=1, high=65535, what="a port")
 
 
 def _to_str_list(value: Any) -> tuple[str, ...]:
@@ -63,22 +58,8 @@ def _to_str_list(value: Any) -> tuple[str, ...]:
     raise ValueError("expected a list")
 
 
-def _to_duration(value: Any) -> float:
-    return parse_duration(value)
-
-
-def _to_money(value: Any) -> float:
-    amount = _to_float(value)
-    if amount < 0:
-        raise ValueError("expected an amount that is not negative")
-    return amount
-
-
 def _to_fraction(value: Any) -> float:
-    share = _to_float(value)
-    if not 0 < share <= 1:
-        raise ValueError("expected a share above 0 and at most 1, e.g. 0.8")
-    return share
+    return values.number(value, low=0, high=1, low_open=True, what="a share above 0 and at most 1, e.g. 0.8,")
 
 
 def _choice(*choices: str) -> Callable[[Any], str]:
@@ -113,54 +94,56 @@ SETTINGS: tuple[Setting, ...] = (
             "pull a missing image onto the local engine: auto (names with a registry host only) or never"),
     Setting("ui", "a1111", _choice("a1111", "forge", "comfyui"), "CLOUDSD_UI", "which web UI the image runs"),
     Setting("port", 7860, _to_port, "CLOUDSD_PORT", "local port for the web UI (the next free one if busy)"),
-    Setting("disk_gb", 40, _to_int, "CLOUDSD_DISK_GB", "disk for the machine, GB"),
+    Setting("disk_gb", 40, values.disk_gb, "CLOUDSD_DISK_GB", "disk for the machine, GB"),
     Setting("gpu", (), _to_str_list, "CLOUDSD_GPU", "GPU names to accept, e.g. [RTX 4090, RTX 3090]"),
-    Setting("max_price", None, _to_float, "CLOUDSD_MAX_PRICE", "most $/h to pay for a machine", optional=True),
-    Setting("max_time", None, _to_duration, "CLOUDSD_MAX_TIME",
+    Setting("max_price", None, values.price, "CLOUDSD_MAX_PRICE", "most $/h to pay for a machine", optional=True),
+    Setting("max_time", None, _to_positive_duration, "CLOUDSD_MAX_TIME",
             "end a machine this long after it was created, e.g. 45m or 2h (none: no limit)", optional=True),
-    Setting("max_spend", None, _to_money, "CLOUDSD_MAX_SPEND",
+    Setting("max_spend", None, values.spend, "CLOUDSD_MAX_SPEND",
             "end a machine once it has cost this many USD (none: no limit)", optional=True),
-    Setting("idle_stop", None, _to_duration, "CLOUDSD_IDLE_STOP",
+    Setting("idle_stop", None, _to_positive_duration, "CLOUDSD_IDLE_STOP",
             "stop a machine after this long without web UI requests, shells or GPU use (none: never)",
             optional=True),
     Setting("idle_action", "stop", _choice("stop", "terminate"), "CLOUDSD_IDLE_ACTION",
             "what idle does: stop (keeps the disk, which still bills storage) or terminate (ends every charge)"),
     Setting("warn_at", 0.8, _to_fraction, "CLOUDSD_WARN_AT", "warn when this share of a budget is used (0-1)"),
-    Setting("watchdog.poll", 20.0, _to_duration, "CLOUDSD_WATCHDOG_POLL",
+    Setting("watchdog.poll", 20.0, _to_positive_duration, "CLOUDSD_WATCHDOG_POLL",
             "how often the on-machine watchdog looks for activity"),
-    Setting("watchdog.gpu_busy_percent", 10.0, _to_float, "CLOUDSD_WATCHDOG_GPU_BUSY",
+    Setting("watchdog.gpu_busy_percent", 10.0, values.percent, "CLOUDSD_WATCHDOG_GPU_BUSY",
             "GPU utilisation (%) at or above which a machine counts as busy, where nvidia-smi exists"),
+    Setting("outputs_dir", "~/cloudsd-outputs", _to_str, "CLOUDSD_OUTPUTS_DIR",
+            "where `down` and `sync outputs` save each machine's outputs (in a folder per machine, NAME/)"),
     Setting("keep_on_failure", False, _to_bool, "CLOUDSD_KEEP_ON_FAILURE",
             "keep a machine that failed to start (it keeps billing) instead of destroying it"),
-    Setting("timeouts.boot", 600.0, _to_duration, "CLOUDSD_BOOT_TIMEOUT",
+    Setting("timeouts.boot", 600.0, _to_positive_duration, "CLOUDSD_BOOT_TIMEOUT",
             "how long the provider may take to start the machine (image pull included)"),
-    Setting("timeouts.ssh", 120.0, _to_duration, "CLOUDSD_SSH_TIMEOUT", "how long sshd may take to answer"),
-    Setting("timeouts.resume", 90.0, _to_duration, "CLOUDSD_RESUME_TIMEOUT",
+    Setting("timeouts.ssh", 120.0, _to_positive_duration, "CLOUDSD_SSH_TIMEOUT", "how long sshd may take to answer"),
+    Setting("timeouts.resume", 90.0, _to_positive_duration, "CLOUDSD_RESUME_TIMEOUT",
             "how long `cloudsd start` waits for the host to give a stopped machine its GPU back"),
-    Setting("timeouts.ui", 600.0, _to_duration, "CLOUDSD_UI_TIMEOUT", "how long the web UI may take to answer"),
+    Setting("timeouts.ui", 600.0, _to_positive_duration, "CLOUDSD_UI_TIMEOUT", "how long the web UI may take to answer"),
     # `cloudsd generate` defaults, so a user's usual settings are one line (flags override them).
     Setting("generate.negative", "", _to_str, None, "negative prompt"),
     Setting("generate.checkpoint", None, _to_str, None, "checkpoint by name or A1111 short hash (none: the loaded one)",
             optional=True),
     Setting("generate.loras", (), _to_str_list, None, "LoRAs as NAME:WEIGHT, e.g. [Ashe2-8:0.9]"),
-    Setting("generate.steps", 20, _to_int, None, "sampling steps"),
-    Setting("generate.cfg", 7.0, _to_float, None, "CFG scale"),
+    Setting("generate.steps", 20, lambda v: values.whole(v, low=1, high=150), None, "sampling steps"),
+    Setting("generate.cfg", 7.0, lambda v: values.number(v, low=0, high=30), None, "CFG scale"),
     Setting("generate.sampler", "DPM++ 2M", _to_str, None, "sampler, as A1111 names it (ComfyUI names work too)"),
     Setting("generate.scheduler", None, _to_str, None, "scheduler, e.g. Karras (none: the sampler's default)",
             optional=True),
     Setting("generate.size", "512x512", _to_str, None, "picture size WIDTHxHEIGHT"),
-    Setting("generate.batch_size", 1, _to_int, None, "pictures per job on the GPU"),
-    Setting("generate.hires", None, _to_float, None, "hires fix scale, e.g. 2 (none: no hires fix)", optional=True),
-    Setting("generate.hires_steps", 0, _to_int, None, "hires fix steps (0: as many as steps)"),
-    Setting("generate.denoise", None, _to_float, None,
+    Setting("generate.batch_size", 1, lambda v: values.whole(v, low=1, high=64), None, "pictures per job on the GPU"),
+    Setting("generate.hires", None, lambda v: values.number(v, low=1, high=4, low_open=True), None, "hires fix scale, e.g. 2 (none: no hires fix)", optional=True),
+    Setting("generate.hires_steps", 0, lambda v: values.whole(v, low=0, high=150), None, "hires fix steps (0: as many as steps)"),
+    Setting("generate.denoise", None, lambda v: values.number(v, low=0, high=1), None,
             "denoising strength for hires fix and img2img (none: 0.5 hires, 0.75 img2img)", optional=True),
     Setting("generate.upscaler", "Latent", _to_str, None, "hires fix upscaler: Latent or an upscaler model's name"),
     Setting("local.network", None, _to_str, "CLOUDSD_LOCAL_NETWORK",
             "Docker network for local machines (default: the engine's bridge)", optional=True),
     Setting("local.gpus", "auto", _choice("auto", "all", "none"), "CLOUDSD_LOCAL_GPUS",
             "give local machines the GPUs: auto (when the engine has an NVIDIA runtime), all, none"),
-    Setting("runpod.base_url", None, _to_str, "RUNPOD_API_BASE_URL", "RunPod API base URL", optional=True),
-    Setting("vastai.base_url", None, _to_str, "VAST_URL", "Vast.ai API base URL", optional=True),
+    Setting("runpod.base_url", None, values.http_url, "RUNPOD_API_BASE_URL", "RunPod API base URL", optional=True),
+    Setting("vastai.base_url", None, values.http_url, "VAST_URL", "Vast.ai API base URL", optional=True),
 )
 BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
 
@@ -215,21 +198,7 @@ def _convert(setting: Setting, raw: Any, where: str) -> Any:
 
 def read_file(path: Path) -> dict[str, tuple[Any, int]]:
     """The file's settings as {dotted key: (raw value, line)}; raises ConfigError with file:line."""
-    import yaml
-
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return {}
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{path}{line}: not valid YAML: {problem}") from None
+    root = compose_file(path, missing_ok=True)
     if root is None:
         return {}
     if not isinstance(root, yaml.MappingNode):
@@ -240,14 +209,12 @@ def read_file(path: Path) -> dict[str, tuple[Any, int]]:
 
 
 def _walk(path: Path, node: Any, prefix: str, out: dict[str, tuple[Any, int]]) -> None:
-    import yaml
-
     sections = {k.split(".")[0] for k in BY_KEY if "." in k}
     for key_node, value_node in node.value:
         line = key_node.start_mark.line + 1
         key = f"{prefix}{key_node.value}"
         if key in BY_KEY:
-            value = yaml.safe_load(yaml.serialize(value_node))
+            value = construct(value_node)
             out[key] = (value, line)
         elif not prefix and key in sections and isinstance(value_node, yaml.MappingNode):
             _walk(path, value_node, key + ".", out)

@@ -6,24 +6,32 @@ import re
 from typing import Any
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])")
+MAX_SECONDS = 366 * 86400.0  # a year: anything longer is a typo, and overflows dates downstream
+_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([smhd])")
 
 
 def parse_duration(value: Any) -> float:
-    """Seconds in `value`; raises ValueError with what is accepted."""
+    """Seconds in `value`, at most a year; raises ValueError with what is accepted."""
     if isinstance(value, bool):
         raise ValueError("expected a duration like 45m or 2h")
     if isinstance(value, (int, float)):
-        if value < 0:
-            raise ValueError("expected a duration that is not negative")
-        return float(value)
-    text = str(value).strip().lower().replace(" ", "")
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        return float(text)
-    parts = _PART.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise ValueError("expected a duration like 45m, 2h or 1h30m")
-    return sum(float(n) * _UNITS[u] for n, u in parts)
+        seconds = float(value)
+    else:
+        text = str(value).strip().lower().replace(" ", "")
+        if len(text) > 40:
+            raise ValueError("expected a duration like 45m, 2h or 1h30m")
+        if re.fullmatch(r"[0-9]+(\.[0-9]+)?", text):
+            seconds = float(text)
+        else:
+            parts = _PART.findall(text)
+            if not parts or "".join(n + u for n, u in parts) != text:
+                raise ValueError("expected a duration like 45m, 2h or 1h30m")
+            seconds = sum(float(n) * _UNITS[u] for n, u in parts)
+    if seconds != seconds or seconds < 0:
+        raise ValueError("expected a duration that is not negative")
+    if seconds > MAX_SECONDS:
+        raise ValueError("expected a duration of at most a year (366d)")
+    return seconds
 
 
 def format_duration(seconds: float) -> str:

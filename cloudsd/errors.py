@@ -84,6 +84,13 @@ class SyncError(CloudsdError):
     """Moving models or outputs failed; nothing half-written is left in place."""
 
     exit_code = 8
+    problems: list[str] = []  # noqa: RUF012 - each file that could not be moved, when known (set per instance)
+
+
+class LedgerError(CloudsdError):
+    """The ledger cannot be written (a full disk, a read-only home) or read."""
+
+    exit_code = 12
 
 
 class MachineNotFound(CloudsdError):

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cloudsd import paths
+from cloudsd.errors import ConfigError
+from cloudsd.names import name_problem
 
 
 @dataclass(frozen=True)
@@ -20,6 +22,10 @@ class KeyPair:
 
 
 def machine_dir(name: str) -> Path:
+    """The machine's key folder; a name that could leave the keys dir never gets one (ConfigError)."""
+    problem = name_problem(name)
+    if problem:
+        raise ConfigError(f"{problem}.")
     return paths.keys_dir() / name
 
 

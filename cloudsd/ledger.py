@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudsd import paths
-from cloudsd.errors import CloudsdError, MachineNotFound
+from cloudsd.errors import CloudsdError, LedgerError, MachineNotFound
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS machines (
@@ -55,6 +55,10 @@ CREATE INDEX IF NOT EXISTS machines_name ON machines(name, id);
 
 # Statuses of a ledger row. "active" ones may still bill.
 ACTIVE = ("creating", "booting", "running", "stopped", "failed", "unknown", "destroying")
+KNOWN_STATUSES = (*ACTIVE, "terminated")
+# PRAGMA user_version. 0: a ledger from before versions (columns may be missing); 1: SCHEMA as above.
+SCHEMA_VERSION = 1
+UNREADABLE = "needs attention: "  # the start of `detail` for a row this version could not read whole
 
 
 @dataclass(frozen=True)
@@ -83,58 +87,165 @@ class MachineRecord:
     detail: str
 
     @property
+    def attention(self) -> str | None:
+        """Why this row needs a look by hand (an unknown status, unreadable values), or None."""
+        if self.detail.startswith(UNREADABLE):
+            return self.detail
+        if self.status not in KNOWN_STATUSES:
+            return (f"{UNREADABLE}status {self.status!r} is not one this cloudsd knows (a newer version wrote it?); "
+                    f"it may still bill: `cloudsd down {self.name}` ends it")
+        return None
+
+    @property
     def active(self) -> bool:
-        return self.status in ACTIVE
+        """May still bill: every status but terminated, including ones this version does not know."""
+        return self.status != "terminated"
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 _COLUMNS = [f.name for f in fields(MachineRecord)]
+_NUMBERS = {"price_per_hour": float, "storage_price_per_hour": float, "created_at": float, "ready_at": float,
+            "terminated_at": float, "ssh_port": int, "local_port": int, "id": int}
+_REQUIRED = {"price_per_hour", "storage_price_per_hour", "created_at", "id"}
+
+
+def _record(row: tuple[Any, ...]) -> MachineRecord:
+    """A row as a record; a value of the wrong type (a damaged or hand-edited ledger) is replaced by a neutral
+    one and named in `detail`, so the machine is listed as needing attention instead of breaking a command."""
+    values = dict(zip(_COLUMNS, row, strict=True))
+    damaged = []
+    for column, value in values.items():
+        kind = _NUMBERS.get(column)
+        try:
+            if kind is not None:
+                if value is None:
+                    if column in _REQUIRED:
+                        raise ValueError
+                    continue
+                number = kind(value)
+                if isinstance(number, float) and number != number:
+                    raise ValueError
+                values[column] = number
+            elif value is not None and not isinstance(value, str):
+                values[column] = str(value)
+        except (TypeError, ValueError, OverflowError):
+            damaged.append(f"{column}={value!r}")
+            values[column] = 0.0 if column in _REQUIRED else None
+    for column in ("name", "provider", "image", "status"):
+        if values[column] is None:
+            damaged.append(f"{column}=None")
+            values[column] = "unknown" if column == "status" else ""
+    values["detail"] = values["detail"] or ""
+    if damaged:
+        values["detail"] = f"{UNREADABLE}unreadable ledger values {', '.join(damaged)}; " + values["detail"]
+    return MachineRecord(**values)
 # The newest session of a name: names are reused once a machine is gone, and old sessions stay for the cost report.
 _NEWEST = "id = (SELECT max(id) FROM machines WHERE name = ?)"
+
+
+def _refuse_taken(name: str, row: tuple[Any, ...] | None) -> None:
+    if row and row[0] != "terminated":  # an unknown status may still bill: the name stays taken
+        raise CloudsdError(
+            f"a machine named {name!r} already exists ({row[0]}).",
+            hint=f"Use it (`cloudsd tunnel {name}`), end it (`cloudsd down {name}`), or pick another name.",
+        )
+
+
+def _table_columns() -> dict[str, list[tuple[str, str]]]:
+    """{table: [(column, declaration)]}, read from SCHEMA so the two never disagree."""
+    tables: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] | None = None
+    for line in SCHEMA.splitlines():
+        words = line.split()
+        if line.startswith("CREATE TABLE"):
+            current = tables.setdefault(words[5], [])
+        elif line.startswith(");"):
+            current = None
+        elif current is not None and words:
+            current.append((words[0], " ".join(words[1:]).rstrip(",")))
+    return tables
+
+
+def _addable(declaration: str) -> str:
+    """A declaration that ALTER TABLE ADD COLUMN accepts: NOT NULL needs a default."""
+    if "PRIMARY KEY" in declaration:
+        raise LedgerError("the ledger is too old to migrate (no id column).",
+                          hint="Move it aside; `cloudsd status` then lists strays on your accounts.")
+    if "NOT NULL" in declaration and "DEFAULT" not in declaration:
+        return declaration + (" DEFAULT 0" if declaration.startswith(("REAL", "INTEGER")) else " DEFAULT ''")
+    return declaration
 
 
 class Ledger:
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or paths.ledger_file()
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if path is None:
+            paths.ensure_home()
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
             self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA busy_timeout = 30000")
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = NORMAL")
             self._db.executescript(SCHEMA)
+            self._migrate()
         except sqlite3.DatabaseError as exc:
             raise CloudsdError(
                 f"the ledger at {self.path} cannot be opened ({exc}).",
                 hint="Move it aside and run `cloudsd status` to list strays on your accounts.",
             ) from None
 
+    def _migrate(self) -> None:
+        """Bring an older ledger forward to SCHEMA_VERSION; refuse one written by a newer cloudsd."""
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            self._db.close()
+            raise LedgerError(f"the ledger at {self.path} was written by a newer cloudsd (schema {version}, this "
+                              f"one knows {SCHEMA_VERSION}).", hint="Upgrade cloudsd (`pip install -U cloudsd`).")
+        if version == SCHEMA_VERSION:
+            return
+        with self._tx() as db:
+            # 0 -> 1: ledgers from before versions lack the columns added since; add each with its default.
+            for table, columns in _table_columns().items():
+                have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+                for column, declaration in columns:
+                    if column not in have:
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {_addable(declaration)}")
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
     def close(self) -> None:
         self._db.close()
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
         try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        else:
-            self._db.execute("COMMIT")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+            else:
+                self._db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:  # a full disk, a read-only or locked file
+            raise LedgerError(f"cannot write the ledger at {self.path} ({exc}).",
+                              hint="Free some disk space (or fix the folder's permissions) and try again.") from exc
 
     # -- machines ------------------------------------------------------------------------------------
+    def check_free(self, name: str) -> None:
+        """CloudsdError if a machine of that name may still exist (anything but terminated)."""
+        row = self._db.execute(f"SELECT status FROM machines WHERE {_NEWEST}", (name,)).fetchone()
+        _refuse_taken(name, row)
+
     def reserve(self, name: str, provider: str, image: str, *, ui: str | None = None) -> None:
         """Claim `name` before asking a provider, so two terminals cannot create the same machine."""
         with self._tx() as db:
             row = db.execute(f"SELECT status FROM machines WHERE {_NEWEST}", (name,)).fetchone()
-            if row and row[0] in ACTIVE:
-                raise CloudsdError(
-                    f"a machine named {name!r} already exists ({row[0]}).",
-                    hint=f"Use it (`cloudsd tunnel {name}`), end it (`cloudsd down {name}`), or pick another name.",
-                )
+            _refuse_taken(name, row)
             db.execute(
                 "INSERT INTO machines (name, provider, image, created_at, status, ui) VALUES (?, ?, ?, ?, ?, ?)",
                 (name, provider, image, time.time(), "creating", ui),
@@ -155,13 +266,26 @@ class Ledger:
             if event:
                 self._event(db, name, event, data or values)
 
+    def pin_host_key(self, name: str, host_key: str) -> str:
+        """Pin `host_key` for the machine unless one is pinned already; returns the key that is pinned now
+        (another process may have pinned first: the caller compares)."""
+        with self._tx() as db:
+            row = db.execute(f"SELECT host_key FROM machines WHERE {_NEWEST}", (name,)).fetchone()
+            if row is None:
+                raise MachineNotFound(f"no machine named {name!r} in the ledger.")
+            if row[0]:
+                return str(row[0])
+            db.execute(f"UPDATE machines SET host_key = ? WHERE {_NEWEST}", (host_key, name))
+            self._event(db, name, "host-key-pinned", {"host_key": host_key})
+            return host_key
+
     def get(self, name: str) -> MachineRecord:
         row = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM machines WHERE {_NEWEST}", (name,)).fetchone()
         if row is None:
             raise MachineNotFound(
                 f"no machine named {name!r} in the ledger.", hint="`cloudsd status` lists the machines."
             )
-        return MachineRecord(*row)
+        return _record(row)
 
     def find(self, name: str) -> MachineRecord | None:
         try:
@@ -172,11 +296,10 @@ class Ledger:
     def machines(self, *, active_only: bool = False) -> list[MachineRecord]:
         sql = f"SELECT {', '.join(_COLUMNS)} FROM machines"
         params: tuple[Any, ...] = ()
-        if active_only:
-            sql += f" WHERE status IN ({', '.join('?' * len(ACTIVE))})"
-            params = ACTIVE
+        if active_only:  # a status this version does not know may still bill: it is listed, never hidden
+            sql += " WHERE status IS NOT 'terminated'"
         sql += " ORDER BY id"
-        return [MachineRecord(*row) for row in self._db.execute(sql, params).fetchall()]
+        return [_record(row) for row in self._db.execute(sql, params).fetchall()]
 
     # -- events --------------------------------------------------------------------------------------
     def event(self, name: str, kind: str, data: dict[str, Any] | None = None) -> None:
@@ -197,4 +320,19 @@ class Ledger:
             sql += " WHERE machine = ?"
             params = (name,)
         sql += " ORDER BY id"
-        return [(at, m, k, json.loads(d)) for at, m, k, d in self._db.execute(sql, params).fetchall()]
+        return [_event_row(at, m, k, d) for at, m, k, d in self._db.execute(sql, params).fetchall()]
+
+
+def _event_row(at: Any, machine: Any, kind: Any, data: Any) -> tuple[float, str, str, dict[str, Any]]:
+    """An event row; damaged data is kept as `{"unreadable": text}`, never a crash of `cost` or `status`."""
+    try:
+        value = json.loads(data)
+    except (TypeError, ValueError):
+        value = None
+    if not isinstance(value, dict):
+        value = {"unreadable": str(data)[:200]}
+    try:
+        when = float(at)
+    except (TypeError, ValueError):
+        when, value = 0.0, {**value, "unreadable_at": str(at)[:50]}
+    return when, str(machine), str(kind), value

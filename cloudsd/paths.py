@@ -5,10 +5,22 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from cloudsd.errors import ConfigError
+
+
+def expand(text: str | Path, where: str) -> Path:
+    """`~` and `~user` expanded; ConfigError naming `where` for a user that does not exist or a NUL byte."""
+    if "\x00" in str(text):
+        raise ConfigError(f"{where}: a path cannot contain a NUL byte.")
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:
+        raise ConfigError(f"{where}: {str(text).split('/', 1)[0]!r} names no user on this computer.") from None
+
 
 def home() -> Path:
     env = os.environ.get("CLOUDSD_HOME")
-    return Path(env).expanduser() if env else Path.home() / ".cloudsd"
+    return expand(env, "CLOUDSD_HOME") if env else Path.home() / ".cloudsd"
 
 
 def config_file() -> Path:
@@ -24,6 +36,14 @@ def keys_dir() -> Path:
 
 
 def ensure_home() -> Path:
+    """The config dir, made if missing; ConfigError when it cannot be (a file of that name, no permission)."""
     path = home()
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except FileExistsError:
+        raise ConfigError(f"{path} is a file, not cloudsd's folder.",
+                          hint="Move it aside, or point CLOUDSD_HOME at a folder.") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot make cloudsd's folder {path} ({exc.strerror}).",
+                          hint="Point CLOUDSD_HOME at a folder you can write.") from None
     return path

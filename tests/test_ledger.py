@@ -72,3 +72,78 @@ def test_two_processes_cannot_claim_one_name(tmp_path: Path) -> None:
     first.reserve("same", "local", "img")
     with pytest.raises(CloudsdError, match="already exists"):
         second.reserve("same", "local", "img")
+
+
+def test_a_full_disk_is_a_ledger_error_not_a_database_traceback(tmp_path: Path) -> None:
+    from cloudsd.errors import LedgerError
+
+    ledger = Ledger(tmp_path / "l.db")
+    ledger.reserve("a", "local", "img")
+    pages = ledger._db.execute("PRAGMA page_count").fetchone()[0]
+    ledger._db.execute(f"PRAGMA max_page_count = {pages}")  # SQLite's own "database or disk is full"
+    with pytest.raises(LedgerError, match="disk is full"):
+        ledger.update("a", event="big", data={"blob": "x" * 200_000})
+    assert ledger.get("a").status == "creating"
+
+
+def test_unknown_status_is_never_hidden(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "l.db")
+    ledger.reserve("a", "local", "img")
+    ledger.update("a", status="hibernating")  # written by a newer cloudsd
+    assert [r.name for r in ledger.machines(active_only=True)] == ["a"]
+    assert ledger.get("a").active
+    with pytest.raises(CloudsdError, match="already exists"):
+        ledger.reserve("a", "local", "img")
+
+
+OLD_SCHEMA = """
+CREATE TABLE machines (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, provider TEXT NOT NULL,
+    provider_id TEXT, image TEXT NOT NULL, gpu TEXT, price_per_hour REAL NOT NULL DEFAULT 0, created_at REAL NOT NULL,
+    ready_at REAL, terminated_at REAL, status TEXT NOT NULL, ssh_host TEXT, ssh_port INTEGER, ssh_user TEXT,
+    host_key TEXT, key_path TEXT);
+CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, machine TEXT NOT NULL,
+    kind TEXT NOT NULL, data TEXT NOT NULL DEFAULT '{}');
+INSERT INTO machines (name, provider, provider_id, image, price_per_hour, created_at, status)
+    VALUES ('old', 'runpod', 'pod1', 'img', 0.5, 1000.0, 'running');
+"""
+
+
+def test_an_older_ledger_is_migrated_forward(tmp_path: Path) -> None:
+    path = tmp_path / "l.db"
+    db = sqlite3.connect(path)
+    db.executescript(OLD_SCHEMA)
+    db.close()
+    ledger = Ledger(path)
+    record = ledger.get("old")
+    assert (record.provider_id, record.storage_price_per_hour, record.ui, record.detail) == ("pod1", 0.0, None, "")
+    ledger.update("old", local_port=7860, ui="forge", event="attached")  # columns it lacked
+    assert ledger.get("old").local_port == 7860
+    assert ledger._db.execute("PRAGMA user_version").fetchone()[0] == 1
+    ledger.close()
+    Ledger(path).close()  # a second open finds it current
+
+
+def test_a_newer_ledger_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    from cloudsd.errors import LedgerError
+
+    path = tmp_path / "l.db"
+    Ledger(path).close()
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version = 99")
+    db.close()
+    with pytest.raises(LedgerError, match="newer cloudsd"):
+        Ledger(path)
+
+
+def test_damaged_rows_and_events_are_shown_as_needing_attention(tmp_path: Path) -> None:
+    path = tmp_path / "l.db"
+    ledger = Ledger(path)
+    ledger.reserve("dmg", "runpod", "img")
+    ledger.update("dmg", provider_id="pod2", status="running")
+    ledger._db.execute("UPDATE machines SET price_per_hour = 'lots', ssh_port = 'x' WHERE name = 'dmg'")
+    ledger._db.execute("UPDATE events SET data = '{not json' WHERE machine = 'dmg'")
+    record = ledger.get("dmg")
+    assert record.price_per_hour == 0.0 and record.ssh_port is None
+    assert record.attention and "price_per_hour='lots'" in record.attention
+    assert [r.name for r in ledger.machines(active_only=True)] == ["dmg"]
+    assert all("unreadable" in data for _, _, _, data in ledger.events("dmg"))

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from cloudsd.cli.main import cli
-from cloudsd.cli.params import DURATION
+from cloudsd.cli.params import POSITIVE_DURATION, SPEND
 
 
 class DateType(click.ParamType):
@@ -23,9 +23,11 @@ class DateType(click.ParamType):
         text = str(value).strip()
         try:
             moment = datetime.fromisoformat(text)
-        except ValueError:
-            self.fail(f"{value!r} is not a date like 2026-05-01 or 2026-05-01T14:30", param, ctx)
-        return moment.timestamp(), len(text) <= 10  # (epoch, whole day)
+            if not 1970 <= moment.year <= 2200:
+                raise ValueError
+            return moment.timestamp(), len(text) <= 10  # (epoch, whole day)
+        except (ValueError, OverflowError, OSError):
+            self.fail(f"{value!r} is not a date like 2026-05-01 or 2026-05-01T14:30 (years 1970 to 2200)", param, ctx)
 
 
 DATE = DateType()
@@ -58,16 +60,19 @@ def cost(since: tuple[float, bool] | None, until: tuple[float, bool] | None, by:
     providers = Providers(resolve())
     try:
         report = build(ledger, providers, since=start, until=end, by=by)
+        attention = {r.name: r.attention for r in ledger.machines() if r.attention}  # shown, never hidden
     finally:
         providers.close()
         ledger.close()
     if as_json:
-        render.print_json(report.to_dict())
+        render.print_json({**report.to_dict(), "attention": attention})
         return
+    for name, why in attention.items():
+        render.console().print(f"{name}: {why}")
     if not report.lines:
         render.console().print("No machine billed in this period.")
     elif by == "session":
-        render.print_table(render_cost.sessions_table(report))
+        render.print_table(render_cost.sessions_table(report, render.console().width))
     else:
         render.print_table(render_cost.groups_table(report))
     for line in render_cost.summary_lines(report):
@@ -76,9 +81,9 @@ def cost(since: tuple[float, bool] | None, until: tuple[float, bool] | None, by:
 
 @cli.command()
 @click.argument("name")
-@click.option("--max-time", type=DURATION, help="End it this long after it started, e.g. 3h.")
-@click.option("--max-spend", type=float, help="End it once it has cost this many USD in all.")
-@click.option("--idle-stop", type=DURATION, help="Stop it after this long with no use.")
+@click.option("--max-time", type=POSITIVE_DURATION, help="End it this long after it started, e.g. 3h.")
+@click.option("--max-spend", type=SPEND, help="End it once it has cost this many USD in all.")
+@click.option("--idle-stop", type=POSITIVE_DURATION, help="Stop it after this long with no use.")
 @click.option("--idle-action", type=click.Choice(["stop", "terminate"]), help="What idle does.")
 def budget(name: str, max_time: float | None, max_spend: float | None, idle_stop: float | None,
            idle_action: str | None) -> None:

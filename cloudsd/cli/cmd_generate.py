@@ -33,7 +33,8 @@ import click
 @click.option("--prompts", "prompts_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="One prompt a line, or YAML items with per-item overrides.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
-              help="Where pictures land (default ./cloudsd-outputs/NAME, where `sync outputs` puts them).")
+              help="Where pictures land (default: outputs_dir/NAME, ~/cloudsd-outputs/NAME, where `sync outputs` "
+                   "puts them).")
 @click.option("--json", "as_json", is_flag=True, help="Print the pictures as JSON.")
 def generate_cmd(name: str, prompt: str | None, negative: str | None, checkpoint: str | None,
                  loras: tuple[str, ...], steps: int | None, cfg: float | None, sampler: str | None,
@@ -42,7 +43,7 @@ def generate_cmd(name: str, prompt: str | None, negative: str | None, checkpoint
                  init_image: Path | None, prompts_file: Path | None, out: Path | None, as_json: bool) -> None:
     """Make pictures on a running machine with its own web UI (A1111, Forge or ComfyUI), over SSH.
 
-    Pictures land in ./cloudsd-outputs/NAME as each finishes, with the UI's generation parameters in the
+    Pictures land in ~/cloudsd-outputs/NAME (the outputs_dir setting) as each finishes, with the UI's generation parameters in the
     PNG; they stay on the machine too, and `sync outputs`/`down` will not fetch them again. Defaults come
     from the `generate:` section of config.yaml. Ctrl-C interrupts the job on the machine and keeps what
     finished. Example:
@@ -134,7 +135,7 @@ def _run(name: str, settings: Any, requests: list[Any], out: Path | None, as_jso
         session = open_session(ledger, providers, name)
         if note and not as_json:
             console.print(f"  {note}")
-        dest = out if out is not None else default_outputs_dir(name)
+        dest = out if out is not None else default_outputs_dir(settings, name)
         try:
             with _Display(as_json) as display:
                 result = run(requests, jobs, session.profile, session.forward.local_port, dest,

@@ -42,7 +42,7 @@ def models(items: tuple[str, ...], manifest: Path | None, kind: str | None, as_j
 @sync.command("outputs")
 @click.argument("name", required=False)
 @click.option("--dest", type=click.Path(file_okay=False, path_type=Path),
-              help="Where to put them (default ./cloudsd-outputs/NAME/).")
+              help="Where to put them (default: the outputs_dir setting, ~/cloudsd-outputs, then NAME/).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def outputs(name: str | None, dest: Path | None, as_json: bool) -> None:
     """Pull new and changed images home, keeping the UI's subfolders, verified by sha256.

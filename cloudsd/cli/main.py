@@ -14,8 +14,21 @@ import click
 
 from cloudsd import __version__
 from cloudsd.cli import cmd_generate, cmd_image, cmd_lifecycle
-from cloudsd.cli.params import DURATION, PORT
+from cloudsd.cli.params import (
+    CUDA,
+    DISK_GB,
+    DURATION,
+    FRACTION,
+    LIMIT,
+    MACHINE_NAME,
+    PORT,
+    POSITIVE_DURATION,
+    PRICE,
+    SPEND,
+    VRAM_GB,
+)
 from cloudsd.errors import CloudsdError
+from cloudsd.redact import scrub
 
 EXIT_INTERRUPTED = 130
 EXIT_INTERNAL = 70
@@ -23,6 +36,12 @@ EXIT_INTERNAL = 70
 
 def _debug() -> bool:
     return os.environ.get("CLOUDSD_DEBUG", "") not in ("", "0")
+
+
+def say_error(text: str) -> None:
+    """Every error line goes out here: secrets masked in any form they may take (`cloudsd.redact`), and
+    one line, whatever a provider's message held."""
+    click.echo(" ".join(scrub(text).splitlines()), err=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,7 +52,11 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("Aborted.", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except click.ClickException as exc:
-        exc.show()
+        if isinstance(exc, click.UsageError) and exc.ctx is not None:
+            click.echo(exc.ctx.get_usage(), err=True)
+            hint = f"Try '{exc.ctx.command_path} {exc.ctx.help_option_names[0]}' for help."
+            click.echo(hint, err=True)
+        say_error(f"Error: {exc.format_message()}")
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
@@ -43,13 +66,12 @@ def main(argv: list[str] | None = None) -> None:
     except CloudsdError as exc:
         if _debug():
             raise
-        click.echo(f"error: {exc}", err=True)
+        say_error(f"error: {exc}")
         sys.exit(exc.exit_code)
     except Exception as exc:  # a bug: still one line, the traceback on request
         if _debug():
             raise
-        click.echo(f"internal error: {type(exc).__name__}: {exc} (run with CLOUDSD_DEBUG=1 for the traceback)",
-                   err=True)
+        say_error(f"internal error: {type(exc).__name__}: {exc} (run with CLOUDSD_DEBUG=1 for the traceback)")
         sys.exit(EXIT_INTERNAL)
 
 
@@ -117,12 +139,12 @@ def offer_options(func: Any) -> Any:
     """The flags that choose an offer, shared by `up` and `offers`, packed into one `choice` dict."""
     options = [
         click.option("--gpu", multiple=True, help="GPU to accept, e.g. 'RTX 4090' (repeatable)."),
-        click.option("--min-vram", type=float, help="Least GPU memory, GB."),
-        click.option("--max-price", type=float, help="Most USD per hour, storage included."),
-        click.option("--disk", type=int, help="Disk in GB (priced into the offer)."),
-        click.option("--min-reliability", type=float, help="Least host reliability, 0-1 (Vast.ai)."),
+        click.option("--min-vram", type=VRAM_GB, help="Least GPU memory, GB."),
+        click.option("--max-price", type=PRICE, help="Most USD per hour, storage included."),
+        click.option("--disk", type=DISK_GB, help="Disk in GB (priced into the offer)."),
+        click.option("--min-reliability", type=FRACTION, help="Least host reliability, 0-1 (Vast.ai)."),
         click.option("--region", help="Region or country, e.g. 'US' or 'Sweden'."),
-        click.option("--cuda", help="Least CUDA version the host driver supports, e.g. 12.4."),
+        click.option("--cuda", type=CUDA, help="Least CUDA version the host driver supports, e.g. 12.4."),
         click.option("--interruptible", is_flag=True, default=None, help="Spot/bid machines (cheaper, may stop)."),
     ]
     for option in reversed(options):
@@ -142,7 +164,7 @@ def offer_options(func: Any) -> Any:
 
 
 @cli.command()
-@click.argument("name", required=False)
+@click.argument("name", required=False, type=MACHINE_NAME)
 @click.option("--provider", type=click.Choice(["local", "runpod", "vastai", "auto"]), help="Where to run.")
 @click.option("--image", help="Container image with sshd and the web UI.")
 @click.option("--ui", type=click.Choice(["a1111", "forge", "comfyui"]), help="Which web UI the image runs.")
@@ -150,9 +172,9 @@ def offer_options(func: Any) -> Any:
 @offer_options
 @click.option("--detach", is_flag=True, help="Return once the machine is ready instead of holding the tunnel.")
 @click.option("--keep-on-failure", is_flag=True, default=None, help="Keep a machine that fails to start.")
-@click.option("--max-time", type=DURATION, help="End the machine this long after it starts, e.g. 45m or 2h.")
-@click.option("--max-spend", type=float, help="End the machine once it has cost this many USD.")
-@click.option("--idle-stop", type=DURATION, help="Stop the machine after this long with no use, e.g. 30m.")
+@click.option("--max-time", type=POSITIVE_DURATION, help="End the machine this long after it starts, e.g. 45m or 2h.")
+@click.option("--max-spend", type=SPEND, help="End the machine once it has cost this many USD.")
+@click.option("--idle-stop", type=POSITIVE_DURATION, help="Stop the machine after this long with no use, e.g. 30m.")
 @click.option("--idle-action", type=click.Choice(["stop", "terminate"]),
               help="What idle does: stop (keeps the disk, which still bills storage) or terminate.")
 @click.option("--models", multiple=True, metavar="PATH|REF",
@@ -184,7 +206,7 @@ def up(name: str | None, provider: str | None, image: str | None, ui: str | None
 @click.option("--provider", type=click.Choice(["local", "runpod", "vastai", "all"]), default="all",
               show_default=True, help="Which providers to ask.")
 @offer_options
-@click.option("--limit", type=int, default=20, show_default=True, help="How many offers to show.")
+@click.option("--limit", type=LIMIT, default=20, show_default=True, help="How many offers to show.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def offers(provider: str, choice: dict[str, Any], limit: int, as_json: bool) -> None:
     """Live offers from every configured provider, cheapest first, total $/h with storage for --disk.
@@ -247,8 +269,9 @@ def ssh(name: str, command: tuple[str, ...]) -> None:
 def down(names: tuple[str, ...], all_: bool, yes: bool, no_outputs: bool, force: bool) -> None:
     """End machines and confirm with the provider that they are gone. Safe to repeat.
 
-    First the outputs are pulled into ./cloudsd-outputs/NAME/ and verified; if that fails, the machine is
-    not destroyed (unless --force or --no-outputs).
+    First the outputs are pulled into ~/cloudsd-outputs/NAME/ (the `outputs_dir` setting,
+    CLOUDSD_OUTPUTS_DIR) and verified; if that fails, the machine is not destroyed (unless --force or
+    --no-outputs).
     """
     from cloudsd.cli import session
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import click
 
+from cloudsd import values
 from cloudsd.durations import parse_duration
+from cloudsd.names import name_problem
 
 
 class PortType(click.ParamType):
@@ -32,5 +35,47 @@ class DurationType(click.ParamType):
             self.fail(f"{value!r}: {exc}", param, ctx)
 
 
+class MachineNameType(click.ParamType):
+    """A machine name as `cloudsd.names` accepts it, refused with the rule before anything is written."""
+
+    name = "name"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        problem = name_problem(str(value))
+        if problem:
+            self.fail(problem, param, ctx)
+        return str(value)
+
+
+class Checked(click.ParamType):
+    """A value checked by one of `cloudsd.values`' rules; a refusal names the flag and what is accepted."""
+
+    def __init__(self, name: str, check: Callable[[Any], Any]) -> None:
+        self.name = name
+        self.check = check
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            return self.check(value)
+        except ValueError as exc:
+            self.fail(f"{value!r}: {exc}", param, ctx)
+
+
+def _positive_duration(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError("expected a duration above zero, e.g. 30m")
+    return seconds
+
+
 PORT = PortType()
+DISK_GB = Checked("gb", values.disk_gb)
+PRICE = Checked("usd/h", values.price)
+SPEND = Checked("usd", values.spend)
+VRAM_GB = Checked("gb", values.vram_gb)
+FRACTION = Checked("0-1", values.fraction)
+CUDA = Checked("version", values.cuda)
+LIMIT = click.IntRange(1, 1000)
+POSITIVE_DURATION = Checked("duration", _positive_duration)
+MACHINE_NAME = MachineNameType()
 DURATION = DurationType()

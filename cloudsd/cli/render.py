@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
+from rich.cells import cell_len
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
+from rich.text import Text
 
 from cloudsd.durations import format_duration
 
 
 def console(stderr: bool = False) -> Console:
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    """A console that prints text literally: provider and user text may hold `[default]` (no markup)."""
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, markup=False)
+
+
+def styled(*parts: str | tuple[str, str]) -> Text:
+    """Text from literal pieces, each a string or (string, style): the way to colour without markup."""
+    return Text.assemble(*parts)
 
 
 def print_json(data: Any) -> None:
@@ -23,6 +32,49 @@ def print_json(data: Any) -> None:
 
 def print_table(table: Table) -> None:
     console().print(table)
+
+
+def _cells_width(column: Column) -> int:
+    """The widest cell, or the header's longest word (headers may wrap at spaces; cells should not)."""
+    header = max((cell_len(word) for word in str(column.header).split()), default=0)
+    cells = [c.cell_len if isinstance(c, Text) else cell_len(str(c)) for c in column._cells]
+    return max([header, *cells])
+
+
+def natural_width(table: Table) -> int:
+    """Columns wide enough for every cell unwrapped, with rich's default box (padding and borders)."""
+    return 1 + sum(_cells_width(column) + 3 for column in table.columns)
+
+
+def fit(table: Table, width: int | None, drop: Sequence[str]) -> Table:
+    """The table without its least useful columns (`drop`, first to go first) until it fits `width`, so the
+    ones a user acts on (name, provider, price, URL) are never cut to `…`. None: as it is."""
+    if width is None:
+        return table
+    for header in drop:
+        if natural_width(table) <= width:
+            break
+        for index, column in enumerate(table.columns):
+            if column.header == header:
+                del table.columns[index]
+                break
+    if 1 + sum(max(_cells_width(c), cell_len(str(c.header))) + 3 for c in table.columns) > width:
+        for column in table.columns:  # a header wider than its cells wraps, rather than a cell being cut
+            header = str(column.header)
+            if cell_len(header) > _cells_width(column):
+                column.header = header.replace(" ", "\n")
+    return table
+
+
+def down_question(names: Sequence[str], outputs_root: Path | None) -> str:
+    """`down`'s question: which machines, that their disks go, and where their outputs are saved first."""
+    if len(names) == 1:
+        what, disk, place = names[0], "Its disk is lost", f"{outputs_root / names[0]}" if outputs_root else ""
+    else:
+        what, disk = f"{len(names)} machines ({', '.join(names)})", "Their disks are lost"
+        place = f"{outputs_root}/NAME" if outputs_root else ""
+    saved = f"; the outputs are saved in {place} first." if place else ", outputs included (--no-outputs)."
+    return f"Destroy {what}? {disk}{saved}"
 
 
 def money(usd: float | None, digits: int = 2) -> str:
@@ -42,7 +94,10 @@ def settings_table(settings: Any) -> Table:
     return table
 
 
-def status_table(rows: Iterable[Any]) -> Table:
+STATUS_DROP = ("note", "billed time", "GPU", "state")  # notes are printed under the table too
+
+
+def status_table(rows: Iterable[Any], width: int | None = None) -> Table:
     table = Table(title="machines")
     rows = list(rows)
     notes = any(getattr(row, "note", "") for row in rows)
@@ -61,7 +116,7 @@ def status_table(rows: Iterable[Any]) -> Table:
             money(row.cost_usd, 4) if not row.stray else "-", row.url or "-",
         ]
         table.add_row(*cells, *((getattr(row, "note", "") or "-",) if notes else ()))
-    return table
+    return fit(table, width, STATUS_DROP)
 
 
 def status_line(name: str, uptime_s: float, price_per_hour: float, url: str, *, cost_usd: float | None = None,
@@ -72,7 +127,11 @@ def status_line(name: str, uptime_s: float, price_per_hour: float, url: str, *, 
             f"{url} · Ctrl-C detaches")
 
 
-def offers_table(offers: Iterable[Any], spec: Any) -> Table:
+OFFERS_DROP = ("offer", "down Mb/s", "CUDA", "region", "spot", "reliability")  # then "#" joins "GPU"
+
+
+def offers_table(offers: Iterable[Any], spec: Any, width: int | None = None) -> Table:
+    offers = list(offers)
     table = Table(title=f"offers (price includes {spec.disk_gb} GB of disk)")
     for column in ("provider", "offer", "GPU", "#", "VRAM", "$/h", "reliability", "region", "CUDA", "down Mb/s",
                    "spot"):
@@ -83,6 +142,13 @@ def offers_table(offers: Iterable[Any], spec: Any) -> Table:
             "-" if o.reliability is None else f"{o.reliability:.3f}", o.region or "-", o.cuda_version or "-",
             "-" if o.download_mbps is None else f"{o.download_mbps:,.0f}", "yes" if o.interruptible else "",
         )
+    table = fit(table, width, OFFERS_DROP)
+    if width is not None and natural_width(table) > width:  # last: the count joins the GPU's name
+        by_header = {str(c.header): c for c in table.columns}
+        by_header["GPU"]._cells = [f"{name} ×{o.gpu_count}" if o.gpu_count != 1 else name
+                                   for name, o in zip(by_header["GPU"]._cells, offers, strict=True)]
+        table.columns.remove(by_header["#"])
+        table = fit(table, width, ())
     return table
 
 
@@ -91,5 +157,5 @@ def doctor_table(results: Iterable[Any]) -> Table:
     for column in ("provider", "ok", "credential", "detail"):
         table.add_column(column)
     for r in results:
-        table.add_row(r.provider, "[green]yes[/]" if r.ok else "[red]no[/]", r.credential, r.detail)
+        table.add_row(r.provider, Text("yes", "green") if r.ok else Text("no", "red"), r.credential, r.detail)
     return table

@@ -7,7 +7,7 @@ from typing import Any
 
 from rich.table import Table
 
-from cloudsd.cli.render import money
+from cloudsd.cli.render import fit, money
 from cloudsd.durations import format_duration
 
 
@@ -24,7 +24,10 @@ def _state(line: Any) -> str:
     return "running"
 
 
-def sessions_table(report: Any) -> Table:
+SESSIONS_DROP = ("GPU", "started", "state", "duration", "difference")
+
+
+def sessions_table(report: Any, width: int | None = None) -> Table:
     billed = any(line.billed_usd is not None for line in report.lines)
     table = Table(title="cost per session: cloudsd's estimate" + (", and what the provider billed" if billed else ""))
     columns = ["name", "provider", "GPU", "$/h", "started", "duration", "state", "cost"]
@@ -40,7 +43,7 @@ def sessions_table(report: Any) -> Table:
         if billed:
             row += [money(line.billed_usd, 4), "-" if line.difference_usd is None else f"{line.difference_usd:+.4f}"]
         table.add_row(*row)
-    return table
+    return fit(table, width, SESSIONS_DROP)
 
 
 def groups_table(report: Any) -> Table:

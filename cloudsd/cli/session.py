@@ -10,15 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.text import Text
 
 from cloudsd.cli import render
 from cloudsd.config import resolve
-from cloudsd.core.deploy import Session, UpOptions, attach, down, gather_offers, spec_from, up
+from cloudsd.core.deploy import NOT_ENDED, Session, UpOptions, attach, down, gather_offers, spec_from, up
 from cloudsd.core.machines import Providers
 from cloudsd.core.status import status
 from cloudsd.errors import CloudsdError
 from cloudsd.ledger import Ledger, MachineRecord
 from cloudsd.models import OfferSpec
+from cloudsd.redact import scrub
 
 CLOUDS = ("runpod", "vastai")
 
@@ -46,7 +48,8 @@ class LiveReporter:
 
     def _finish_phase(self) -> None:
         if self._phase and self._phase != "ready" and not self.quiet:
-            self.console.print(f"  [green]✓[/] {self._phase} ({time.monotonic() - self._phase_started:.1f} s)")
+            self.console.print(render.styled("  ", ("✓", "green"),
+                                             f" {self._phase} ({time.monotonic() - self._phase_started:.1f} s)"))
         self._phase = None
 
     def phase(self, name: str, detail: str = "") -> None:
@@ -55,11 +58,11 @@ class LiveReporter:
             self._phase = name
             self._phase_started = time.monotonic()
         if self._status is not None:
-            self._status.update(f"{name}: {detail}")
+            self._status.update(Text(scrub(f"{name}: {detail}")))  # literal: details carry provider text
 
     def note(self, message: str) -> None:
         if not self.quiet:
-            self.console.print(f"  {message}")
+            self.console.print(f"  {scrub(message)}")  # notes carry provider errors (a skipped provider)
 
 
 def _hold(session: Session, record: MachineRecord, ledger: Ledger | None = None,
@@ -86,13 +89,13 @@ def _hold(session: Session, record: MachineRecord, ledger: Ledger | None = None,
                                           cost_usd=view.cost.cost_usd if view else None,
                                           budget=view.budget_text if view else "")
                 if view and view.warning:
-                    out.print(f"[yellow]warning:[/] {view.warning}")
+                    out.print(render.styled(("warning:", "yellow"), f" {view.warning}"))
                 if view and (view.reached or view.ended):
                     reached, ended = view.reached, view.ended
                     break
                 if not session.forward.healthy:
                     text += " · SSH dropped, reconnecting on next request"
-                line.update(text)
+                line.update(Text(text))
                 time.sleep(1.0)
     except KeyboardInterrupt:
         pass
@@ -177,7 +180,7 @@ def run_up(name: str | None, flags: dict[str, Any], choice: dict[str, Any], *, d
         if as_json:
             render.print_json({**record.to_dict(), "url": session.url})
         else:
-            out.print(f"[bold green]{record.name} is ready:[/] {session.url}")
+            out.print(render.styled((f"{record.name} is ready:", "bold green"), f" {session.url}"))
             if record.price_per_hour:
                 out.print(f"  billing {render.money(record.price_per_hour, 3)}/h; end it with "
                           f"`cloudsd down {record.name}`")
@@ -195,7 +198,6 @@ def run_up(name: str | None, flags: dict[str, Any], choice: dict[str, Any], *, d
 def _model_requests(models: list[str], manifest: str | None) -> list[Any]:
     if not models and not manifest:
         return []
-    from pathlib import Path
 
     from cloudsd.sync.collect import check_sources
     from cloudsd.sync.manifest import from_args, load_manifest
@@ -212,7 +214,7 @@ def run_tunnel(name: str, port: int | None) -> None:
     try:
         with LiveReporter() as reporter:
             session = attach(name, port, ledger, providers, reporter)
-        render.console(stderr=True).print(f"[bold green]{name}:[/] {session.url}")
+        render.console(stderr=True).print(render.styled((f"{name}:", "bold green"), f" {session.url}"))
         _ensure_watchdog(ledger, providers, settings, session)
         _hold(session, session.record, ledger, providers)
     finally:
@@ -247,7 +249,7 @@ def run_status(as_json: bool) -> None:
     if not rows:
         render.console().print("No machines. Start one with `cloudsd up`.")
         return
-    render.print_table(render.status_table(rows))
+    render.print_table(render.status_table(rows, render.console().width))
     for row in rows:
         if row.stray:
             what = "storage " if row.live == "stopped" else ""
@@ -256,8 +258,8 @@ def run_status(as_json: bool) -> None:
         elif row.note:
             render.console().print(f"{row.name}: {row.note}")
         if row.budget_warning and row.budget_used is not None:
-            render.console().print(f"[yellow]warning:[/] {row.name} has used {row.budget_used:.0%} of its budget "
-                                   f"(${row.cost_usd:.4f} so far)")
+            render.console().print(render.styled(("warning:", "yellow"), f" {row.name} has used "
+                                                 f"{row.budget_used:.0%} of its budget (${row.cost_usd:.4f} so far)"))
 
 
 def _configured(providers: Providers, name: str) -> bool:
@@ -271,10 +273,14 @@ def _configured(providers: Providers, name: str) -> bool:
 
 def run_ssh(name: str, command: list[str]) -> None:
     from cloudsd import keys
+    from cloudsd.core.deploy import reconnect_record
 
     ledger = Ledger()
     try:
         record = ledger.get(name)
+        if record.status != "terminated" and record.ssh_host and not record.host_key:
+            reconnect_record(record, deadline_s=30, ledger=ledger).close()  # pins the host key on first connect
+            record = ledger.get(name)
     finally:
         ledger.close()
     if record.status == "terminated" or not record.ssh_host or not record.host_key:
@@ -290,8 +296,6 @@ def run_ssh(name: str, command: list[str]) -> None:
             raise CloudsdError("no `ssh` program on this computer for an interactive shell.",
                                hint="Install OpenSSH, or run one command: `cloudsd ssh NAME -- CMD`.")
         sys.exit(subprocess.call(argv))
-    from cloudsd.core.deploy import reconnect_record
-
     with reconnect_record(record, deadline_s=30) as connection:
         code, out, err = connection.run(" ".join(command), timeout_s=3600)
     sys.stdout.write(out)
@@ -315,8 +319,11 @@ def run_down(names: list[str], *, all_: bool, yes: bool, save_outputs: bool = Tr
             if not names and not strays:
                 out.print("No machines to end.")
                 return
-        if names and not yes and not click.confirm(
-                f"Destroy {', '.join(names)}? Their disks are lost.", default=False, err=True):
+        from cloudsd.core.sync import outputs_root as root_of
+
+        outputs_root = root_of(settings) if save_outputs else None
+        if names and not yes and not click.confirm(render.down_question(names, outputs_root), default=False,
+                                                   err=True):
             raise click.Abort()
         if strays:
             listing = ", ".join(f"{r.name} ({r.provider} {r.provider_id}, {render.money(r.price_per_hour, 3)}/h)"
@@ -324,9 +331,6 @@ def run_down(names: list[str], *, all_: bool, yes: bool, save_outputs: bool = Tr
             out.print(f"Not in this ledger but labelled cloudsd- on your accounts: {listing}")
             if not yes and not click.confirm("End these strays too?", default=False, err=True):
                 strays = []
-        from cloudsd.core.sync import OUTPUTS_FOLDER
-
-        outputs_root = Path.cwd() / OUTPUTS_FOLDER if save_outputs else None
         with LiveReporter() as reporter:
             results = down(names, ledger, providers, reporter, outputs_root=outputs_root, force=force)
             for row in strays:
@@ -335,6 +339,9 @@ def run_down(names: list[str], *, all_: bool, yes: bool, save_outputs: bool = Tr
                 results.append((row.name, "stray destroyed"))
         for name, outcome in results:
             out.print(f"{name}: {outcome}" + (f" · {final_cost(ledger, name)}" if "stray" not in outcome else ""))
+        left = [name for name, outcome in results if outcome.startswith(NOT_ENDED)]
+        if left:
+            raise CloudsdError(f"{', '.join(left)} not ended (see above).", hint="They may still bill.")
     finally:
         providers.close()
         ledger.close()
@@ -362,7 +369,7 @@ def run_offers(provider: str, choice: dict[str, Any], limit: int, as_json: bool)
     if as_json:
         render.print_json([o.to_dict() for o in chosen])
     else:
-        render.print_table(render.offers_table(chosen, spec))
+        render.print_table(render.offers_table(chosen, spec, render.console().width))
 
 
 def run_doctor(as_json: bool) -> None:

@@ -17,11 +17,15 @@ from rich.progress import (
 )
 from rich.progress import Progress as RichBar
 from rich.table import Table
+from rich.text import Text
 
+from cloudsd import paths
 from cloudsd.cli import render
+from cloudsd.config import resolve
 from cloudsd.core import sync as core_sync
 from cloudsd.errors import CloudsdError, SyncError
 from cloudsd.ledger import Ledger
+from cloudsd.sync.collect import check_sources
 from cloudsd.sync.manifest import ModelRequest, from_args, load_manifest
 from cloudsd.sync.models import PushSummary
 from cloudsd.sync.outputs import PullSummary
@@ -32,7 +36,7 @@ class BarProgress:
     """Per-file bars (bytes, speed, ETA) under a total bar, drawn on stderr; thread-safe like rich."""
 
     def __init__(self, console: Console) -> None:
-        self.bar = RichBar(TextColumn("{task.description}", table_column=None), BarColumn(), DownloadColumn(),
+        self.bar = RichBar(TextColumn("{task.description}", table_column=None, markup=False), BarColumn(), DownloadColumn(),
                            TransferSpeedColumn(), TimeRemainingColumn(), console=console, transient=True)
         self.tasks: dict[str, TaskID] = {}
         self.total: TaskID | None = None
@@ -82,6 +86,7 @@ def run_models(items: list[str], manifest: Path | None, kind: str | None, as_jso
     try:
         name, rest = core_sync.choose_machine(ledger, items)
         requests = requests_from(rest, manifest, kind)
+        check_sources(requests)  # a bad reference or path is refused before connecting
         summary = push_with_progress(lambda progress: core_sync.sync_models(ledger, name, requests, progress),
                                      quiet=as_json)
     finally:
@@ -107,7 +112,7 @@ def show_push(summary: PushSummary, as_json: bool) -> None:
         if summary.results:
             render.print_table(push_table(summary))
         for result in summary.failed:
-            out.print(f"[red]✗[/] {result.message}")
+            out.print(render.styled(("✗", "red"), f" {result.message}"))
         for note in summary.notes:
             out.print(f"  {note}")
         moved = f"{summary.bytes_sent / 1e9:.2f} GB sent" if summary.bytes_sent else "nothing to send"
@@ -120,8 +125,8 @@ def push_table(summary: PushSummary) -> Table:
     table = Table(title="models on the machine")
     for column in ("model", "kind", "", "short hash", "size", "on the machine"):
         table.add_column(column, justify="right" if column == "size" else "left")
-    marks = {"present": "already there", "sent": "sent ✓", "resumed": "resumed ✓", "fetched": "fetched ✓",
-             "failed": "[red]failed[/]"}
+    marks: dict[str, str | Text] = {"present": "already there", "sent": "sent ✓", "resumed": "resumed ✓", "fetched": "fetched ✓",
+             "failed": Text("failed", "red")}
     for r in summary.results:
         size = "-" if r.size is None else f"{r.size / 1e9:.2f} GB" if r.size >= 10**8 else f"{r.size / 1e6:.1f} MB"
         table.add_row(r.name, r.kind, marks.get(r.outcome, r.outcome), f"[{r.short_hash}]" if r.short_hash else "-",
@@ -133,7 +138,8 @@ def run_outputs(name: str | None, dest: Path | None, as_json: bool) -> None:
     ledger = Ledger()
     try:
         machine, _ = core_sync.choose_machine(ledger, [name] if name else [])
-        target = dest or core_sync.default_outputs_dir(machine)
+        target = (paths.expand(dest, "--dest") if dest else
+                  core_sync.default_outputs_dir(resolve(), machine))
         if as_json:
             summary = core_sync.sync_outputs(ledger, machine, target, NullProgress())
         else:
@@ -152,7 +158,7 @@ def show_pull(summary: PullSummary, as_json: bool) -> None:
         for remote, local in summary.renamed:
             out.print(f"  {remote}: a different file has that name here; saved as {local}")
         for problem in summary.problems:
-            out.print(f"[red]✗[/] {problem}")
+            out.print(render.styled(("✗", "red"), f" {problem}"))
         out.print(f"{len(summary.pulled)} new file(s) in {summary.dest} ({summary.bytes_pulled / 1e6:.1f} MB, "
                   f"{summary.seconds:.1f} s); {summary.already + summary.same} already here")
     if summary.problems:

@@ -19,18 +19,36 @@ from cloudsd import keys
 from cloudsd.config import Settings
 from cloudsd.core import offers as offer_choice
 from cloudsd.core.budget import Budget, check_new_budget, provider_deadline
-from cloudsd.core.machines import Providers, Reporter, end_record, refresh_record, wait_until_running
+from cloudsd.core.machines import (
+    Providers,
+    Reporter,
+    destroy_and_confirm,
+    end_record,
+    refresh_record,
+    wait_until_running,
+)
 from cloudsd.core.watchdog import WatchdogSettings
-from cloudsd.errors import CloudsdError, NoCapacity, ProviderError, ProvisioningError, SSHError
+from cloudsd.errors import (
+    CloudsdError,
+    ConfigError,
+    HostKeyMismatch,
+    LedgerError,
+    NoCapacity,
+    ProviderError,
+    ProvisioningError,
+    SSHError,
+)
 from cloudsd.images import machine_image
 from cloudsd.ledger import Ledger, MachineRecord
 from cloudsd.models import CreateRequest, MachineInfo, Offer, OfferSpec, SSHEndpoint
+from cloudsd.names import name_problem
 from cloudsd.providers import Provider
 from cloudsd.ssh import Connection, connect
 from cloudsd.tunnel import LocalForward
 from cloudsd.ui import DEFAULT_REGISTRY, UIProfile, highest_cuda, image_cuda, profile
 
 MAX_OFFERS_TRIED = 3
+NOT_ENDED = "not ended"  # the start of a `down` outcome for a machine it could not act on
 
 
 @dataclass(frozen=True)
@@ -133,6 +151,10 @@ def up(options: UpOptions, ledger: Ledger, providers: Providers, reporter: Repor
     """
     ui = profile(options.ui)
     name = options.name or new_name()
+    problem = name_problem(name)
+    if problem:
+        raise ConfigError(f"{problem}.")
+    ledger.check_free(name)  # a name in use is refused before offers are asked for (reserve() decides races)
     check_new_budget(options.budget, started_at=time.time(), now=time.time(), spent_usd=0.0)  # before renting
     reporter.phase("offers", f"asking {', '.join(options.providers)} for live offers")
     candidates = offer_choice.select(gather_offers(providers, options.providers, options.spec, reporter),
@@ -169,10 +191,15 @@ def _up_on(offer: Offer, name: str, ui: UIProfile, options: UpOptions, ledger: L
            providers: Providers, reporter: Reporter) -> Session:
     image = machine_image(options, ui.name, offer.gpu_name, on_local_engine=provider.prepares_images,
                           on_progress=lambda text: reporter.phase("image", text))  # before anything is recorded
-    pair = keys.create_key_pair(name)
+    # The name is claimed first: nothing of a machine that already has it (its key, known_hosts) is touched.
     ledger.reserve(name, provider.name, image, ui=ui.name)
-    ledger.update(name, gpu=offer.gpu_name, price_per_hour=offer.price_per_hour,
-                  storage_price_per_hour=offer.storage_price_per_hour, key_path=str(pair.private_path))
+    try:
+        pair = keys.create_key_pair(name)
+        ledger.update(name, gpu=offer.gpu_name, price_per_hour=offer.price_per_hour,
+                      storage_price_per_hour=offer.storage_price_per_hour, key_path=str(pair.private_path))
+    except BaseException as exc:
+        _forget(ledger, name, f"not created: {exc or type(exc).__name__}")
+        raise
     cuda = highest_cuda(options.spec.cuda, image_cuda(image))  # the host's driver must run the image
     deadline_at = (provider_deadline(options.budget, now=time.time(), price_per_hour=offer.price_per_hour)
                    if provider.supports_deadline else None)  # RunPod's own backstop behind the watchdog
@@ -183,6 +210,7 @@ def _up_on(offer: Offer, name: str, ui: UIProfile, options: UpOptions, ledger: L
     reporter.phase("creating", f"{provider.name}: {offer.gpu_name} at ${offer.price_per_hour:.3f}/h")
     if offer.gpu_count == 0:
         reporter.note(f"no GPU: {ui.title} runs in CPU mode (slow)")
+    provider_id: str | None = None
     try:
         try:
             provider_id = provider.create(offer, request)
@@ -209,8 +237,13 @@ def _up_on(offer: Offer, name: str, ui: UIProfile, options: UpOptions, ledger: L
         if options.budget.enforced:
             _arm_watchdog(session, provider, options, ledger, reporter)
         return session
-    except _TryNextOffer:
+    except (_TryNextOffer, _Unrecorded):
         raise
+    except LedgerError as exc:
+        if provider_id is None:
+            raise
+        # The ledger cannot be written (a full disk): end the machine by its id, never through the ledger.
+        raise _end_unrecorded(provider, name, provider_id, exc, keep=options.keep_on_failure) from None
     except BaseException as exc:
         if options.keep_on_failure:
             record = ledger.find(name)
@@ -256,11 +289,37 @@ def _cleanup(ledger: Ledger, providers: Providers, name: str, reason: str, optio
     reporter.phase("cleaning up", f"destroying {name} ({reason})")
     try:
         end_record(ledger, providers, record, reason=reason)
+    except LedgerError as exc:
+        if not record.provider_id:
+            raise
+        raise _end_unrecorded(providers.get(record.provider), name, record.provider_id, exc, keep=False) from None
     except CloudsdError as exc:
         raise CloudsdError(
             f"{reason}; and destroying the machine failed too ({exc}). It may still bill.",
             hint=f"Run `cloudsd down {name}` to try again.",
         ) from None
+
+
+class _Unrecorded(CloudsdError):
+    """A created machine the ledger could not record, already dealt with (destroyed, or its id printed)."""
+
+
+def _end_unrecorded(provider: Provider, name: str, provider_id: str, cause: LedgerError, *,
+                    keep: bool) -> CloudsdError:
+    """The error for a created machine the ledger could not record: destroyed first, unless `keep`; when it
+    was not destroyed, the message carries its provider id and the command that ends it."""
+    how = (f"End it with `cloudsd down {name}` once the ledger can be written (it is found by its label), "
+           f"or in {provider.name}'s console: machine {provider_id}.")
+    if keep:
+        return _Unrecorded(f"{cause.message} {provider.name} machine {provider_id} ({name}) was kept as asked and "
+                            "may still bill.", hint=how)
+    try:
+        destroy_and_confirm(provider, provider_id)
+    except CloudsdError as exc:
+        return _Unrecorded(f"{cause.message} Destroying {provider.name} machine {provider_id} ({name}) failed too "
+                            f"({exc}); it may still bill.", hint=how)
+    return _Unrecorded(f"{cause.message} {provider.name} machine {provider_id} ({name}) was destroyed, so nothing "
+                        "bills unrecorded.", hint=cause.hint)
 
 
 def _make_ready(name: str, provider: Provider, provider_id: str, ui: UIProfile, options: UpOptions,
@@ -305,12 +364,35 @@ def open_tunnel(record: MachineRecord, connection: Connection, port: int) -> Loc
     return forward
 
 
-def reconnect_record(record: MachineRecord, *, deadline_s: float) -> Connection:
+def reconnect_record(record: MachineRecord, *, deadline_s: float, ledger: Ledger | None = None) -> Connection:
+    """SSH to a machine in the ledger, checking its pinned host key. A row without one (an older cloudsd,
+    a crash right after the first connect) gets the key seen now pinned, so no later connect trusts blindly."""
     if not (record.ssh_host and record.ssh_port and record.key_path):
         raise SSHError(f"machine {record.name!r} has no SSH endpoint yet.",
                        hint="`cloudsd status` shows its state.")
     endpoint = SSHEndpoint(record.ssh_host, record.ssh_port, record.ssh_user or "root")
-    return connect(endpoint, Path(record.key_path), record.host_key, deadline_s=deadline_s)
+    if record.host_key:
+        return connect(endpoint, Path(record.key_path), record.host_key, deadline_s=deadline_s)
+    if ledger is None:
+        own = Ledger()
+        try:
+            return reconnect_record(record, deadline_s=deadline_s, ledger=own)
+        finally:
+            own.close()
+    pinned = ledger.get(record.name).host_key  # another process may have pinned it since `record` was read
+    connection = connect(endpoint, Path(record.key_path), pinned, deadline_s=deadline_s)
+    if pinned is None:
+        try:
+            pinned = ledger.pin_host_key(record.name, connection.host_key.text)
+            if pinned != connection.host_key.text:
+                raise HostKeyMismatch(f"the machine at {endpoint} presented another SSH host key than the one "
+                                      "pinned meanwhile; refusing to connect.",
+                                      hint=f"If it was rebuilt on purpose, end it with `cloudsd down {record.name}`.")
+            keys.write_known_hosts(keys.load_key_pair(record.name), endpoint.host, endpoint.port, pinned)
+        except BaseException:
+            connection.close()
+            raise
+    return connection
 
 
 def ui_healthy(local_port: int, ui: UIProfile, timeout_s: float = 5.0) -> tuple[bool, str]:
@@ -363,7 +445,7 @@ def attach(name: str, port: int | None, ledger: Ledger, providers: Providers, re
             record = ledger.get(name)
     ui = profile(record.ui or "a1111")
     reporter.phase("ssh", f"connecting to {record.ssh_user}@{record.ssh_host}:{record.ssh_port}")
-    connection = reconnect_record(record, deadline_s=ssh_timeout_s)
+    connection = reconnect_record(record, deadline_s=ssh_timeout_s, ledger=ledger)
     try:
         forward = open_tunnel(record, connection, port or record.local_port or 7860)
         reporter.phase("web UI", f"checking {ui.title} at {forward.url}")
@@ -384,6 +466,11 @@ def down(names: list[str], ledger: Ledger, providers: Providers, reporter: Repor
     """
     results: list[tuple[str, str]] = []
     for name in names:
+        try:
+            providers.get(ledger.get(name).provider)
+        except ConfigError as exc:  # a row this version cannot act on must not keep the others alive
+            results.append((name, f"{NOT_ENDED}: {exc.message}; end it in that provider's console"))
+            continue
         record = refresh_record(ledger, providers, ledger.get(name))  # gone meanwhile (its watchdog)?
         if record.status == "terminated":
             results.append((name, "already gone"))
@@ -410,13 +497,18 @@ def _save_outputs_first(ledger: Ledger, record: MachineRecord, dest: Path, repor
             raise CloudsdError(f"it is stopped; its disk still holds them (and bills storage): "
                                f"`cloudsd start {record.name} --detach` first to save them")
         summary = save_outputs(ledger, record, dest)
-    except CloudsdError as exc:
+    except Exception as exc:  # with --force nothing here may keep a billing machine alive, not even a bug
         if not force:
+            if not isinstance(exc, (CloudsdError, OSError)):
+                raise
             raise CloudsdError(
                 f"did not destroy {record.name!r}: its outputs could not be saved ({exc}).",
                 hint=f"Fix that and run `cloudsd down {record.name}` again; `--no-outputs` destroys it without "
                      "saving them, `--force` destroys it even when saving fails.") from None
+        lost = getattr(exc, "problems", None) or []
         reporter.note(f"{record.name}: outputs not saved ({exc}); destroying anyway (--force)")
+        for problem in lost:
+            reporter.note(f"  not saved: {problem}")
         return
     if summary.pulled:
         reporter.note(f"{record.name}: saved {len(summary.pulled)} new output(s) in {summary.dest}")

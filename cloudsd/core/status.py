@@ -13,7 +13,7 @@ from cloudsd.core.budget import use
 from cloudsd.core.cost import Event, SessionCost, session_cost
 from cloudsd.core.guard import current, plan_of, reconcile, resumed
 from cloudsd.core.machines import Providers
-from cloudsd.errors import CloudsdError
+from cloudsd.errors import CloudsdError, ConfigError
 from cloudsd.ledger import Ledger, MachineRecord
 from cloudsd.models import MachineStatus
 
@@ -51,6 +51,8 @@ def _row(record: MachineRecord, live: str, cost: SessionCost, note: str = "",
                 f"resume it with `cloudsd start {record.name}`, end it with `cloudsd down {record.name}`")
     elif cost.state == "stopped":
         note = f"{note + '; ' if note else ''}resume it with `cloudsd start {record.name}`"
+    if record.attention:  # a row this version cannot read whole is shown, and says so
+        note = f"{record.attention}{'; ' + note if note else ''}"
     share, warn = None, False
     plan = plan_of(events or [])
     if plan is not None and cost.started_at is not None and cost.state != "ended":
@@ -91,6 +93,8 @@ def status(ledger: Ledger, providers: Providers, *, sweep: tuple[str, ...] = ())
                 live = "not created"
         except CloudsdError as exc:
             live = f"unreachable: {exc.message}"
+            if isinstance(exc, ConfigError):  # a provider this version does not know: say so, under the table too
+                note = f"needs attention: {exc.message}; it may still bill there: end it in that provider's console"
         record, events = current(ledger, record.name)
         if not note and record.status == "stopped":
             note = record.detail

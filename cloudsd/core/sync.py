@@ -9,6 +9,8 @@ import math
 import os
 from pathlib import Path
 
+from cloudsd import paths
+from cloudsd.config import Settings
 from cloudsd.errors import CloudsdError, MachineNotFound, SyncError
 from cloudsd.ledger import Ledger, MachineRecord
 from cloudsd.sync.kinds import is_model_file
@@ -18,7 +20,6 @@ from cloudsd.sync.outputs import PullSummary
 from cloudsd.sync.progress import Progress
 from cloudsd.ui import profile
 
-OUTPUTS_FOLDER = "cloudsd-outputs"
 CONNECT_DEADLINE_S = 30.0
 # What a model of each kind takes when nothing says its size (fp16 SD 1.x checkpoint, typical LoRA, …).
 KIND_BYTES = {"checkpoint": 4_300_000_000, "lora": 200_000_000, "vae": 335_000_000, "embedding": 1_000_000,
@@ -26,9 +27,14 @@ KIND_BYTES = {"checkpoint": 4_300_000_000, "lora": 200_000_000, "vae": 335_000_0
 HEADROOM_GB = 20  # the web UI's caches, outputs, a model being replaced
 
 
-def default_outputs_dir(name: str) -> Path:
-    """./cloudsd-outputs/<name>/ in the current folder."""
-    return Path.cwd() / OUTPUTS_FOLDER / name
+def outputs_root(settings: Settings) -> Path:
+    """The folder that holds each machine's outputs folder: the `outputs_dir` setting, ~ expanded."""
+    return paths.expand(settings["outputs_dir"], f"outputs_dir ({settings.source('outputs_dir')})").absolute()
+
+
+def default_outputs_dir(settings: Settings, name: str) -> Path:
+    """outputs_dir/NAME (default ~/cloudsd-outputs/NAME)."""
+    return outputs_root(settings) / name
 
 
 def choose_machine(ledger: Ledger, args: list[str]) -> tuple[str, list[str]]:
@@ -63,7 +69,7 @@ def sync_models(ledger: Ledger, name: str, requests: list[ModelRequest], progres
     from cloudsd.sync.models import push_models
 
     record = running_record(ledger, name)
-    with reconnect_record(record, deadline_s=CONNECT_DEADLINE_S) as connection:
+    with reconnect_record(record, deadline_s=CONNECT_DEADLINE_S, ledger=ledger) as connection:
         summary = push_models(connection, profile(record.ui or "a1111"), requests, progress=progress)
     ledger.event(name, "models-synced", {"results": [[r.remote, r.outcome, r.short_hash] for r in summary.results]})
     return summary
@@ -77,7 +83,7 @@ def pull_record_outputs(ledger: Ledger, record: MachineRecord, dest: Path, progr
     from cloudsd.core.deploy import reconnect_record
     from cloudsd.sync.outputs import pull_outputs
 
-    with reconnect_record(record, deadline_s=CONNECT_DEADLINE_S) as connection:
+    with reconnect_record(record, deadline_s=CONNECT_DEADLINE_S, ledger=ledger) as connection:
         summary = pull_outputs(connection, profile(record.ui or "a1111"), dest, progress=progress)
     ledger.event(record.name, "outputs-pulled", {"dest": str(summary.dest), "pulled": len(summary.pulled),
                                                  "problems": summary.problems})
@@ -93,7 +99,9 @@ def save_outputs(ledger: Ledger, record: MachineRecord, dest: Path) -> PullSumma
     except CloudsdError as exc:
         raise SyncError(str(exc)) from None
     if summary.problems:
-        raise SyncError(f"{len(summary.problems)} output(s) could not be saved: {'; '.join(summary.problems[:3])}")
+        error = SyncError(f"{len(summary.problems)} output(s) could not be saved: {'; '.join(summary.problems[:3])}")
+        error.problems = list(summary.problems)
+        raise error
     return summary
 
 
@@ -108,7 +116,7 @@ def disk_gb_for(requests: list[ModelRequest]) -> tuple[int, list[str]]:
                 notes.append(f"{request.label}: size unknown before renting, counted as {size / 1e9:.1f} GB")
             total += size
             continue
-        path = Path(request.source).expanduser()
+        path = paths.expand(request.source, "model path")
         if path.is_file():
             total += path.stat().st_size
         elif path.is_dir():

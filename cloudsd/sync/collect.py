@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cloudsd import paths
 from cloudsd.errors import ConfigError
 from cloudsd.sync.kinds import infer_kind, is_model_file, kind_from_civitai, kind_of_folder
 from cloudsd.sync.manifest import ModelRequest
@@ -94,8 +95,10 @@ def apply_resolved(ui: UIProfile, model: RefModel, reply: dict[str, Any], endpoi
         return
     name = model.request.save_as or str(reply.get("name") or "")
     name = posixpath.basename(name.replace("\\", "/"))
-    if not name or name.startswith("."):
-        model.failure = f"{model.label}: the source gave no usable file name; set one with `file:` in a manifest."
+    if not name or name.startswith(".") or any(ord(c) < 32 or c == "\x7f" for c in name):
+        shown = f" ({name!r})" if name else ""
+        model.failure = (f"{model.label}: the source gave no usable file name{shown}; set one with `file:` in a "
+                         "manifest.")
         return
     size, hint = reply.get("size"), reply.get("size_hint")
     kind = model.request.kind or kind_from_civitai(reply.get("model_type")) or infer_kind(
@@ -140,9 +143,11 @@ def source_failure(model: RefModel, reply: dict[str, Any], endpoints: Endpoints)
 
 
 def check_sources(requests: list[ModelRequest]) -> None:
-    """Fail on a bad reference or a missing path now, before anything is rented or sent."""
+    """Fail on a bad reference, a missing path or a bad source endpoint now, before anything is rented or sent."""
+    if any(request.is_ref for request in requests):
+        Endpoints.from_env()
     for request in requests:
         if request.is_ref:
             parse_ref(request.source)
-        elif not Path(request.source).expanduser().exists():
+        elif not paths.expand(request.source, "model path").exists():
             raise ConfigError(f"no such file or folder: {request.source}.")

@@ -18,9 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cloudsd import paths
 from cloudsd.errors import ConfigError
+from cloudsd.redact import display_url
 from cloudsd.sync.kinds import KINDS
 from cloudsd.sync.sources import looks_like_ref
+from cloudsd.yamlfile import load_file
 
 _HEX = re.compile(r"^[0-9a-f]+$")
 FIELDS = ("name", "kind", "source", "sha256", "short_hash", "size", "file")
@@ -44,7 +47,8 @@ class ModelRequest:
 
     @property
     def label(self) -> str:
-        return self.name or self.source
+        """For messages: a URL without its query or userinfo (a Civitai link carries a token there)."""
+        return self.name or (display_url(self.source) if looks_like_ref(self.source) else self.source)
 
 
 def from_args(items: list[str], kind: str | None) -> list[ModelRequest]:
@@ -53,15 +57,7 @@ def from_args(items: list[str], kind: str | None) -> list[ModelRequest]:
 
 def load_manifest(path: Path) -> list[ModelRequest]:
     """The manifest's entries; ConfigError naming the file and entry for anything malformed."""
-    import yaml
-
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read the manifest {path} ({exc.strerror}).") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise ConfigError(f"{path}{':' + str(mark.line + 1) if mark else ''}: not valid YAML.") from None
+    data = load_file(path)
     entries = data.get("models") if isinstance(data, dict) else data
     if not isinstance(entries, list):
         raise ConfigError(f"{path}: expected a list of models under `models:`.")
@@ -79,7 +75,7 @@ def _entry(path: Path, number: int, entry: Any) -> ModelRequest:
     if not isinstance(source, str) or not source.strip():
         raise ConfigError(f"{where}: needs a `source:` (a path, civitai:<id>, hf:<org>/<repo>/<path> or a URL).")
     if not looks_like_ref(source):
-        source = str((path.parent / Path(source).expanduser()).resolve())
+        source = str((path.parent / paths.expand(source, where)).resolve())
     kind = entry.get("kind")
     if kind is not None and kind not in KINDS:
         raise ConfigError(f"{where}: unknown kind {kind!r}.", hint=f"Use one of: {', '.join(KINDS)}.")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudsd.errors import SyncError
+from cloudsd.redact import url_digest
 from cloudsd.ssh import Connection
 from cloudsd.sync.agent import Agent, AgentFailure, state_dir_for
 from cloudsd.sync.collect import LocalModel, RefModel, apply_resolved, expand_local, source_failure
@@ -28,6 +29,12 @@ from cloudsd.ui import UIProfile
 
 FETCH_PARALLEL = 3
 
+
+
+def fetch_identity(ref_text: str, sha256: str | None, url: str) -> str:
+    """What a partial download on the machine is kept under, to resume it: the file's sha256 when known,
+    else a digest of the URL, never the URL (its query may hold a token)."""
+    return f"{ref_text} {sha256 or url_digest(url)}"
 
 @dataclass(frozen=True)
 class ModelResult:
@@ -225,7 +232,7 @@ class _Run:
             items.append({"path": model.remote, "url": model.url, "sha256": model.sha256, "size": model.size,
                           "short_hash": model.request.short_hash,
                           "token": model.ref.token(self.endpoints),
-                          "identity": f"{model.ref.text} {model.sha256 or model.url}"})
+                          "identity": fetch_identity(model.ref.text, model.sha256, model.url)})
         replies = self.serve.request("fetch", items=items, parallel=FETCH_PARALLEL)["files"]
         for model in fetches:
             reply = replies[model.remote]

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from cloudsd.errors import ConfigError
+from cloudsd.redact import display_url
+from cloudsd.values import http_url
 
 CIVITAI_DEFAULT = "https://civitai.com"
 HF_DEFAULT = "https://huggingface.co"
@@ -49,6 +51,12 @@ class Endpoints:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Endpoints:
         env = os.environ if environ is None else environ
+        for var in ("CLOUDSD_CIVITAI_BASE_URL", "HF_ENDPOINT"):
+            if env.get(var):
+                try:
+                    http_url(env[var])
+                except ValueError as exc:
+                    raise ConfigError(f"env {var}: {exc}.") from None
         return cls(civitai=(env.get("CLOUDSD_CIVITAI_BASE_URL") or CIVITAI_DEFAULT).rstrip("/"),
                    hf=(env.get("HF_ENDPOINT") or HF_DEFAULT).rstrip("/"),
                    civitai_token=env.get(CIVITAI_TOKEN_ENV) or None, hf_token=env.get(HF_TOKEN_ENV) or None)
@@ -119,9 +127,11 @@ def parse_ref(text: str) -> Ref:
             raise ConfigError(f"{text!r}: a Hugging Face reference is hf:<org>/<repo>/<path>[@rev].")
         return Ref(text, "hf", repo=f"{parts[0]}/{parts[1]}", path="/".join(parts[2:]), rev=rev)
     if lower.startswith(("https://", "http://")):
+        try:
+            http_url(text)
+        except ValueError as exc:
+            raise ConfigError(f"{_redact(text)!r} is not a URL cloudsd can fetch ({exc}).") from None
         split = urllib.parse.urlsplit(text)
-        if not split.hostname:
-            raise ConfigError(f"{_redact(text)!r} is not a URL cloudsd can fetch.")
         sha = None
         if split.fragment.startswith("sha256="):
             sha = split.fragment.split("=", 1)[1].lower()
@@ -133,8 +143,4 @@ def parse_ref(text: str) -> Ref:
 
 
 def _redact(text: str) -> str:
-    parts = urllib.parse.urlsplit(text)
-    if not parts.hostname:
-        return text.split("?", 1)[0]
-    host = parts.hostname + (f":{parts.port}" if parts.port else "")
-    return f"{parts.scheme}://{host}{parts.path}{'?…' if parts.query else ''}"
+    return display_url(text)
