@@ -40,7 +40,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import machine_info, table, write_json  # noqa: E402
+from benchmarks._common import TESTBED_IMAGE, machine_info, require, table, write_json  # noqa: E402
 
 PROMPT = "a lighthouse at dusk, oil painting"
 STEPS = 20
@@ -181,9 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pictures", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--step-s", type=float, default=0.05, help="stand-in seconds per step at 512x512")
-    parser.add_argument("--image", default=os.environ.get("CLOUDSD_TESTBED_IMAGE", "cloudsd-testbed:latest"))
+    parser.add_argument("--image", default=TESTBED_IMAGE)
     parser.add_argument("--goal", type=float, default=0.05)
     args = parser.parse_args(argv)
+    require([], args.image)
     workdir = Path(tempfile.mkdtemp(prefix="cloudsd-bench-generate-"))
     env = {**os.environ, "CLOUDSD_HOME": str(workdir / "home"), "CLOUDSD_IMAGE": args.image,
            "CLOUDSD_LOCAL_NETWORK": "cloudsd-test", "CLOUDSD_LOCAL_GPUS": "none", "CLOUDSD_IMAGE_PULL": "never"}
