@@ -22,17 +22,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from cloudsd.core.access import Session, open_tunnel, reconnect_record, wait_for_ui
 from cloudsd.core.budget import deadlines
 from cloudsd.core.cost import session_cost
-from cloudsd.core.deploy import Session, open_tunnel, reconnect_record, wait_for_ui
 from cloudsd.core.generate_a1111 import A1111Backend
 from cloudsd.core.generate_comfy import ComfyBackend
 from cloudsd.core.generate_common import Events, GenerateError, Job
-from cloudsd.core.guard import current, plan_of
+from cloudsd.core.guard import plan_of
 from cloudsd.core.machines import Providers, refresh_record
 from cloudsd.errors import BudgetError, CloudsdError, SSHError
 from cloudsd.generate.request import MAX_SEED, GenerateRequest, Picture
-from cloudsd.ledger import Ledger, MachineRecord
+from cloudsd.ledger import EventKind, Ledger, MachineRecord, Status
 from cloudsd.ssh import Connection
 from cloudsd.ui import UIProfile, profile
 
@@ -72,8 +72,8 @@ def plan_jobs(requests: list[GenerateRequest], rng: random.Random | None = None)
 # -- budget ------------------------------------------------------------------------------------------------
 def step_seconds(ledger: Ledger, name: str) -> float | None:
     """Seconds per sampling step in earlier runs on this machine (None: no run yet)."""
-    _, events = current(ledger, name)
-    found = [(d.get("seconds", 0.0), d.get("steps", 0)) for _, _, kind, d in events if kind == "generated"]
+    _, events = ledger.session(name)
+    found = [(d.get("seconds", 0.0), d.get("steps", 0)) for _, _, kind, d in events if kind == EventKind.GENERATED]
     seconds, steps = sum(s for s, _ in found), sum(n for _, n in found)
     return seconds / steps if steps else None
 
@@ -92,7 +92,7 @@ def total_steps(jobs: list[Job]) -> int:
 def check_budget(ledger: Ledger, record: MachineRecord, jobs: list[Job], now: float | None = None) -> str | None:
     """Refuse a run that would outlast the machine's time or spend budget; a note on what is known, or None."""
     now = time.time() if now is None else now
-    _, events = current(ledger, record.name)
+    _, events = ledger.session(record.name)
     plan = plan_of(events)
     if plan is None or (plan.budget.max_time_s is None and plan.budget.max_spend_usd is None):
         return None
@@ -120,9 +120,9 @@ def check_budget(ledger: Ledger, record: MachineRecord, jobs: list[Job], now: fl
 
 # -- running -----------------------------------------------------------------------------------------------
 def _check_running(record: MachineRecord) -> None:
-    if record.status == "stopped":
+    if record.status is Status.STOPPED:
         raise CloudsdError(f"machine {record.name!r} is stopped.", hint=f"Start it with `cloudsd start {record.name}`.")
-    if record.status != "running":
+    if record.status is not Status.RUNNING:
         raise CloudsdError(f"machine {record.name!r} is {record.status}.", hint="`cloudsd status` shows its state.")
 
 
@@ -135,7 +135,7 @@ def open_session(ledger: Ledger, providers: Providers, name: str, *, deadline_s:
     try:
         # SSH first, the provider only when that fails: a `generate` pays for no provider call (nor for
         # importing its client) when the machine answers.
-        connection = reconnect_record(record, deadline_s=deadline_s)
+        connection = reconnect_record(record, deadline_s=deadline_s, ledger=ledger)
     except SSHError:
         _check_running(refresh_record(ledger, providers, record))  # stopped or gone meanwhile (its watchdog)?
         raise
@@ -209,7 +209,7 @@ def _run(backend: Backend, requests: list[GenerateRequest], jobs: list[Job], des
     result.seconds = time.monotonic() - started
     _finish(backend, connection, result, dest, events)
     if ledger is not None and name is not None:
-        ledger.event(name, "generated", {"pictures": len(result.pictures), "seconds": round(result.seconds, 3),
+        ledger.event(name, EventKind.GENERATED, {"pictures": len(result.pictures), "seconds": round(result.seconds, 3),
                                          "steps": total_steps(jobs)})
     return result
 

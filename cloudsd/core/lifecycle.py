@@ -1,202 +1,129 @@
-"""`stop` and `start`: put a machine to sleep keeping its disk, and wake it up again the next evening.
+"""Every change of a machine's state in the ledger, in one place: what status a row moves to, with which event.
 
-Rules:
-- `stop` asks the provider to stop the machine and waits until it says stopped; from then the ledger bills
-  only storage (`stopped` event). The disk stays, and so do the ledger row, the key and the pinned host key.
-- `start` resumes the same machine on the same host with the same disk, waits for SSH and the web UI as
-  `up` does, re-arms the watchdog with the budget the machine had (a time budget counts from this start,
-  a spend budget keeps counting what the machine already cost) and returns an open `Session`.
-- Before anything is resumed, a budget that is already used up refuses the start (no money spent).
-- When the provider cannot resume the machine (its host's GPU is rented by someone else, or it stays
-  waiting for one past `resume_timeout_s`), the pending start is withdrawn with a stop (so it does not start
-  later on its own, unattended and billing), the disk is kept and `ResumeRefused` says what to do.
+The ledger stores rows and events; this module is the only writer of a status. Each function is one
+transition and writes the row and its event in one transaction. `reconcile` records what cloudsd found when
+it did not end or stop a machine itself (usually the watchdog, for a budget or idleness).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from typing import Any
 
-from cloudsd.core.budget import check_new_budget
-from cloudsd.core.cost import session_cost
-from cloudsd.core.deploy import Session, open_tunnel, reconnect_record, wait_for_ui
-from cloudsd.core.guard import arm, current, plan_of
-from cloudsd.core.machines import POLL_S, Providers, Reporter, refresh_record
-from cloudsd.core.watchdog import WatchdogSettings
-from cloudsd.errors import BudgetError, CloudsdError, ProvisioningError, ResumeRefused
-from cloudsd.ledger import Ledger, MachineRecord
-from cloudsd.models import MachineInfo, MachineStatus
+from cloudsd.core.guard import attribute, plan_of
+from cloudsd.ledger import EventKind, Ledger, MachineRecord, Status
+from cloudsd.machine import MachineStatus, Offer, SSHEndpoint
 from cloudsd.providers import Provider
-from cloudsd.ui import profile
 
 
-@dataclass(frozen=True)
-class StartOptions:
-    port: int | None = None  # local port for the UI; None: the one used before
-    resume_timeout_s: float = 60.0  # how long a resume may wait for the host's GPU before it counts as refused
-    boot_timeout_s: float = 600.0  # how long the provider may take to say running once it has the GPU
-    ssh_timeout_s: float = 120.0
-    ui_timeout_s: float = 600.0
-    watchdog: WatchdogSettings = WatchdogSettings()
+def priced(ledger: Ledger, name: str, offer: Offer, key_path: str) -> None:
+    """A reserved row learns the offer it will be created from (before the create call)."""
+    ledger.update(name, gpu=offer.gpu_name, price_per_hour=offer.price_per_hour,
+                  storage_price_per_hour=offer.storage_price_per_hour, key_path=key_path)
 
 
-def stop(name: str, ledger: Ledger, providers: Providers, reporter: Reporter, *,
-         deadline_s: float = 180.0, sleep: Callable[[float], None] = time.sleep) -> MachineRecord:
-    """Stop a running machine and keep its disk; returns the stopped row. Safe to repeat."""
-    record = refresh_record(ledger, providers, ledger.get(name))
-    if record.status == "stopped":
-        return record
-    if record.status != "running" or not record.provider_id:
-        raise CloudsdError(f"machine {name!r} is {record.status}; only a running machine can be stopped.",
-                           hint="`cloudsd status` shows its state.")
-    provider = providers.get(record.provider)
-    if not provider.supports_stop:
-        raise CloudsdError(f"{provider.name} cannot stop a machine and keep its disk.",
-                           hint=f"End it with `cloudsd down {name}` (its outputs are saved first).")
-    reporter.phase("stopping", f"{name} on {provider.name}")
-    provider.stop(record.provider_id)
-    _wait_for(provider, record.provider_id, MachineStatus.STOPPED, deadline_s, sleep)
-    ledger.update(name, status="stopped", detail="stopped with `cloudsd stop`", local_port=record.local_port,
-                  event="stopped", data={"reason": "cloudsd stop"})
-    return ledger.get(name)
+def created(ledger: Ledger, name: str, provider_id: str, offer: Offer, deadline_at: float | None) -> None:
+    """The provider gave an id: from here the machine bills."""
+    ledger.update(name, provider_id=provider_id, status=Status.BOOTING, event=EventKind.CREATED,
+                  data={"provider_id": provider_id, "offer": offer.offer_id,
+                        "price_per_hour": offer.price_per_hour, "deadline_at": deadline_at})
 
 
-def _wait_for(provider: Provider, provider_id: str, wanted: MachineStatus, deadline_s: float,
-              sleep: Callable[[float], None]) -> MachineInfo:
-    started = time.monotonic()
-    while True:
-        info = provider.get(provider_id)
-        if info is None:
-            raise CloudsdError(f"{provider.name} machine {provider_id} is gone.",
-                               hint="`cloudsd status` records it as ended.")
-        if info.status is wanted:
-            return info
-        if time.monotonic() - started > deadline_s:
-            raise CloudsdError(f"{provider.name} did not report machine {provider_id} {wanted.value} within "
-                               f"{deadline_s:.0f} s (it says {info.status.value}).",
-                               hint="Run the command again; it is safe to repeat.")
-        sleep(POLL_S)
+def not_created(ledger: Ledger, name: str, reason: str) -> None:
+    ledger.update(name, status=Status.TERMINATED, terminated_at=time.time(), detail=reason,
+                  event=EventKind.NOT_CREATED, data={"reason": reason})
 
 
-def check_resumable(ledger: Ledger, record: MachineRecord, now: float | None = None) -> None:
-    """Refuse a start whose budget is already used up, before anything is resumed."""
+def running(ledger: Ledger, name: str, ssh: SSHEndpoint) -> None:
+    ledger.update(name, status=Status.RUNNING, ssh_host=ssh.host, ssh_port=ssh.port, ssh_user=ssh.user,
+                  event=EventKind.RUNNING, data={"ssh": str(ssh)})
+
+
+def host_key_pinned(ledger: Ledger, name: str, host_key: str) -> None:
+    ledger.update(name, host_key=host_key, event=EventKind.HOST_KEY_PINNED, data={"host_key": host_key})
+
+
+def ready(ledger: Ledger, name: str, local_port: int, url: str) -> None:
+    ledger.update(name, ready_at=time.time(), local_port=local_port, event=EventKind.READY, data={"url": url})
+
+
+def attached(ledger: Ledger, name: str, local_port: int, url: str) -> None:
+    ledger.update(name, local_port=local_port, event=EventKind.ATTACHED, data={"url": url})
+
+
+def ssh_moved(ledger: Ledger, name: str, ssh: SSHEndpoint) -> None:
+    ledger.update(name, ssh_host=ssh.host, ssh_port=ssh.port, event=EventKind.SSH_MOVED, data={"ssh": str(ssh)})
+
+
+def destroying(ledger: Ledger, name: str, reason: str) -> None:
+    """The destroy call is about to be made: billing ends here."""
+    ledger.update(name, status=Status.DESTROYING, event=EventKind.DESTROYING, data={"reason": reason})
+
+
+def terminated(ledger: Ledger, name: str, reason: str) -> None:
+    """The provider confirmed the machine is gone."""
+    ledger.update(name, status=Status.TERMINATED, terminated_at=time.time(), detail=reason,
+                  event=EventKind.TERMINATED, data={"reason": reason})
+
+
+def gone(ledger: Ledger, name: str, detail: str, *, at: float | None = None,
+         data: dict[str, Any] | None = None) -> None:
+    """The provider no longer knows the machine, and cloudsd did not end it."""
+    ledger.update(name, status=Status.TERMINATED, terminated_at=time.time() if at is None else at, detail=detail,
+                  event=EventKind.GONE, data=data)
+
+
+def resumed(ledger: Ledger, record: MachineRecord) -> None:
+    """A machine the ledger has as stopped runs again (resumed in the provider's console)."""
+    ledger.update(record.name, status=Status.RUNNING, detail="resumed outside cloudsd", event=EventKind.RESUMED)
+
+
+def stopped(ledger: Ledger, name: str) -> None:
+    """`cloudsd stop` stopped it; from here it bills storage only."""
+    ledger.update(name, status=Status.STOPPED, detail="stopped with `cloudsd stop`", event=EventKind.STOPPED,
+                  data={"reason": "cloudsd stop"})
+
+
+def started(ledger: Ledger, name: str, ssh: SSHEndpoint) -> None:
+    """`cloudsd start` resumed it (SSH may have moved); from here it bills the running rate again."""
+    ledger.update(name, status=Status.RUNNING, detail="", ssh_host=ssh.host, ssh_port=ssh.port, ssh_user=ssh.user,
+                  event=EventKind.RESUMED, data={"ssh": str(ssh), "by": "cloudsd start"})
+
+
+def resume_refused(ledger: Ledger, name: str, reason: str) -> None:
+    """The provider could not resume it; it stays stopped, with its disk."""
+    ledger.event(name, EventKind.RESUME_REFUSED, {"reason": reason})
+
+
+def budget_reached(ledger: Ledger, name: str, reason: str, at: float) -> None:
+    """The attached CLI is about to end the machine for its budget (the reason the cost report shows)."""
+    ledger.event(name, EventKind.BUDGET_REACHED, {"reason": reason, "at": at})
+
+
+def reconcile(ledger: Ledger, record: MachineRecord, status: MachineStatus | None, provider: Provider, *,
+              now: float | None = None) -> str:
+    """Record a machine that cloudsd found gone (`status` None) or stopped without having done it itself.
+
+    Returns the note to show: who ended or stopped it, and why.
+    """
     now = time.time() if now is None else now
-    _, events = current(ledger, record.name)
-    plan = plan_of(events)
-    if plan is None or not plan.budget.enforced:
-        return
-    cost = session_cost(*current(ledger, record.name), now)
-    try:
-        check_new_budget(plan.budget, started_at=now - 1.0, now=now, spent_usd=cost.cost_usd)
-    except BudgetError as exc:
-        raise BudgetError(f"{record.name} was not started: {exc.message}",
-                          hint=f"Give it a new budget: `cloudsd start {record.name} --max-spend N`, or end it "
-                               f"with `cloudsd down {record.name}`.") from None
-
-
-def start(name: str, ledger: Ledger, providers: Providers, reporter: Reporter, options: StartOptions,
-          *, sleep: Callable[[float], None] = time.sleep) -> Session:
-    """Resume a stopped machine and return it ready, tunneled, with its watchdog re-armed."""
-    record = refresh_record(ledger, providers, ledger.get(name))
-    provider = providers.get(record.provider)
-    if record.status == "running":
-        raise CloudsdError(f"machine {name!r} already runs.", hint=f"Reattach with `cloudsd tunnel {name}`.")
-    if record.status != "stopped" or not record.provider_id:
-        raise CloudsdError(f"machine {name!r} is {record.status}; only a stopped machine can be started.",
-                           hint="Start a new one with `cloudsd up`.")
-    if not provider.supports_stop:
-        raise CloudsdError(f"{provider.name} cannot resume a machine.", hint="Start a new one with `cloudsd up`.")
-    check_resumable(ledger, record)
-    reporter.phase("resuming", f"asking {provider.name} to start {record.provider_id[:12]}")
-    try:
-        provider.start(record.provider_id)
-        info = _wait_resumed(provider, record, options, reporter, sleep)
-    except ResumeRefused as exc:
-        _withdraw(provider, record.provider_id)
-        ledger.event(name, "resume-refused", {"reason": exc.message})
-        raise ResumeRefused(f"{provider.name} could not resume {name!r}: {exc.message}; its disk is kept.",
-                            hint=_refused_hint(record)) from None
-    assert info.ssh is not None
-    ledger.update(name, status="running", detail="", ssh_host=info.ssh.host, ssh_port=info.ssh.port,
-                  ssh_user=info.ssh.user, event="resumed", data={"ssh": str(info.ssh), "by": "cloudsd start"})
-    record = ledger.get(name)
-    ui = profile(record.ui or "a1111")
-    reporter.phase("ssh", f"connecting to {info.ssh}")
-    connection = reconnect_record(record, deadline_s=options.ssh_timeout_s)
-    try:
-        forward = open_tunnel(record, connection, options.port or record.local_port or ui.internal_port)
-        reporter.phase("web UI", f"waiting for {ui.title} at {forward.url}")
-        wait_for_ui(forward.local_port, ui, deadline_s=options.ui_timeout_s,
-                    on_wait=lambda why: reporter.phase("web UI", why))
-    except BaseException:
-        connection.close()
-        raise
-    ledger.update(name, local_port=forward.local_port, event="attached", data={"url": forward.url})
-    session = Session(ledger.get(name), connection, forward, ui)
-    try:
-        _rearm(ledger, session, provider, options, reporter)
-    except BaseException:
-        session.close()
-        raise
-    reporter.phase("ready", forward.url)
-    return session
-
-
-def _wait_resumed(provider: Provider, record: MachineRecord, options: StartOptions, reporter: Reporter,
-                  sleep: Callable[[float], None]) -> MachineInfo:
-    """Poll until the machine runs with SSH. Still stopped or waiting for its GPU after `resume_timeout_s`
-    means the host cannot take it back: ResumeRefused."""
-    assert record.provider_id
-    started = time.monotonic()
-    got_host = False
-    while True:
-        info = provider.get(record.provider_id)
-        elapsed = time.monotonic() - started
-        if info is None:
-            raise CloudsdError(f"{provider.name} machine {record.provider_id} is gone.",
-                               hint="Start a new one with `cloudsd up`.")
-        detail = f"{info.status.value}{' - ' + info.detail if info.detail else ''}"
-        reporter.phase("resuming", f"{detail}, {elapsed:.0f} s")
-        if info.status is MachineStatus.RUNNING and info.ssh is not None:
-            return info
-        if info.status is MachineStatus.FAILED:
-            raise ProvisioningError(f"{provider.name} machine {record.provider_id} failed to resume ({detail}).",
-                                    hint=f"Its disk may be kept: `cloudsd status` shows it; "
-                                         f"`cloudsd down {record.name}` ends it.")
-        got_host = got_host or info.status is MachineStatus.RUNNING
-        if not got_host and elapsed > options.resume_timeout_s:
-            raise ResumeRefused(f"the host has no GPU free for it (still {detail} after {elapsed:.0f} s)")
-        if elapsed > options.resume_timeout_s + options.boot_timeout_s:
-            raise ProvisioningError(f"{provider.name} machine {record.provider_id} was not running "
-                                    f"{elapsed:.0f} s after the start ({detail}).",
-                                    hint=f"`cloudsd stop {record.name}` stops it again; `cloudsd status` shows it.")
-        sleep(POLL_S)
-
-
-def _withdraw(provider: Provider, provider_id: str) -> None:
-    """Take back a start the host could not honour, so the machine does not start later unattended."""
-    try:
-        provider.stop(provider_id)
-    except CloudsdError:
-        pass
-
-
-def _refused_hint(record: MachineRecord) -> str:
-    storage = (f" (it bills storage ${record.storage_price_per_hour:.4f}/h meanwhile)"
-               if record.storage_price_per_hour else "")
-    return (f"Try `cloudsd start {record.name}` again later{storage}, or end it with "
-            f"`cloudsd down {record.name} --no-outputs` (that loses what is on its disk) and start a new one "
-            f"with `cloudsd up`.")
-
-
-def _rearm(ledger: Ledger, session: Session, provider: Provider, options: StartOptions, reporter: Reporter) -> None:
-    """The budget the machine had, armed again; its time budget counts from this start."""
-    _, events = current(ledger, session.record.name)
-    plan = plan_of(events)
-    if plan is None or not plan.budget.enforced:
-        return
-    reporter.phase("watchdog", plan.budget.describe())
-    arm(ledger, session.record, session.connection, provider, plan.budget, options.watchdog,
-        time_from=time.time())
-
+    record, events = ledger.session(record.name)
+    if record.status is Status.DESTROYING:  # cloudsd itself was ending it; billing already stopped at that call
+        gone(ledger, record.name, "gone (destroyed)", at=now)
+        return "gone (destroyed)"
+    found = "gone" if status is None else "stopped"
+    estimate = attribute(plan_of(events), events, found, now, self_terminates=provider.supports_self_stop)
+    if found == "gone":
+        note = f"ended by the watchdog: {estimate['reason']}" if estimate else "gone (ended outside cloudsd)"
+        if estimate:
+            ledger.event(record.name, EventKind.WATCHDOG_ENDED, estimate)
+        gone(ledger, record.name, note, at=estimate["at"] if estimate else now, data={"noticed_at": now})
+        return note
+    if estimate:
+        note = f"stopped by the watchdog: {estimate['reason']}"
+        ledger.update(record.name, status=Status.STOPPED, detail=note, event=EventKind.WATCHDOG_ENDED, data=estimate)
+    else:
+        note = "stopped outside cloudsd (by the provider, or in its console)"
+        ledger.update(record.name, status=Status.STOPPED, detail=note, event=EventKind.STOPPED,
+                      data={"reason": note})
+    return note

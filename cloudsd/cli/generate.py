@@ -8,6 +8,8 @@ from typing import Any
 
 import click
 
+from cloudsd.cli.app import App, pass_app
+
 
 @click.command("generate")
 @click.argument("name")
@@ -36,7 +38,8 @@ import click
               help="Where pictures land (default: outputs_dir/NAME, ~/cloudsd-outputs/NAME, where `sync outputs` "
                    "puts them).")
 @click.option("--json", "as_json", is_flag=True, help="Print the pictures as JSON.")
-def generate_cmd(name: str, prompt: str | None, negative: str | None, checkpoint: str | None,
+@pass_app
+def generate_cmd(app: App, name: str, prompt: str | None, negative: str | None, checkpoint: str | None,
                  loras: tuple[str, ...], steps: int | None, cfg: float | None, sampler: str | None,
                  scheduler: str | None, size: str | None, seed: int | None, count: int, batch_size: int | None,
                  hires: float | None, hires_steps: int | None, denoise: float | None, upscaler: str | None,
@@ -52,7 +55,6 @@ def generate_cmd(name: str, prompt: str | None, negative: str | None, checkpoint
     cloudsd generate mybox "portrait of ashe, <lora:Ashe2-8:0.9>" --checkpoint dreamshaper_8 \\
         --negative "lowres, bad hands" --count 8 --hires 2 --denoise 0.45 --seed 1234
     """
-    from cloudsd.config import resolve
     from cloudsd.generate.request import GenerateRequest, check, load_prompts, parse_lora, parse_size
 
     flags = {"generate.negative": negative, "generate.checkpoint": checkpoint,
@@ -60,7 +62,7 @@ def generate_cmd(name: str, prompt: str | None, negative: str | None, checkpoint
              "generate.sampler": sampler, "generate.scheduler": scheduler, "generate.size": size,
              "generate.batch_size": batch_size, "generate.hires": hires, "generate.hires_steps": hires_steps,
              "generate.denoise": denoise, "generate.upscaler": upscaler}
-    settings = resolve(flags)
+    settings = app.configure(flags)
     if prompt is None and prompts_file is None:
         raise click.UsageError("give a PROMPT, or --prompts FILE")
     if init_image is not None and settings["generate.hires"]:
@@ -77,7 +79,7 @@ def generate_cmd(name: str, prompt: str | None, negative: str | None, checkpoint
     requests = load_prompts(prompts_file, base) if prompts_file else [check(base)]
     if prompts_file and prompt:
         requests = [check(base), *requests]
-    _run(name, settings, requests, out, as_json)
+    _run(app, name, requests, out, as_json)
 
 
 class _Display:
@@ -118,24 +120,20 @@ class _Display:
             self.bar.console.print(f"  {message}")
 
 
-def _run(name: str, settings: Any, requests: list[Any], out: Path | None, as_json: bool) -> None:
+def _run(app: App, name: str, requests: list[Any], out: Path | None, as_json: bool) -> None:
     from cloudsd.cli import render
     from cloudsd.core.generate import Interrupted, check_budget, open_session, plan_jobs, run
-    from cloudsd.core.machines import Providers
     from cloudsd.core.sync import default_outputs_dir
-    from cloudsd.ledger import Ledger
 
     console = render.console(stderr=True)
-    ledger = Ledger()
-    providers = Providers(settings)
-    session = None
+    ledger = app.ledger
+    jobs = plan_jobs(requests)
+    note = check_budget(ledger, ledger.get(name), jobs)
+    session = open_session(ledger, app.providers, name)
     try:
-        jobs = plan_jobs(requests)
-        note = check_budget(ledger, ledger.get(name), jobs)
-        session = open_session(ledger, providers, name)
         if note and not as_json:
             console.print(f"  {note}")
-        dest = out if out is not None else default_outputs_dir(settings, name)
+        dest = out if out is not None else default_outputs_dir(app.settings, name)
         try:
             with _Display(as_json) as display:
                 result = run(requests, jobs, session.profile, session.forward.local_port, dest,
@@ -147,13 +145,10 @@ def _run(name: str, settings: Any, requests: list[Any], out: Path | None, as_jso
                 render.print_json({"pictures": [p.to_dict() for p in exc.pictures], "interrupted": True})
             sys.exit(130)
     finally:
-        if session is not None:
-            session.close()
-        providers.close()
-        ledger.close()
+        session.close()
     if as_json:
         render.print_json({"pictures": [p.to_dict() for p in result.pictures], "seconds": round(result.seconds, 3),
                            "dest": str(dest), "interrupted": False})
     else:
-        console.print(f"[bold green]{len(result.pictures)} picture(s)[/] in {dest} ({result.seconds:.1f} s); "
-                      f"also on the machine.")
+        console.print(render.styled((f"{len(result.pictures)} picture(s)", "bold green"),
+                                    f" in {dest} ({result.seconds:.1f} s); also on the machine."))

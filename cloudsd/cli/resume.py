@@ -4,34 +4,27 @@ from __future__ import annotations
 
 import click
 
+from cloudsd.cli.app import App, pass_app
 from cloudsd.cli.params import PORT
 
 
 @click.command("stop")
 @click.argument("name")
-def stop_cmd(name: str) -> None:
+@pass_app
+def stop_cmd(app: App, name: str) -> None:
     """Stop the machine and keep its disk, to `cloudsd start` it again later.
 
     A stopped machine bills only its storage until `cloudsd start NAME` or `cloudsd down NAME`. On RunPod
     the container disk is lost and /workspace (models, outputs) is kept. Example: `cloudsd stop mybox`.
     """
     from cloudsd.cli import render
-    from cloudsd.cli.session import LiveReporter
-    from cloudsd.config import resolve
-    from cloudsd.core.lifecycle import stop
-    from cloudsd.core.machines import Providers
-    from cloudsd.ledger import Ledger
+    from cloudsd.cli.progress import LiveReporter
+    from cloudsd.core.resume import stop
 
-    ledger = Ledger()
-    providers = Providers(resolve())
     out = render.console(stderr=True)
-    try:
-        with LiveReporter() as reporter:
-            record = stop(name, ledger, providers, reporter)
-            keeps = providers.get(record.provider).stop_keeps
-    finally:
-        providers.close()
-        ledger.close()
+    with LiveReporter() as reporter:
+        record = stop(name, app.ledger, app.providers, reporter)
+        keeps = app.providers.get(record.provider).stop_keeps
     bills = (f"it still bills storage {render.money(record.storage_price_per_hour, 4)}/h"
              if record.storage_price_per_hour else "it costs nothing while stopped")
     out.print(f"{name}: stopped; {keeps} is kept and {bills}.")
@@ -44,7 +37,8 @@ def stop_cmd(name: str) -> None:
 @click.option("--port", type=PORT, help="Local port for the web UI (default: the one used before).")
 @click.option("--detach", is_flag=True, help="Return once the machine is ready instead of holding the tunnel.")
 @click.option("--json", "as_json", is_flag=True, help="Print the machine record as JSON.")
-def start_cmd(name: str, port: int | None, detach: bool, as_json: bool) -> None:
+@pass_app
+def start_cmd(app: App, name: str, port: int | None, detach: bool, as_json: bool) -> None:
     """Resume a stopped machine with its disk, wait for the web UI and tunnel it, as `up` does.
 
     The watchdog gets the budget the machine had back (a time budget counts from this start). When the
@@ -52,37 +46,30 @@ def start_cmd(name: str, port: int | None, detach: bool, as_json: bool) -> None:
     Example: `cloudsd start mybox`.
     """
     from cloudsd.cli import render
-    from cloudsd.cli.session import LiveReporter, _hold
-    from cloudsd.config import resolve
-    from cloudsd.core.lifecycle import StartOptions, start
-    from cloudsd.core.machines import Providers
+    from cloudsd.cli.machines import _hold
+    from cloudsd.cli.progress import LiveReporter
+    from cloudsd.core import hold  # noqa: F401 - loaded before the URL is shown: Ctrl-C from then on detaches
+    from cloudsd.core.resume import StartOptions, start
     from cloudsd.core.watchdog import WatchdogSettings
-    from cloudsd.ledger import Ledger
 
-    settings = resolve()
+    settings = app.settings
     options = StartOptions(port=port, resume_timeout_s=settings["timeouts.resume"],
                            boot_timeout_s=settings["timeouts.boot"], ssh_timeout_s=settings["timeouts.ssh"],
                            ui_timeout_s=settings["timeouts.ui"], watchdog=WatchdogSettings.from_settings(settings))
-    ledger = Ledger()
-    providers = Providers(settings)
     out = render.console(stderr=True)
-    try:
-        with LiveReporter(quiet=as_json) as reporter:
-            session = start(name, ledger, providers, reporter, options)
-        record = session.record
-        if as_json:
-            render.print_json({**record.to_dict(), "url": session.url})
-        else:
-            out.print(f"[bold green]{name} is ready again:[/] {session.url}")
-            if record.price_per_hour:
-                out.print(f"  billing {render.money(record.price_per_hour, 3)}/h; stop it with "
-                          f"`cloudsd stop {name}`, end it with `cloudsd down {name}`")
-        if detach:
-            session.close()
-            if not as_json:
-                out.print(f"  the tunnel closes now; reopen it with `cloudsd tunnel {name}`")
-            return
-        _hold(session, record, ledger, providers)
-    finally:
-        providers.close()
-        ledger.close()
+    with LiveReporter(quiet=as_json) as reporter:
+        session = start(name, app.ledger, app.providers, reporter, options)
+    record = session.record
+    if as_json:
+        render.print_json({**record.to_dict(), "url": session.url})
+    else:
+        out.print(render.styled((f"{name} is ready again:", "bold green"), f" {session.url}"))
+        if record.price_per_hour:
+            out.print(f"  billing {render.money(record.price_per_hour, 3)}/h; stop it with "
+                      f"`cloudsd stop {name}`, end it with `cloudsd down {name}`")
+    if detach:
+        session.close()
+        if not as_json:
+            out.print(f"  the tunnel closes now; reopen it with `cloudsd tunnel {name}`")
+        return
+    _hold(app, session)
