@@ -29,6 +29,12 @@ def _status(name: str) -> dict[str, Any]:
     return dict(rows[0])
 
 
+def _one_error(result: Any) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.stderr
+    return str(lines[0])
+
+
 def _marker_survives(name: str) -> None:
     """A file written before the stop is still on the disk after the start."""
     assert cloudsd("ssh", name, "--", "cat", "/workspace/kept.txt", check=True).stdout.strip() == "kept"
@@ -117,10 +123,31 @@ def test_vast_stop_start_and_a_refused_resume(fake_vast: Any, cloudsd_home: Path
 
     fake_vast.hosts_taken.discard(instance.id)
     monkeypatch.delenv("CLOUDSD_RESUME_TIMEOUT")
+    fake_vast.faults.resume_refused = True  # Vast may also refuse the `state: running` at once
+    result = cloudsd("start", "night", "--detach", timeout=120)
+    assert result.returncode == 5 and "could not resume 'night'" in _one_error(result)
+    assert fake_vast.live_instances() == [instance.id] and _status("night")["status"] == "stopped"
+    fake_vast.faults.resume_refused = False
     cloudsd("start", "night", "--detach", check=True, timeout=300)
     _marker_survives("night")
     cloudsd("down", "night", "--yes", check=True, timeout=300)
     assert not fake_vast.live_instances()
+
+
+def test_runpod_stop_start_and_a_refused_resume(fake_runpod: Any, cloudsd_home: Path) -> None:
+    cloudsd("up", "pod", "--provider", "runpod", "--gpu", "RTX 3090", "--detach", "--yes", check=True, timeout=300)
+    cloudsd("ssh", "pod", "--", "sh", "-c", "'mkdir -p /workspace && echo kept > /workspace/kept.txt'", check=True)
+    assert "still bills storage $" in cloudsd("stop", "pod", check=True).stderr
+    assert _status("pod")["status"] == "stopped"
+    fake_runpod.faults.resume_refused = True
+    result = cloudsd("start", "pod", "--detach", timeout=120)
+    assert result.returncode == 5 and "could not resume 'pod'" in _one_error(result)
+    assert "cloudsd start pod" in _one_error(result) and _status("pod")["status"] == "stopped"
+    fake_runpod.faults.resume_refused = False
+    cloudsd("start", "pod", "--detach", check=True, timeout=300)
+    _marker_survives("pod")  # /workspace, and the host key pinned at `up` (kept on /workspace)
+    cloudsd("down", "pod", "--yes", check=True, timeout=300)
+    assert not list(fake_runpod.live_pods())
 
 
 def test_host_keys_survive_a_lost_container_disk(docker_client: Any, testbed_image: str) -> None:
