@@ -137,7 +137,9 @@ def test_vast_stop_start_and_a_refused_resume(fake_vast: Any, cloudsd_home: Path
 def test_runpod_stop_start_and_a_refused_resume(fake_runpod: Any, cloudsd_home: Path) -> None:
     cloudsd("up", "pod", "--provider", "runpod", "--gpu", "RTX 3090", "--detach", "--yes", check=True, timeout=300)
     cloudsd("ssh", "pod", "--", "sh", "-c", "'mkdir -p /workspace && echo kept > /workspace/kept.txt'", check=True)
-    assert "still bills storage $" in cloudsd("stop", "pod", check=True).stderr
+    stopped = cloudsd("stop", "pod", check=True).stderr
+    assert "still bills storage $" in stopped
+    assert "/workspace (models, outputs; the container disk is lost) is kept" in stopped
     assert _status("pod")["status"] == "stopped"
     fake_runpod.faults.resume_refused = True
     result = cloudsd("start", "pod", "--detach", timeout=120)

@@ -241,6 +241,7 @@ def self_stop_call(action: str) -> SelfStopCall:
 class RunPodProvider(Stoppable, ReportsBilling, KeyedAccount, Provider):
     name = "runpod"
     supports_stop = True  # the volume (/workspace) survives; the container disk does not
+    stop_keeps = "/workspace (models, outputs; the container disk is lost)"
     supports_self_stop = True  # each pod gets a RUNPOD_API_KEY scoped to itself
     supports_deadline = False  # v2 has no terminateAfter: the watchdog is the deadline
     reports_billing = True
