@@ -84,6 +84,7 @@ class CreateRequest:
     cuda: str | None = None  # minimum host CUDA version the image needs, where the provider filters at create
     deadline_at: float | None = None  # epoch seconds; the provider ends the machine then, where it can
     onstart: str | None = None  # shell run at boot where the provider replaces the entrypoint (Vast ssh modes)
+    volume_id: str | None = None  # the provider's id of a volume to mount at /workspace (`supports_volumes`)
 
     @property
     def label(self) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from cloudsd import __version__
-from cloudsd.cli import cmd_image
+from cloudsd.cli import cmd_image, cmd_volume
 from cloudsd.cli.params import (
     CUDA,
     DISK_GB,
@@ -178,12 +178,13 @@ def offer_options(func: Any) -> Any:
 @click.option("--models", multiple=True, metavar="PATH|REF",
               help="Models to put on the machine once it is ready (repeatable; as for `cloudsd sync models`).")
 @click.option("--manifest", type=click.Path(exists=True, dir_okay=False), help="A models.yaml to sync once ready.")
+@click.option("--volume", metavar="NAME", help="Mount this volume at /workspace (models on it are not sent again).")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask before renting a machine that costs money.")
 @click.option("--json", "as_json", is_flag=True, help="Print the machine record as JSON.")
 def up(name: str | None, provider: str | None, image: str | None, ui: str | None, port: int | None,
        choice: dict[str, Any], detach: bool, keep_on_failure: bool | None, max_time: float | None,
        max_spend: float | None, idle_stop: float | None, idle_action: str | None, models: tuple[str, ...],
-       manifest: str | None, yes: bool, as_json: bool) -> None:
+       manifest: str | None, volume: str | None, yes: bool, as_json: bool) -> None:
     """Start a machine with the web UI and tunnel it to http://127.0.0.1:PORT.
 
     Attached by default: the tunnel stays up with a status line until Ctrl-C, which detaches and leaves
@@ -197,7 +198,7 @@ def up(name: str | None, provider: str | None, image: str | None, ui: str | None
     flags = {"provider": provider, "image": image, "ui": ui, "port": port, "keep_on_failure": keep_on_failure,
              "max_time": max_time, "max_spend": max_spend, "idle_stop": idle_stop, "idle_action": idle_action}
     session.run_up(name, flags, choice, detach=detach, yes=yes, as_json=as_json, models=list(models),
-                   manifest=manifest)
+                   manifest=manifest, volume=volume)
 
 
 @cli.command()
@@ -205,15 +206,16 @@ def up(name: str | None, provider: str | None, image: str | None, ui: str | None
               show_default=True, help="Which providers to ask.")
 @offer_options
 @click.option("--limit", type=LIMIT, default=20, show_default=True, help="How many offers to show.")
+@click.option("--volume", metavar="NAME", help="Only offers a machine using this volume can start from.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def offers(provider: str, choice: dict[str, Any], limit: int, as_json: bool) -> None:
+def offers(provider: str, choice: dict[str, Any], limit: int, volume: str | None, as_json: bool) -> None:
     """Live offers from every configured provider, cheapest first, total $/h with storage for --disk.
 
     Example: `cloudsd offers --gpu 'RTX 4090' --gpu 'RTX 3090' --max-price 0.6 --disk 60`.
     """
     from cloudsd.cli import session
 
-    session.run_offers(provider, choice, limit, as_json)
+    session.run_offers(provider, choice, limit, as_json, volume)
 
 
 @cli.command()
@@ -279,6 +281,7 @@ def down(names: tuple[str, ...], all_: bool, yes: bool, no_outputs: bool, force:
 
 
 cli.add_command(cmd_image.image)
+cli.add_command(cmd_volume.volume)
 from cloudsd.cli import cmd_cost  # noqa: E402,F401 - registers `cost` and `budget` on `cli` (click only)
 
 cli.add_command(__import__("cloudsd.cli.cmd_sync", fromlist=["sync"]).sync)

@@ -17,6 +17,7 @@ from cloudsd.config import resolve
 from cloudsd.core.deploy import NOT_ENDED, Session, UpOptions, attach, down, gather_offers, spec_from, up
 from cloudsd.core.machines import Providers
 from cloudsd.core.status import status
+from cloudsd.core.volumes import reminders as volume_reminders
 from cloudsd.errors import CloudsdError
 from cloudsd.ledger import Ledger, MachineRecord
 from cloudsd.models import OfferSpec
@@ -142,7 +143,10 @@ def _settings_and_spec(flags: dict[str, Any], choice: dict[str, Any]) -> tuple[A
 
 
 def run_up(name: str | None, flags: dict[str, Any], choice: dict[str, Any], *, detach: bool, yes: bool,
-           as_json: bool, models: list[str] | None = None, manifest: str | None = None) -> None:
+           as_json: bool, models: list[str] | None = None, manifest: str | None = None,
+           volume: str | None = None) -> None:
+    if volume:
+        flags = {**flags, "provider": _volume_provider(volume, flags.get("provider"))}
     settings, spec = _settings_and_spec(flags, choice)
     requests = _model_requests(models or [], manifest)  # a bad path or reference fails before renting
     if requests and choice["disk"] is None:
@@ -156,7 +160,7 @@ def run_up(name: str | None, flags: dict[str, Any], choice: dict[str, Any], *, d
             if not as_json:
                 for note in [*notes, f"disk: {disk_gb} GB, for the models plus headroom"]:
                     render.console(stderr=True).print(f"  {note}")
-    options = UpOptions.from_settings(settings, name, spec=spec)
+    options = UpOptions.from_settings(settings, name, spec=spec, volume=volume)
     ledger = Ledger()
     providers = Providers(settings)
 
@@ -339,6 +343,8 @@ def run_down(names: list[str], *, all_: bool, yes: bool, save_outputs: bool = Tr
                 results.append((row.name, "stray destroyed"))
         for name, outcome in results:
             out.print(f"{name}: {outcome}" + (f" · {final_cost(ledger, name)}" if "stray" not in outcome else ""))
+        for line in volume_reminders(ledger, [name for name, _ in results], time.time()):
+            out.print(line)
         left = [name for name, outcome in results if outcome.startswith(NOT_ENDED)]
         if left:
             raise CloudsdError(f"{', '.join(left)} not ended (see above).", hint="They may still bill.")
@@ -347,13 +353,33 @@ def run_down(names: list[str], *, all_: bool, yes: bool, save_outputs: bool = Tr
         ledger.close()
 
 
-def run_offers(provider: str, choice: dict[str, Any], limit: int, as_json: bool) -> None:
+def _volume_provider(volume: str, chosen: str | None) -> str:
+    from cloudsd.core.volumes import provider_for
+
+    ledger = Ledger()
+    try:
+        return provider_for(ledger, volume, chosen)
+    finally:
+        ledger.close()
+
+
+def run_offers(provider: str, choice: dict[str, Any], limit: int, as_json: bool, volume: str | None = None) -> None:
     from cloudsd.core.offers import select
 
     settings, spec = _settings_and_spec({}, choice)
     providers = Providers(settings)
     try:
-        if provider == "all":
+        if volume:
+            from cloudsd.core.volumes import offers_for
+
+            _volume_provider(volume, provider)
+            ledger = Ledger()
+            try:
+                found = offers_for(ledger, providers, volume, spec)
+            finally:
+                ledger.close()
+            names: tuple[str, ...] = ()
+        elif provider == "all":
             names = tuple(p for p in CLOUDS if _configured(providers, p))
             if not names:
                 raise CloudsdError(
@@ -363,7 +389,9 @@ def run_offers(provider: str, choice: dict[str, Any], limit: int, as_json: bool)
                          "`cloudsd offers --provider local` shows this computer.")
         else:
             names = (provider,)
-        chosen = select(gather_offers(providers, names, spec, LiveReporter(quiet=True)), spec)[:limit]
+        if names:
+            found = gather_offers(providers, names, spec, LiveReporter(quiet=True))
+        chosen = select(found, spec)[:limit]
     finally:
         providers.close()
     if as_json:

@@ -18,6 +18,7 @@ from typing import Any
 from cloudsd import keys
 from cloudsd.config import Settings
 from cloudsd.core import offers as offer_choice
+from cloudsd.core import volumes
 from cloudsd.core.budget import Budget, check_new_budget, provider_deadline
 from cloudsd.core.machines import (
     Providers,
@@ -69,6 +70,7 @@ class UpOptions:
     image_pull: str = "auto"  # auto | never: may a missing image be pulled onto the local engine
     budget: Budget = field(default_factory=Budget)  # time, spend and idle limits, enforced on the machine too
     watchdog: WatchdogSettings = field(default_factory=WatchdogSettings)
+    volume: str | None = None  # a cloudsd volume to mount at /workspace; the machine is placed where it lives
 
     @classmethod
     def from_settings(cls, settings: Settings, name: str | None, **overrides: Any) -> UpOptions:
@@ -157,8 +159,9 @@ def up(options: UpOptions, ledger: Ledger, providers: Providers, reporter: Repor
     ledger.check_free(name)  # a name in use is refused before offers are asked for (reserve() decides races)
     check_new_budget(options.budget, started_at=time.time(), now=time.time(), spent_usd=0.0)  # before renting
     reporter.phase("offers", f"asking {', '.join(options.providers)} for live offers")
-    candidates = offer_choice.select(gather_offers(providers, options.providers, options.spec, reporter),
-                                     options.spec)
+    found = (volumes.offers_for(ledger, providers, options.volume, options.spec) if options.volume
+             else gather_offers(providers, options.providers, options.spec, reporter))
+    candidates = offer_choice.select(found, options.spec)
     if confirm is not None and not confirm(candidates[0]):
         raise CloudsdError("nothing was rented.")
     failures: list[str] = []
@@ -177,6 +180,10 @@ def up(options: UpOptions, ledger: Ledger, providers: Providers, reporter: Repor
         f"no offer could be started after {len(failures)} tries: " + "; ".join(failures),
         hint="Try again later, or loosen the filters (`cloudsd offers` lists what is available).",
     )
+
+
+def _volume_id(ledger: Ledger, volume: str | None) -> str | None:
+    return volumes.needed(ledger, volume).provider_id if volume else None
 
 
 class _TryNextOffer(Exception):
@@ -206,7 +213,7 @@ def _up_on(offer: Offer, name: str, ui: UIProfile, options: UpOptions, ledger: L
     request = CreateRequest(name=name, image=image, public_key=pair.public_line,
                             env={"CLOUDSD_MACHINE": name, **ui.machine_env(), **options.env},
                             disk_gb=options.spec.disk_gb, cuda=cuda, onstart="/opt/cloudsd/boot/entrypoint.sh",
-                            deadline_at=deadline_at)
+                            deadline_at=deadline_at, volume_id=_volume_id(ledger, options.volume))
     reporter.phase("creating", f"{provider.name}: {offer.gpu_name} at ${offer.price_per_hour:.3f}/h")
     if offer.gpu_count == 0:
         reporter.note(f"no GPU: {ui.title} runs in CPU mode (slow)")
@@ -221,6 +228,8 @@ def _up_on(offer: Offer, name: str, ui: UIProfile, options: UpOptions, ledger: L
             # The create may have gone through before it failed: look for the label before giving up.
             _cleanup(ledger, providers, name, f"create failed: {exc or type(exc).__name__}", options, reporter)
             raise
+        if options.volume:
+            volumes.attach(ledger, options.volume, name)
         ledger.update(name, provider_id=provider_id, status="booting", event="created",
                       data={"provider_id": provider_id, "offer": offer.offer_id,
                             "price_per_hour": offer.price_per_hour, "deadline_at": deadline_at})

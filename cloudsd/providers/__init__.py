@@ -14,6 +14,7 @@ from cloudsd.errors import ConfigError
 
 if TYPE_CHECKING:
     from cloudsd.models import CreateRequest, MachineInfo, Offer, OfferSpec
+    from cloudsd.volumes import VolumeInfo, VolumeRequest
 
 REGISTRY: dict[str, str] = {
     "local": "cloudsd.providers.local:LocalProvider",
@@ -41,6 +42,7 @@ class Provider(ABC):
     bills_money: bool = True  # the local engine costs nothing
     prepares_images: bool = False  # the image must be on this computer's engine first (the core pulls or builds it)
     reports_billing: bool = False  # `billing()` says what the provider actually charged, per machine
+    supports_volumes: bool = False  # storage that outlives a machine: `create_volume`, `CreateRequest.volume_id`
     ssh_timeout_s: float = 120.0  # how long SSH may take to answer once the provider says running
     boot_timeout_s: float = 600.0  # how long the provider may take to say running (image pulls)
 
@@ -84,6 +86,25 @@ class Provider(ABC):
         `amount_usd`, `start` and `end` (epoch seconds or None). Only where `reports_billing`."""
         raise NotImplementedError(f"{self.name} does not report billing")
 
+    # -- volumes (only where `supports_volumes`) ----------------------------------------------------
+    def create_volume(self, request: VolumeRequest) -> VolumeInfo:
+        """Create a volume labelled `cloudsd-NAME`; return as soon as the provider has given an id. It bills per
+        GB-month from now until `delete_volume`, whether or not a machine uses it."""
+        raise NotImplementedError(f"{self.name} has no volumes")
+
+    def list_volumes(self) -> list[VolumeInfo]:
+        """Every volume on the account labelled `cloudsd-…`, with the machines using each."""
+        raise NotImplementedError(f"{self.name} has no volumes")
+
+    def delete_volume(self, provider_id: str) -> None:
+        """Delete a volume and its data. Safe to repeat; quiet when already gone. The provider refuses while a
+        machine uses it (ProviderError)."""
+        raise NotImplementedError(f"{self.name} has no volumes")
+
+    def volume_offers(self, spec: OfferSpec, volume: VolumeInfo) -> list[Offer]:
+        """Live offers a machine using `volume` can be started from: those placed where the volume lives."""
+        return [offer for offer in self.offers(spec) if offer.region == volume.placement]
+
     def close(self) -> None:  # noqa: B027 - optional hook, most providers hold nothing to release
         """Release connections. Safe to call more than once."""
 
@@ -92,8 +113,8 @@ def provider_names() -> list[str]:
     return list(REGISTRY)
 
 
-def get_provider(name: str, **settings: Any) -> Provider:
-    """Import and build the provider called `name` with its settings (keys, base URLs)."""
+def provider_class(name: str) -> type[Provider]:
+    """The class of the provider called `name`, imported but not built: its capabilities, without a key."""
     try:
         target = REGISTRY[name]
     except KeyError:
@@ -101,6 +122,10 @@ def get_provider(name: str, **settings: Any) -> Provider:
             f"unknown provider {name!r}", hint=f"Choose one of: {', '.join(REGISTRY)}."
         ) from None
     module_name, _, class_name = target.partition(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    provider: Provider = cls(**settings)
-    return provider
+    cls: type[Provider] = getattr(importlib.import_module(module_name), class_name)
+    return cls
+
+
+def get_provider(name: str, **settings: Any) -> Provider:
+    """Import and build the provider called `name` with its settings (keys, base URLs)."""
+    return provider_class(name)(**settings)

@@ -1,0 +1,123 @@
+"""`cloudsd volume create/ls/rm`: storage that outlives a machine, mounted at /workspace by `up --volume`.
+
+Only click is imported at the top, so registering this group keeps `cloudsd --help` fast.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import click
+
+from cloudsd.cli.params import DISK_GB, MACHINE_NAME
+
+VOLUME_PROVIDERS = click.Choice(["local", "runpod", "vastai"])
+
+
+@click.group()
+def volume() -> None:
+    """Volumes keep models between machines: the second evening starts without re-sending them.
+
+    \b
+    cloudsd volume create models --provider vastai --size 50    bills per GB-month until removed
+    cloudsd up --volume models                                  placed where the volume lives
+    cloudsd volume ls                                           size, $/month, month to date, user
+    cloudsd volume rm models                                    refused while a machine uses it
+    """
+
+
+def volumes_table(rows: Iterable[dict[str, Any]]) -> Any:
+    """Pure: the `volume ls` table from `VolumeRow.to_dict()` rows."""
+    from rich.table import Table
+
+    from cloudsd.cli.render import money
+
+    table = Table("name", "provider", "region", "size GB", "$/month", "month to date", "used by", "note")
+    for row in rows:
+        table.add_row(row["name"] or row["provider_id"], row["provider"], row["region"] or "-",
+                      f"{row['size_gb']:g}" if row["size_gb"] is not None else "-",
+                      money(row["per_month_usd"]), money(row["month_to_date_usd"], 4), row["used_by"] or "-",
+                      row["note"])
+    return table
+
+
+def _context() -> tuple[Any, Any]:
+    from cloudsd.config import resolve
+    from cloudsd.core.machines import Providers
+    from cloudsd.ledger import Ledger
+
+    return Ledger(), Providers(resolve())
+
+
+@volume.command("create")
+@click.argument("name", type=MACHINE_NAME)
+@click.option("--provider", type=VOLUME_PROVIDERS, required=True, help="Where the volume lives.")
+@click.option("--size", "size_gb", type=DISK_GB, required=True, help="Size in GB.")
+@click.option("--region", help="Data center or country to place it in (the provider's choice without it).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def create_cmd(name: str, provider: str, size_gb: int, region: str | None, as_json: bool) -> None:
+    """Create a volume. It bills per GB-month from now until `cloudsd volume rm NAME`, used or not."""
+    from cloudsd.cli import render
+    from cloudsd.core import volumes
+    from cloudsd.volumes import VolumeRequest
+
+    ledger, providers = _context()
+    try:
+        record = volumes.create(ledger, providers, VolumeRequest(name, size_gb, region), provider)
+    finally:
+        providers.close()
+        ledger.close()
+    if as_json:
+        render.print_json(record.to_dict())
+        return
+    cost = volumes.volume_cost(record, time.time())
+    bills = (f"; it bills {render.money(cost.per_month_usd)}/month until `cloudsd volume rm {name}`"
+             if cost.per_month_usd else "")
+    render.console().print(f"volume {name} created on {provider} ({record.region or record.placement}){bills}. "
+                           f"Use it with `cloudsd up --volume {name}`.")
+
+
+@volume.command("ls")
+@click.option("--provider", type=VOLUME_PROVIDERS, multiple=True,
+              help="Also look for stray volumes here (default: the providers in the ledger).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def ls_cmd(provider: tuple[str, ...], as_json: bool) -> None:
+    """Volumes with provider, region, size, $/month, month to date and the machine using each; strays too."""
+    from cloudsd.cli import render
+    from cloudsd.core import volumes
+
+    ledger, providers = _context()
+    try:
+        rows = [r.to_dict() for r in volumes.listing(ledger, providers, time.time(), sweep=provider)]
+    finally:
+        providers.close()
+        ledger.close()
+    if as_json:
+        render.print_json(rows)
+    elif not rows:
+        render.console().print("No volumes. Create one with `cloudsd volume create NAME --provider P --size GB`.")
+    else:
+        render.print_table(volumes_table(rows))
+
+
+@volume.command("rm")
+@click.argument("name")
+@click.option("--provider", type=VOLUME_PROVIDERS, help="For a stray volume: the provider it is on.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+def rm_cmd(name: str, provider: str | None, yes: bool) -> None:
+    """Delete a volume and everything on it. Refused while a machine uses it."""
+    from cloudsd.cli import render
+    from cloudsd.core import volumes
+
+    def confirm(question: str) -> bool:
+        return yes or click.confirm(question, default=False, err=True)
+
+    ledger, providers = _context()
+    try:
+        done = volumes.remove(ledger, providers, name, confirm, provider_name=provider)
+    finally:
+        providers.close()
+        ledger.close()
+    render.console().print(done)
