@@ -23,6 +23,8 @@ class VolumeRequest:
     name: str
     size_gb: int
     region: str | None = None  # a data center or country; None lets the provider choose
+    cuda: str | None = None  # least CUDA the host must run, where a volume is tied to one host (the image's)
+    machine_disk_gb: int = 0  # room the host must also have for a machine's own disk, where tied to one host
 
     @property
     def label(self) -> str:

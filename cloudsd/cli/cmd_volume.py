@@ -60,12 +60,16 @@ def _context() -> tuple[Any, Any]:
 def create_cmd(name: str, provider: str, size_gb: int, region: str | None, as_json: bool) -> None:
     """Create a volume. It bills per GB-month from now until `cloudsd volume rm NAME`, used or not."""
     from cloudsd.cli import render
+    from cloudsd.config import resolve
     from cloudsd.core import volumes
+    from cloudsd.core.deploy import spec_from
     from cloudsd.volumes import VolumeRequest
 
+    spec = spec_from(resolve())  # a host-bound volume goes where the configured image and disk fit
     ledger, providers = _context()
     try:
-        record = volumes.create(ledger, providers, VolumeRequest(name, size_gb, region), provider)
+        request = VolumeRequest(name, size_gb, region, cuda=spec.cuda, machine_disk_gb=spec.disk_gb)
+        record = volumes.create(ledger, providers, request, provider)
     finally:
         providers.close()
         ledger.close()

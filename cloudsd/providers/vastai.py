@@ -39,6 +39,7 @@ from cloudsd.providers.vastai_api import (
     resolve_api_key,
     search_body,
 )
+from cloudsd.providers.vastai_volumes import VastVolumes, volume_info
 
 LABEL = "Vast.ai"
 GATEWAY_STATUSES = frozenset({502, 503, 504})
@@ -52,7 +53,7 @@ def _compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-class VastProvider(Provider):
+class VastProvider(VastVolumes, Provider):
     """Vast.ai instances: offers from `bundles`, instances with direct SSH, labels `cloudsd-NAME`."""
 
     name = "vastai"
@@ -60,6 +61,7 @@ class VastProvider(Provider):
     supports_self_stop = True  # CONTAINER_API_KEY + CONTAINER_ID inside the machine can stop/destroy it
     supports_deadline = False
     reports_billing = True
+    supports_volumes = True  # local volumes: on one machine, mounted by instances on that machine only
     boot_timeout_s = 900.0  # hosts pull multi-GB images over their own links
     list_page_size = 25
     recover_settle_s = 2.0  # pause before the second label lookup after an unconfirmed create
@@ -142,9 +144,12 @@ class VastProvider(Provider):
     # -- create --------------------------------------------------------------------------------------
     def create(self, offer: Offer, request: CreateRequest) -> str:
         started = time.time()
+        payload = create_body(offer, request)
+        if request.volume_id:
+            payload["volume_info"] = volume_info(request.volume_id)
         try:
             response, body = self._call(
-                "PUT", f"/api/v0/asks/{offer.offer_id}/", json=create_body(offer, request), idempotent=False,
+                "PUT", f"/api/v0/asks/{offer.offer_id}/", json=payload, idempotent=False,
                 timeout=self._create_timeout, retry_statuses=frozenset({429}),
             )
         except ConnectFailed as exc:
