@@ -104,3 +104,23 @@ def test_two_evenings_on_a_vast_volume(fake_vast: Any, vast_provider: Any, tmp_p
     assert cloudsd("down", "two", "--yes", "--no-outputs").returncode == 0
     assert cloudsd("volume", "rm", "evenings", "--yes").returncode == 0
     assert vast_provider.list_volumes() == [] and fake_vast.volume_billed_usd(volume_id) > 0
+
+
+def test_status_and_cost_show_accrual_month_to_date_and_vasts_own_figure(fake_vast: Any) -> None:
+    import time
+
+    created = cloudsd_json("volume", "create", "billed", "--provider", "vastai", "--size", "50")
+    time.sleep(1.0)
+    text = cloudsd("status").stdout
+    per_month = 50 * created["price_per_gb_month"]
+    assert f"volume billed (vastai, 50 GB) ${per_month:.2f}/month, $0.0" in text and "this month" in text
+    report = cloudsd_json("cost")
+    (line,) = report["volumes"]
+    assert line["name"] == "billed" and line["per_month_usd"] == pytest.approx(per_month)
+    assert line["month_to_date_usd"] > 0 and line["window_usd"] >= line["month_to_date_usd"]
+    # Vast's charges carry the volume's storage; the fake bills per second, so they agree within a few seconds
+    assert line["billed_usd"] == pytest.approx(line["window_usd"], abs=per_month * 5 / 3600 / 720)
+    lines = cloudsd("cost").stdout
+    assert "volume billed on vastai, 50 GB at $" in lines and "vastai billed $" in lines
+    assert cloudsd("volume", "rm", "billed", "--yes").returncode == 0
+    assert "volume billed" not in cloudsd("status").stdout

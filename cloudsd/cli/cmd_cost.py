@@ -50,6 +50,7 @@ def cost(since: tuple[float, bool] | None, until: tuple[float, bool] | None, by:
     from cloudsd.config import resolve
     from cloudsd.core.machines import Providers
     from cloudsd.core.report import build
+    from cloudsd.core.volumes import cost_lines
     from cloudsd.ledger import Ledger
 
     start = since[0] if since else None
@@ -60,12 +61,13 @@ def cost(since: tuple[float, bool] | None, until: tuple[float, bool] | None, by:
     providers = Providers(resolve())
     try:
         report = build(ledger, providers, since=start, until=end, by=by)
+        volumes = cost_lines(ledger, providers, since=start, until=end, now=report.now)
         attention = {r.name: r.attention for r in ledger.machines() if r.attention}  # shown, never hidden
     finally:
         providers.close()
         ledger.close()
     if as_json:
-        render.print_json({**report.to_dict(), "attention": attention})
+        render.print_json({**report.to_dict(), "attention": attention, "volumes": [v.to_dict() for v in volumes]})
         return
     for name, why in attention.items():
         render.console().print(f"{name}: {why}")
@@ -75,7 +77,7 @@ def cost(since: tuple[float, bool] | None, until: tuple[float, bool] | None, by:
         render.print_table(render_cost.sessions_table(report, render.console().width))
     else:
         render.print_table(render_cost.groups_table(report))
-    for line in render_cost.summary_lines(report):
+    for line in [*render_cost.summary_lines(report), *render_cost.volume_lines(volumes)]:
         render.console().print(line)
 
 

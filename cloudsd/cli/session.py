@@ -17,10 +17,12 @@ from cloudsd.config import resolve
 from cloudsd.core.deploy import NOT_ENDED, Session, UpOptions, attach, down, gather_offers, spec_from, up
 from cloudsd.core.machines import Providers
 from cloudsd.core.status import status
+from cloudsd.core.volumes import listing as volume_listing
 from cloudsd.core.volumes import reminders as volume_reminders
 from cloudsd.errors import CloudsdError
 from cloudsd.ledger import Ledger, MachineRecord
 from cloudsd.models import OfferSpec
+from cloudsd.providers import provider_class
 from cloudsd.redact import scrub
 
 CLOUDS = ("runpod", "vastai")
@@ -244,16 +246,21 @@ def run_status(as_json: bool) -> None:
     try:
         sweep = tuple(p for p in CLOUDS if _configured(providers, p))
         rows = status(ledger, providers, sweep=sweep)
+        volumes = [] if as_json else volume_listing(ledger, providers, time.time(),
+                                                    sweep=[p for p in sweep if provider_class(p).supports_volumes])
     finally:
         providers.close()
         ledger.close()
     if as_json:
         render.print_json([r.to_dict() for r in rows])
         return
+    volume_lines = render.volume_status_lines(v.to_dict() for v in volumes)
     if not rows:
-        render.console().print("No machines. Start one with `cloudsd up`.")
+        render.console().print("\n".join(["No machines. Start one with `cloudsd up`.", *volume_lines]))
         return
     render.print_table(render.status_table(rows, render.console().width))
+    for line in volume_lines:
+        render.console().print(line)
     for row in rows:
         if row.stray:
             what = "storage " if row.live == "stopped" else ""

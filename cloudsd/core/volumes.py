@@ -226,3 +226,53 @@ def reminders(ledger: Ledger, machines: Iterable[str], now: float) -> list[str]:
             lines.append(f"volume {record.name} {bills} with its models; remove it with "
                          f"`cloudsd volume rm {record.name}`")
     return lines
+
+
+@dataclass(frozen=True)
+class VolumeLine:
+    """One volume in `cost`: cloudsd's estimate in the window and this month, and what the provider billed."""
+
+    record: VolumeRecord
+    cost: VolumeCost
+    window_usd: float
+    billed_usd: float | None  # None where the provider does not report storage billing
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.record.name, "provider": self.record.provider, "provider_id": self.record.provider_id,
+                "size_gb": self.record.size_gb, "per_month_usd": round(self.cost.per_month_usd, 6),
+                "window_usd": round(self.window_usd, 6), "month_to_date_usd": round(self.cost.month_to_date_usd, 6),
+                "billed_usd": None if self.billed_usd is None else round(self.billed_usd, 6),
+                "deleted": not self.record.active}
+
+
+def window_cost(record: VolumeRecord, since: float | None, until: float | None, now: float) -> float:
+    start = max(record.created_at, since if since is not None else record.created_at)
+    end = min(record.deleted_at or now, until if until is not None else now, now)
+    return record.size_gb * record.price_per_gb_month * max(0.0, end - start) / 3600.0 / HOURS_PER_MONTH
+
+
+def cost_lines(ledger: Ledger, providers: Providers | None, *, since: float | None, until: float | None,
+               now: float) -> list[VolumeLine]:
+    """Every volume that billed in [since, until], with the provider's own figure where it reports one."""
+    records = [r for r in ledger.volumes() if r.provider_id and window_cost(r, since, until, now) > 0]
+    billed: dict[tuple[str, str], float] = {}
+    reporting: set[str] = set()
+    for name in sorted({r.provider for r in records}):
+        if providers is None:
+            break
+        try:
+            provider = providers.get(name)
+            if not provider.reports_billing:
+                continue
+            first = min(r.created_at for r in records if r.provider == name)
+            rows = provider.billing(since if since is not None else first, until if until is not None else now)
+        except CloudsdError:
+            continue
+        reporting.add(name)
+        for row in rows:
+            if row.get("volume_id"):
+                key = (name, str(row["volume_id"]))
+                billed[key] = billed.get(key, 0.0) + float(row.get("amount_usd") or 0.0)
+    return [VolumeLine(r, volume_cost(r, now), window_cost(r, since, until, now),
+                       billed.get((r.provider, r.provider_id or ""), 0.0) if r.provider in reporting else None)
+            for r in records]

@@ -297,4 +297,5 @@ def parse_charge(raw: Mapping[str, Any]) -> dict[str, Any]:
         "end": _float(raw.get("end")),
         "amount_usd": _float(raw.get("amount")) or 0.0,
         "description": raw.get("description") or "",
+        "volume_id": source.split("-", 1)[1] if source.startswith("volume-") else None,  # a volume's storage
     }

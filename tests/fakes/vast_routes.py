@@ -359,7 +359,7 @@ class VastRoutes:
                     {"type": "storage", "description": f"{inst.disk_gb:g} GB disk", "amount": round(total - compute, 8)},
                 ],
             })
-        return rows
+        return rows + self._volume_charge_rows(since, until)
 
     def _api_charges(self, *, query: dict[str, str], body: dict[str, Any]) -> tuple[int, Any]:
         day = (_json_param(query, "select_filters", {}) or {}).get("day") or {}

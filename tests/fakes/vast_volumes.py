@@ -67,6 +67,25 @@ class VastVolumes:
     def volume_billed_usd(self: Any, volume_id: int | str) -> float:
         return float(self.volumes[int(volume_id)].billed())
 
+    def _volume_charge_rows(self: Any, since: float, until: float | None) -> list[dict[str, Any]]:
+        """`/api/v0/charges/` rows of type `volume` (the CLI's `--charge-type volume`), per second in the window."""
+        now = time.time()
+        rows = []
+        with self._lock:
+            volumes = sorted(self.volumes.values(), key=lambda v: v.id)
+        for volume in volumes:
+            start = max(volume.created_at, since)
+            end = min(volume.deleted_at or now, until if until is not None else now)
+            if end <= start:
+                continue
+            amount = volume.price_per_month * (end - start) / 3600.0 / VOLUME_HOURS_PER_MONTH
+            rows.append({"id": volume.id, "type": "volume", "source": f"volume-{volume.id}", "start": start,
+                         "end": end, "amount": round(amount, 8), "description": f"Volume {volume.id} "
+                         f"({volume.size_gb} GB)", "metadata": {"label": volume.name},
+                         "items": [{"type": "disk", "description": f"{volume.size_gb} GB volume",
+                                    "amount": round(amount, 8)}]})
+        return rows
+
     def _volume_offers(self: Any) -> list[dict[str, Any]]:
         offers = []
         for row in self.catalog:
