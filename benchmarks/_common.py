@@ -6,6 +6,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -15,6 +16,37 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
 MB = 1_000_000
+# The test image the benchmarks boot (CLOUDSD_TESTBED_IMAGE: another tag, as for the tests).
+TESTBED_IMAGE = os.environ.get("CLOUDSD_TESTBED_IMAGE") or "cloudsd-testbed:latest"
+INSTALL_HINTS = {"ssh": "apt-get install openssh-client", "scp": "apt-get install openssh-client",
+                 "rsync": "apt-get install rsync"}
+
+
+def missing_prerequisites(tools: list[str], image: str) -> list[str]:
+    """What is not there of: local programs, a running Docker engine, the test image. Each with how to get it."""
+    missing = [f"local {tool} ({INSTALL_HINTS.get(tool, 'install it')})" for tool in tools if shutil.which(tool) is None]
+    try:
+        import docker
+        import docker.errors
+
+        client = docker.from_env()
+        client.ping()
+    except Exception as exc:  # no SDK, no socket, engine down: docker raises several kinds
+        return [*missing, f"a running Docker engine ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})"]
+    try:
+        client.images.get(image)
+    except docker.errors.ImageNotFound:
+        missing.append(f"the image {image} (scripts/bootstrap.sh builds it)")
+    finally:
+        client.close()
+    return missing
+
+
+def require(tools: list[str], image: str = TESTBED_IMAGE) -> None:
+    """Stop with one line naming everything missing, before anything starts."""
+    missing = missing_prerequisites(tools, image)
+    if missing:
+        raise SystemExit(f"cannot run this benchmark: missing {'; '.join(missing)}.")
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -40,11 +40,11 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import BENCH_DIR, MB, machine_info, table, write_json
+from benchmarks._common import BENCH_DIR, MB, TESTBED_IMAGE, machine_info, require, table, write_json
 from benchmarks.delay_proxy import spawn_proxy
 from benchmarks.tunnel import make_key, pin_host_key, published_ssh_port, stop_process
 
-IMAGE = "cloudsd-testbed:latest"
+IMAGE = TESTBED_IMAGE
 LABEL = "cloudsd.bench"
 CIPHER = "aes128-gcm@openssh.com"
 DATA = "/workspace/webui"
@@ -272,6 +272,7 @@ def run(args: argparse.Namespace) -> int:
 
     sizes = Sizes.quick() if args.quick else Sizes.full()
     only = set(args.only.split(","))
+    require(["ssh", "scp", "rsync"])
     client = docker.from_env()
     for old in client.containers.list(all=True, filters={"label": f"{LABEL}=sync"}):
         old.remove(force=True)

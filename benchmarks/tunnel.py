@@ -54,10 +54,19 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import BENCH_DIR, MB, machine_info, percentile, table, write_json
+from benchmarks._common import (
+    BENCH_DIR,
+    MB,
+    TESTBED_IMAGE,
+    machine_info,
+    percentile,
+    require,
+    table,
+    write_json,
+)
 from benchmarks.delay_proxy import spawn_proxy
 
-IMAGE = "cloudsd-testbed:latest"
+IMAGE = TESTBED_IMAGE
 UI_PORT = 7860
 LABEL = "cloudsd.bench"
 SSH_CIPHER = "aes128-gcm@openssh.com"
@@ -567,13 +576,8 @@ def run(args: argparse.Namespace) -> int:
     fd_limit = raise_fd_limit()
     if fd_limit < sizes.concurrent * 2 + 64:
         print(f"warning: only {fd_limit} file descriptors allowed", file=sys.stderr)
-    if shutil.which("ssh") is None and args.only != "cloudsd":
-        raise SystemExit("OpenSSH `ssh` is not installed; use --only cloudsd")
+    require([] if args.only == "cloudsd" else ["ssh"])
     client = docker.from_env()
-    try:
-        client.images.get(IMAGE)
-    except docker.errors.ImageNotFound:
-        raise SystemExit(f"{IMAGE} is missing: build it with tests/support/images.py::ensure_testbed_image()") from None
     remove_stale_containers(client)
 
     wrap = args.cloudsd_wrap.split() if args.cloudsd_wrap else None

@@ -4,7 +4,7 @@ on the fake Vast.ai with every SSH connection at 50 ms round trip.
     .venv/bin/python benchmarks/volume.py [--size-gb 5] [--delay-ms 25] [--timeout 1800]
 
 The fake Vast (tests/fakes/vast_server.py) runs in this process with real containers from
-`cloudsd-testbed:latest`; each instance's SSH port is reached through benchmarks/delay_proxy.py (its own
+`cloudsd-testbed:latest` (or CLOUDSD_TESTBED_IMAGE); each instance's SSH port is reached through benchmarks/delay_proxy.py (its own
 process, 25 ms each way), so cloudsd sees about 50 ms of round-trip time on every SSH byte. The fake's HTTP API
 is on loopback (its calls are the same in both runs). cloudsd runs as its own process under a temporary
 CLOUDSD_HOME, as a user would run it:
@@ -35,11 +35,11 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import machine_info, table, write_json
+from benchmarks._common import TESTBED_IMAGE, machine_info, require, table, write_json
 from benchmarks.delay_proxy import spawn_proxy
 from benchmarks.tunnel import stop_process
 
-IMAGE = "cloudsd-testbed:latest"
+IMAGE = TESTBED_IMAGE
 GOAL = 10.0
 BLOCK = 64 * 1024 * 1024
 
@@ -96,6 +96,7 @@ def cloudsd(env: dict[str, str], *args: str, timeout: float) -> tuple[float, sub
 
 
 def run(args: argparse.Namespace) -> int:
+    require([])
     models = make_models(Path(args.models_dir), args.size_gb)
     fake = delayed_fake(args.delay_ms).start()
     home = tempfile.mkdtemp(prefix="cloudsd-bench-volume-")

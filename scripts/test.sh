@@ -7,4 +7,6 @@ scripts/bootstrap.sh
 .venv/bin/ruff check cloudsd tests benchmarks
 .venv/bin/mypy cloudsd
 find images -name Dockerfile -print0 | xargs -0 .venv/bin/hadolint --config images/.hadolint.yaml
-.venv/bin/pytest -q -ra "$@"
+# Most Docker tests wait (on boots, budgets, idle timers) rather than compute, so they run side by side in
+# pytest-xdist workers. CLOUDSD_TEST_WORKERS=0 runs everything in one process, one test at a time.
+.venv/bin/pytest -q -ra -n "${CLOUDSD_TEST_WORKERS:-6}" --dist worksteal --durations=10 "$@"

@@ -8,6 +8,7 @@ Sessions run on the fakes' priciest single GPUs, so a few seconds' error would s
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.cli_helpers import cloudsd, cloudsd_json, free_port, http_get, start, wait_for_line
+from tests.fixtures_local import own_machines
 
 pytestmark = pytest.mark.docker
 PRICEY = {"runpod": "H100 PCIe", "vastai": "H100 SXM"}
@@ -89,13 +91,19 @@ def test_report_matches_the_fakes_billing_to_the_cent(cloud: Cloud) -> None:
     second = cloud.up("c2")
     time.sleep(15)
 
+    # c2 still bills while `cost` runs (seconds on a busy machine): its estimate lies between the fake's billing
+    # just before and just after
+    live_before = cloud.billed(second["provider_id"])
     report = cloudsd_json("cost")
-    billed_now = cloud.billed(second["provider_id"])
+    live_after = cloud.billed(second["provider_id"])
     sessions = by_name(report["sessions"])
-    for record, live in ((first, False), (second, True)):
+    ended = sessions["c1"]
+    assert ended["cost_usd"] == pytest.approx(cloud.billed(first["provider_id"]), abs=CENT)
+    assert ended["cost_usd"] == pytest.approx(cloud.billed(first["provider_id"]), rel=0.05)
+    live = sessions["c2"]["cost_usd"]
+    assert live_before * 0.95 <= live <= live_after * 1.05, (live_before, live, live_after)
+    for record in (first, second):
         line, billed = sessions[record["name"]], cloud.billed(record["provider_id"])
-        assert line["cost_usd"] == pytest.approx(billed if not live else billed_now, abs=CENT)
-        assert line["cost_usd"] == pytest.approx(billed if not live else billed_now, rel=0.05)
         assert line["billed_usd"] == pytest.approx(billed, abs=CENT), "the provider's own figure beside it"
     assert sessions["c1"]["state"] == "ended" and sessions["c1"]["ended_by"] == "down"
     assert sessions["c1"]["cost_usd"] > 0.01, "long and pricey enough that seconds show in cents"
@@ -216,21 +224,23 @@ def test_a_budget_below_what_is_spent_is_refused_and_a_new_one_is_enforced(fake_
     time.sleep(6)
     low = cloudsd("budget", "b1", "--max-spend", "0.0001")
     assert low.returncode == 10
-    assert "the machine has already cost $0.00" in low.stderr and "a spend budget of $0.00 is not above that" in low.stderr
+    # what it has cost by now depends on how long the boot took (longer on a busy machine): only its form is fixed
+    assert re.search(r"the machine has already cost \$0\.\d{4}; a spend budget of \$0\.00 is not above that",
+                     low.stderr), low.stderr
     short = cloudsd("budget", "b1", "--max-time", "2s")
     assert short.returncode == 10 and "has already run" in short.stderr and "2s is not above that" in short.stderr
     assert cloud.state(pid) == "running"
 
-    ok = cloudsd("budget", "b1", "--max-time", "30s")
+    ok = cloudsd("budget", "b1", "--max-time", "40s")  # above what it has run, however slow the boot was
     assert ok.returncode == 0, ok.stderr
-    assert "b1: ends after 30s" in ok.stderr and "(time budget 30s reached)" in ok.stderr
-    wait_for(lambda: cloud.state(pid) == "gone", 30 + 45, "the watchdog enforcing the new budget")
+    assert "b1: ends after 40s" in ok.stderr and "(time budget 40s reached)" in ok.stderr
+    wait_for(lambda: cloud.state(pid) == "gone", 40 + 45, "the watchdog enforcing the new budget")
     assert cloud.end_calls(pid) == [("machine", "podTerminate")]
     done = cloudsd("down", "b1", "--yes")  # before any `status`: down itself finds out what happened
     assert done.returncode == 0, done.stderr
     assert "b1: already gone · cost $" in done.stderr
     line = by_name(cloudsd_json("cost")["sessions"])["b1"]
-    assert line["running_s"] == pytest.approx(30, abs=2) and line["cost_usd"] == pytest.approx(cloud.billed(pid),
+    assert line["running_s"] == pytest.approx(40, abs=2) and line["cost_usd"] == pytest.approx(cloud.billed(pid),
                                                                                                abs=CENT)
 
 
@@ -245,5 +255,5 @@ def test_attached_cli_warns_then_ends_at_the_time_budget_on_the_local_engine(loc
     assert proc.returncode == 0, err
     assert "warning:" in err and "of the budget is used (ends after 20s)" in err
     assert "l1: time budget 20s reached; ending it." in err or "l1: stopped by the watchdog: time budget 20s" in err
-    running = docker_client.containers.list(filters={"label": "cloudsd.machine=l1"})
+    running = own_machines(docker_client, "l1", running_only=True)
     assert running == [], "the machine does not run past its budget"

@@ -15,6 +15,7 @@ import pytest
 from cloudsd import images
 from cloudsd.errors import ConfigError
 from tests.cli_helpers import cloudsd
+from tests.fixtures_local import own_machines
 
 IMAGES = Path(__file__).resolve().parents[1] / "images"
 CITEST = "cloudsd-testbed:citest"
@@ -150,7 +151,7 @@ def test_up_with_an_image_that_cannot_be_pulled_is_one_line(local_env: dict[str,
     (line,) = error_lines(result.stderr)
     assert f"pulling {NOWHERE}/nope:x failed" in line and "connection refused" in line
     assert "docker pull" in line and "--image cloudsd-testbed:latest" in line
-    assert docker_client.containers.list(all=True, filters={"label": "cloudsd.machine=nopull"}) == []  # type: ignore[attr-defined]
+    assert own_machines(docker_client, "nopull") == []
 
 
 @pytest.mark.docker

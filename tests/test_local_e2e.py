@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 
 from tests.cli_helpers import cloudsd, cloudsd_json, free_port, interrupt, start, wait_for_line, wait_http
+from tests.fixtures_local import own_machines
 
 pytestmark = pytest.mark.docker
 
 
 def _containers(docker_client: object, name: str) -> list[object]:
-    return docker_client.containers.list(all=True, filters={"label": f"cloudsd.machine={name}"})  # type: ignore[attr-defined]
+    return own_machines(docker_client, name)
 
 
 def _ledger_row(home: Path, name: str) -> dict[str, object]:

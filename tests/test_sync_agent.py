@@ -214,3 +214,22 @@ def test_unknown_request_is_a_reply_not_a_crash(agent: LocalAgent) -> None:
     reply = agent.request("launch-missiles")
     assert reply["ok"] is False and reply["kind"] == "protocol"
     assert agent.request("hash", paths=[])["sha256"] == {}
+
+
+def test_a_nul_byte_in_a_name_is_a_reply_not_a_crash(agent: LocalAgent, tmp_path: Path) -> None:
+    """A name with a NUL byte (from a model source's Content-Disposition, or a listing) is refused in one
+    line; the agent goes on answering."""
+    bad = str(tmp_path / "model\x00.safetensors")
+    reply = agent.request("index", free=[str(tmp_path)], files=[{"path": bad, "size": 1}])
+    assert reply["ok"] is False and reply["kind"] == "bad-name" and "null byte" in reply["message"]
+    (commit,) = agent.request("commit", files=[{"path": bad, "size": 1, "sha256": "0" * 64}])["files"]
+    assert commit["ok"] is False and commit["kind"] == "bad-name"
+    assert agent.request("hash", paths=[])["sha256"] == {}  # still serving
+
+    path = install_agent(tmp_path / "state2")
+    code, out = run_stream(path, "send", json.dumps({"items": [{"fid": 1, "path": bad, "size": 1, "mtime_ns": 1}]})
+                           .encode() + b"\n")
+    assert code == 0 and [f[0] for f in parse_frames(out)][1] == {"end": True}
+    assert "null byte" in list(parse_frames(out))[0][0]["missing"]
+    code, out = run_stream(path, "recv", frame({"op": "file", "fid": 1, "path": bad, "len": 3}, b"abc"))
+    assert code == 3 and json.loads(out.splitlines()[-1])["error"] == "bad-name"

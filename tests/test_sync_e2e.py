@@ -24,6 +24,7 @@ from cloudsd.sync.manifest import ModelRequest
 from cloudsd.sync.models import push_models
 from cloudsd.sync.progress import RecordingProgress
 from tests.cli_helpers import cloudsd, cloudsd_json
+from tests.fixtures_local import own_machines
 
 pytestmark = pytest.mark.docker
 MB = 1 << 20
@@ -116,7 +117,11 @@ class Killer(RecordingProgress):
             self.session.connection.transport.close()
 
 
-def test_a_killed_transfer_resumes(machine: tuple[Session, Ledger, Providers], tmp_path: Path) -> None:
+def test_a_killed_transfer_resumes(machine: tuple[Session, Ledger, Providers], tmp_path: Path,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # Loopback's stream count, even when a busy machine makes a channel open take over 5 ms (which would
+    # choose 8 streams, each with less of its range written when the connection drops).
+    monkeypatch.setenv("CLOUDSD_SYNC_STREAMS", "2")
     session, _, _ = machine
     big = write(tmp_path / "Stable-diffusion" / "huge.safetensors", 120 * MB)
     request = [ModelRequest(str(tmp_path))]
@@ -135,6 +140,38 @@ def test_a_killed_transfer_resumes(machine: tuple[Session, Ledger, Providers], t
         assert progress.bytes_moved <= 120 * MB - 32 * MB  # at least 32 MiB were not sent again
         status, out, _ = connection.run(f"sha256sum {final}; ls -a /workspace/webui/models/Stable-diffusion")
         assert out.split()[0] == sha(big) and "partial" not in out
+
+
+@pytest.mark.parametrize("wait_for", ["exit", "close", "nothing"])
+def test_a_missing_agent_is_uploaded_whatever_ends_first(machine: tuple[Session, Ledger, Providers],
+                                                         wait_for: str) -> None:
+    """On a new machine `serve` exits at once (no agent yet). Whether the first request goes out before that
+    exit, after it, or after the channel closed, the agent is uploaded and the request answered; never a
+    hang, never a false "connection dropped"."""
+    from cloudsd.sync.agent import MISSING, Agent, state_dir_for
+
+    session, _, _ = machine
+    connection = reconnect_record(session.record, deadline_s=30)
+    try:
+        connection.run("rm -rf /workspace/.cloudsd")
+        agent = Agent(connection, state_dir_for(session.profile))
+        serve = agent.serve()
+        serve._start()
+        assert serve.channel is not None
+        if wait_for == "exit":
+            assert serve.channel.status_event.wait(10) and serve.channel.exit_status == MISSING
+        elif wait_for == "close":
+            deadline = time.monotonic() + 10
+            while not serve.channel.closed and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert serve.channel.closed
+        started = time.monotonic()
+        assert serve.request("hash", paths=[])["sha256"] == {}
+        assert time.monotonic() - started < 15
+        assert agent.execs == 3  # the serve that found no agent, the upload, the serve that answered
+        serve.close()
+    finally:
+        connection.close()
 
 
 def test_one_connection_carries_more_than_paramikos_rekey_limit(machine: tuple[Session, Ledger, Providers]) -> None:
@@ -262,10 +299,10 @@ def test_down_refuses_when_outputs_cannot_be_saved(local_env: dict[str, str], do
     assert result.returncode != 0
     (line,) = [x for x in result.stderr.splitlines() if x.startswith("error:")]
     assert "did not destroy 'keep'" in line and "--no-outputs" in line and "--force" in line
-    assert docker_client.containers.list(filters={"label": "cloudsd.machine=keep"})  # still there
+    assert own_machines(docker_client, "keep", running_only=True)  # still there
     forced = cloudsd("down", "keep", "--yes", "--force")
     assert forced.returncode == 0 and "destroying anyway" in forced.stderr
-    assert docker_client.containers.list(all=True, filters={"label": "cloudsd.machine=keep"}) == []
+    assert own_machines(docker_client, "keep") == []
 
 
 def test_down_force_destroys_when_outputs_cannot_be_created_locally(
@@ -280,12 +317,12 @@ def test_down_force_destroys_when_outputs_cannot_be_created_locally(
     refused = cloudsd("down", "frc", "--yes")
     assert refused.returncode != 0 and "internal error" not in refused.stderr, refused.stderr
     assert "did not destroy 'frc'" in refused.stderr
-    assert docker_client.containers.list(filters={"label": "cloudsd.machine=frc"})  # still there
+    assert own_machines(docker_client, "frc", running_only=True)  # still there
     forced = cloudsd("down", "frc", "--yes", "--force")
     assert forced.returncode == 0, forced.stderr
     assert "internal error" not in forced.stderr
     assert f"not saved: {rel!r}" in forced.stderr  # each output that was not saved is listed
-    assert docker_client.containers.list(all=True, filters={"label": "cloudsd.machine=frc"}) == []
+    assert own_machines(docker_client, "frc") == []
 
 
 def test_no_outputs_skips_the_pull(local_env: dict[str, str], docker_client: Any, tmp_path: Path,
@@ -295,7 +332,7 @@ def test_no_outputs_skips_the_pull(local_env: dict[str, str], docker_client: Any
     cloudsd_json("up", "gone", "--provider", "local", "--detach")
     txt2img("gone", "transient")
     assert cloudsd("down", "gone", "--yes", "--no-outputs").returncode == 0
-    assert docker_client.containers.list(all=True, filters={"label": "cloudsd.machine=gone"}) == []
+    assert own_machines(docker_client, "gone") == []
 
 
 def test_up_with_models_sizes_the_disk_and_syncs(local_env: dict[str, str], tmp_path: Path) -> None:

@@ -32,14 +32,17 @@ def sha_of(seed: str, size: int) -> str:
 
 
 @pytest.fixture
-def sources(docker_client: Any, testbed_image: str, tmp_path: Path) -> Iterator[Any]:
-    container = start_sources_container(docker_client, testbed_image, tmp_path / "sources", FILES, TOKEN)
+def sources(docker_client: Any, testbed_image: str, tmp_path: Path, own_network: str) -> Iterator[Any]:
+    container = start_sources_container(docker_client, testbed_image, tmp_path / "sources", FILES, TOKEN,
+                                        network=own_network)
     yield container
     container.remove(force=True)
 
 
 @pytest.fixture
-def machine(local_env: dict[str, str], sources: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def machine(local_env: dict[str, str], sources: Any, own_network: str,
+            monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    monkeypatch.setenv("CLOUDSD_LOCAL_NETWORK", own_network)  # where this test's stand-in answers
     monkeypatch.setenv("CLOUDSD_CIVITAI_BASE_URL", "http://civitai.test")
     monkeypatch.setenv("HF_ENDPOINT", "http://huggingface.test")
     cloudsd_json("up", "fetcher", "--provider", "local", "--detach")

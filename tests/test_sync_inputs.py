@@ -184,3 +184,14 @@ def test_disk_size_for_up(tmp_path: Path) -> None:
     gb, notes = disk_gb_for(requests)
     assert gb == -(-int((5 + 10 + 4.3) * GB * 1.1) // GB) + HEADROOM_GB
     assert len(notes) == 1 and "hf:a/b/c.ckpt" in notes[0]
+
+
+@pytest.mark.parametrize("name", ["lora\x00.safetensors", "lora\n.safetensors", ".hidden.safetensors", ""])
+def test_a_source_file_name_with_control_characters_is_refused(name: str) -> None:
+    from cloudsd.sync.collect import RefModel, apply_resolved
+
+    model = RefModel(ModelRequest("civitai:128713"), parse_ref("civitai:128713"))
+    apply_resolved(profile("a1111"), model, {"ok": True, "name": name, "size": 10, "url": "http://cdn.test/x"},
+                   Endpoints.from_env({}))
+    assert model.failure and "no usable file name" in model.failure and "`file:`" in model.failure
+    assert model.remote == ""

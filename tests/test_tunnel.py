@@ -21,7 +21,7 @@ def session(local_env: dict[str, str]) -> Iterator[Session]:
     settings = resolve({"provider": "local"})
     ledger = Ledger()
     providers = Providers(settings)
-    options = UpOptions.from_settings(settings, "tun", port=18600)
+    options = UpOptions.from_settings(settings, "tun", port=0)
     running = up(options, ledger, providers, QuietReporter())
     yield running
     running.close()
@@ -73,7 +73,7 @@ def test_ui_port_closed_means_closed_connection_not_a_hang(session: Session) -> 
     # A forward to a port nothing listens on inside the machine: the local connection closes at once.
     from cloudsd.tunnel import LocalForward
 
-    with LocalForward(session.connection, 9, 18700) as forward:
+    with LocalForward(session.connection, 9, 0) as forward:
         conn = http.client.HTTPConnection("127.0.0.1", forward.local_port, timeout=10)
         with pytest.raises((http.client.RemoteDisconnected, ConnectionError)):
             conn.request("GET", "/")

@@ -16,13 +16,13 @@ from cloudsd.core.deploy import UpOptions, up
 from cloudsd.core.machines import Providers, QuietReporter
 from cloudsd.errors import CloudsdError, LedgerError, ProviderError
 from cloudsd.ledger import Ledger
-from cloudsd.providers.local import MACHINE_LABEL
+from tests.fixtures_local import own_machines
 
 pytestmark = pytest.mark.docker
 
 
 def _containers(docker_client: Any, name: str) -> list[Any]:
-    return docker_client.containers.list(all=True, filters={"label": f"{MACHINE_LABEL}={name}"})
+    return own_machines(docker_client, name)  # not another xdist worker's machine of the same name
 
 
 def _options(name: str) -> UpOptions:

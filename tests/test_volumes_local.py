@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from tests.cli_helpers import cloudsd, cloudsd_json
+from tests.fixtures_local import own_machines
 
 pytestmark = pytest.mark.docker
 MB = 1024 * 1024
@@ -44,7 +45,7 @@ def test_models_stay_on_the_volume_between_machines(local_env: dict[str, str], d
     up = cloudsd("up", "first", "--provider", "local", "--volume", "keep", "--detach",
                  "--models", str(tmp_path / "models"))
     assert up.returncode == 0, up.stderr
-    (container,) = docker_client.containers.list(filters={"label": "cloudsd.machine=first"})
+    (container,) = own_machines(docker_client, "first")
     mounts = {m["Destination"]: m.get("Name") for m in container.attrs["Mounts"]}
     assert mounts["/workspace"] == volume.name
 

@@ -120,50 +120,61 @@ class Agent:
         return Serve(self, on_event)
 
 
+class _Link:
+    """One `serve` channel and the requests waiting on it. Its reader marks it ended and answers every waiting
+    request under `lock`, and a request registers under the same lock, so a request either is answered by the
+    reader or sees that the channel has already ended; it never waits on a channel nobody reads any more."""
+
+    def __init__(self, channel: paramiko.Channel) -> None:
+        self.channel = channel
+        self.lock = threading.Lock()
+        self.replies: dict[int, queue.Queue[dict[str, Any] | None]] = {}
+        self.ended = threading.Event()
+
+
 class Serve:
     """Requests to the agent's `serve`, one JSON line each, answered in order by id."""
 
     def __init__(self, agent: Agent, on_event: Callable[[dict[str, Any]], None] | None) -> None:
         self.agent = agent
         self.on_event = on_event
-        self.channel: paramiko.Channel | None = None
+        self._link: _Link | None = None
         self._ids = 0
-        self._replies: dict[int, queue.Queue[dict[str, Any] | None]] = {}
-        self._lock = threading.Lock()
-        self._reader: threading.Thread | None = None
-        self._closed = threading.Event()
+        self._ids_lock = threading.Lock()
         self._send_lock = threading.Lock()  # `ready` notes come from several threads
 
-    def _start(self) -> None:
-        self.channel = self.agent.open("serve")
-        self._closed.clear()
-        self._reader = threading.Thread(target=self._read, name="cloudsd-agent-serve", daemon=True)
-        self._reader.start()
+    @property
+    def channel(self) -> paramiko.Channel | None:
+        return self._link.channel if self._link is not None else None
 
-    def _read(self) -> None:
-        assert self.channel is not None
+    def _start(self) -> None:
+        link = _Link(self.agent.open("serve"))
+        self._link = link
+        threading.Thread(target=self._read, args=(link,), name="cloudsd-agent-serve", daemon=True).start()
+
+    def _read(self, link: _Link) -> None:
         buf = b""
         try:
             while True:
-                data = self.channel.recv(WINDOW_BYTES)
+                data = link.channel.recv(WINDOW_BYTES)
                 if not data:
                     break
                 buf += data
                 *lines, buf = buf.split(b"\n")
                 for line in lines:
-                    self._dispatch(json.loads(line))
+                    self._dispatch(link, json.loads(line))
         except (OSError, paramiko.SSHException, EOFError, ValueError):
             pass
         finally:
-            self._closed.set()
-            with self._lock:
-                for waiting in self._replies.values():
+            with link.lock:
+                link.ended.set()
+                for waiting in link.replies.values():
                     waiting.put(None)
 
-    def _dispatch(self, message: dict[str, Any]) -> None:
+    def _dispatch(self, link: _Link, message: dict[str, Any]) -> None:
         if "id" in message:
-            with self._lock:
-                waiting = self._replies.get(message["id"])
+            with link.lock:
+                waiting = link.replies.get(message["id"])
             if waiting is not None:
                 waiting.put(message)
         elif self.on_event is not None and "event" in message:
@@ -172,53 +183,61 @@ class Serve:
     def request(self, op: str, **fields: Any) -> dict[str, Any]:
         """Send one request and wait for its reply; AgentFailure if the agent reports one."""
         for attempt in (1, 2):
-            if self.channel is None:
+            if self._link is None:
                 self._start()
             try:
                 return self._request(op, fields)
             except _Missing:
                 if attempt == 2:
                     break
-                self.channel = None
+                self._link = None
                 self.agent.upload()
         raise SyncError("cloudsd's agent would not start on the machine.")
 
     def _request(self, op: str, fields: dict[str, Any]) -> dict[str, Any]:
-        with self._lock:
+        link = self._link
+        assert link is not None
+        with self._ids_lock:
             self._ids += 1
             rid = self._ids
-            waiting: queue.Queue[dict[str, Any] | None] = queue.Queue()
-            self._replies[rid] = waiting
+        waiting: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        with link.lock:
+            if link.ended.is_set():  # the agent's channel ended before this request (exit 97: no agent yet)
+                raise self._gone(link)
+            link.replies[rid] = waiting
         try:
-            self._send({"op": op, "id": rid, **fields})
-            reply = waiting.get()
+            self._send(link, {"op": op, "id": rid, **fields})
+            reply = waiting.get()  # the reader answers it, or puts None when the channel ends
         finally:
-            with self._lock:
-                self._replies.pop(rid, None)
+            with link.lock:
+                link.replies.pop(rid, None)
         if reply is None:
-            raise self._gone()
+            raise self._gone(link)
         if not reply.get("ok"):
             raise AgentFailure(reply)
         return reply
 
     def notify(self, op: str, **fields: Any) -> None:
         """A request without a reply (`ready`)."""
-        self._send({"op": op, **fields})
+        assert self._link is not None, "notify comes after a request"
+        self._send(self._link, {"op": op, **fields})
 
-    def _send(self, message: dict[str, Any]) -> None:
-        assert self.channel is not None
+    def _send(self, link: _Link, message: dict[str, Any]) -> None:
         try:
             with self._send_lock:
-                self.channel.sendall(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+                link.channel.sendall(json.dumps(message, separators=(",", ":")).encode() + b"\n")
         except (OSError, paramiko.SSHException, EOFError) as exc:
-            if self._closed.is_set():
-                raise self._gone() from None
-            raise lost_connection(exc) from None
+            if not self.agent.connection.active:
+                raise lost_connection(exc) from None
+            # The connection is up, so the agent's channel ended (on a new machine: exit 97, the agent is
+            # not there yet) and paramiko saw its close before the reader saw its end: wait, boundedly, for
+            # the reader, then say why it ended.
+            link.ended.wait(10)
+            raise self._gone(link) from None
 
-    def _gone(self) -> Exception:
+    def _gone(self, link: _Link) -> Exception:
         """Why the agent's channel closed: not installed, no python3, a crash, or SSH gone."""
-        assert self.channel is not None
-        channel = self.channel
+        channel = link.channel
         if not self.agent.connection.active:
             return lost_connection()
         channel.status_event.wait(10)  # the exit status may trail the end of output a little
@@ -235,11 +254,12 @@ class Serve:
         return SyncError(f"cloudsd's agent on the machine stopped (exit {status}): {text[-500:] or 'no message'}")
 
     def close(self) -> None:
-        if self.channel is not None and not self._closed.is_set():
+        link = self._link
+        if link is not None and not link.ended.is_set():
             try:
-                self._send({"op": "quit"})
-                self.channel.shutdown_write()
-            except SyncError:
+                self._send(link, {"op": "quit"})
+                link.channel.shutdown_write()
+            except (SyncError, _Missing):
                 pass
-            self._closed.wait(10)
-            self.channel.close()
+            link.ended.wait(10)
+            link.channel.close()

@@ -95,8 +95,10 @@ def apply_resolved(ui: UIProfile, model: RefModel, reply: dict[str, Any], endpoi
         return
     name = model.request.save_as or str(reply.get("name") or "")
     name = posixpath.basename(name.replace("\\", "/"))
-    if not name or name.startswith("."):
-        model.failure = f"{model.label}: the source gave no usable file name; set one with `file:` in a manifest."
+    if not name or name.startswith(".") or any(ord(c) < 32 or c == "\x7f" for c in name):
+        shown = f" ({name!r})" if name else ""
+        model.failure = (f"{model.label}: the source gave no usable file name{shown}; set one with `file:` in a "
+                         "manifest.")
         return
     size, hint = reply.get("size"), reply.get("size_hint")
     kind = model.request.kind or kind_from_civitai(reply.get("model_type")) or infer_kind(

@@ -105,6 +105,12 @@ def _pull(agent: Agent, ui: UIProfile, dest: Path, pulls: list[PullAction], reco
         partials.mkdir(parents=True)
     except OSError as exc:
         raise SyncError(f"cannot write to {dest} ({exc.strerror}).", hint="Choose another folder with --dest.") from None
+    need, free = sum(a.output.size for a in pulls), shutil.disk_usage(partials).free
+    if need > free:  # the sizes the machine listed are all it may send (pull.py holds it to them)
+        shutil.rmtree(partials, ignore_errors=True)
+        raise SyncError(f"the outputs do not fit here: {len(pulls)} new files need {_mb(need)}, and the disk "
+                        f"holding {dest} has {_mb(free)} free. Nothing was pulled.",
+                        hint="Free some space, or choose another folder with --dest.")
     root = posixpath.join(ui.data_dir, ui.output_dir)
     jobs = [PullJob(i, a.output.rel, posixpath.join(root, a.output.rel), a.output.size, a.output.mtime_ns,
                     partials / f"{i}.partial") for i, a in enumerate(pulls)]
@@ -141,9 +147,13 @@ def _place(dest: Path, real_dest: str, partial: Path, rel: str) -> str | None:
     taken: set[str] = set()
     while True:
         target = dest / rel
+        # realpath follows the links among the folders that exist and appends the rest as written (the plan
+        # refused `..` and absolute names): checked before any folder is made, and again after, in case one
+        # became a link meanwhile.
+        if not _inside(real_dest, target.parent):
+            return None
         target.parent.mkdir(parents=True, exist_ok=True)
-        parent = os.path.realpath(target.parent)
-        if parent != real_dest and not parent.startswith(real_dest + os.sep):
+        if not _inside(real_dest, target.parent):
             return None
         try:
             os.link(partial, target)  # fails if the name exists, where a rename would replace it
@@ -161,6 +171,15 @@ def _place(dest: Path, real_dest: str, partial: Path, rel: str) -> str | None:
                 continue
             os.replace(partial, target)
             return rel
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:,.1f} MB"
+
+
+def _inside(real_dest: str, folder: Path) -> bool:
+    real = os.path.realpath(folder)
+    return real == real_dest or real.startswith(real_dest + os.sep)
 
 
 def _scan(dest: Path) -> dict[str, LocalOutput]:

@@ -3,6 +3,9 @@
 Files are spread over the streams by size; a big file is cut into one byte range per stream. The agent
 hashes what it sends and puts the digest after the bytes; here the bytes are hashed as they are written to
 a local partial file. Renaming into place is the caller's business, once every range matched.
+
+The machine is not trusted with the laptop's disk: each stream must answer exactly the ranges it was asked for,
+in order, so no file grows past the size the machine listed for it.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import paramiko
 
@@ -54,7 +58,7 @@ class Puller:
             return
         total = sum(j.size for j in jobs)
         count = stream_count(self.agent, "pull", total, max(len(jobs), 1 if total < SPLIT_BYTES else 64))
-        loads: list[list[dict[str, object]]] = [[] for _ in range(count)]
+        loads: list[list[dict[str, Any]]] = [[] for _ in range(count)]
         weights = [0] * count
         for job in sorted(jobs, key=lambda j: -j.size):
             parts = count if job.size >= SPLIT_BYTES else 1
@@ -81,21 +85,26 @@ class Puller:
             first = self.errors[0]
             raise first if isinstance(first, SyncError) else lost_connection(first)
 
-    def _run(self, channel: paramiko.Channel, load: list[dict[str, object]], jobs: dict[int, PullJob]) -> None:
+    def _run(self, channel: paramiko.Channel, load: list[dict[str, Any]], jobs: dict[int, PullJob]) -> None:
         fds: dict[int, int] = {}
         try:
             channel.sendall(json.dumps({"items": load}).encode() + b"\n")
             channel.shutdown_write()
             reader = StreamReader(channel)
-            while True:
+            for asked in load:
                 head = json.loads(reader.readline())
-                if head.get("end"):
+                job = jobs[int(asked["fid"])]
+                if head.get("fid") != asked["fid"]:
+                    job.problem = "the machine answered another file than the one asked for"
                     return
-                job = jobs[head["fid"]]
                 if "changed" in head or "missing" in head:
                     job.problem = "changed on the machine while it was pulled" if "changed" in head else (
                         f"gone from the machine ({head['missing']})")
                     continue
+                if (head.get("off"), head.get("len")) != (asked["off"], asked["len"]):
+                    job.problem = (f"the machine sent {head.get('len')} bytes at {head.get('off')} where it listed "
+                                   f"{asked['len']} at {asked['off']} (a {job.size}-byte file); refused")
+                    return  # the rest of this stream cannot be trusted either: it is not read
                 with self._lock:
                     if job.fid not in self._started:
                         self._started.add(job.fid)
@@ -128,9 +137,12 @@ class Puller:
             nonlocal position
             digest.update(piece)
             size = len(piece)
-            while piece:
-                written = os.pwrite(fd, piece, position)
-                piece, position = piece[written:], position + written
+            try:
+                while piece:
+                    written = os.pwrite(fd, piece, position)
+                    piece, position = piece[written:], position + written
+            except OSError as exc:  # a full disk: say which file, not "the connection dropped"
+                raise OSError(exc.errno, exc.strerror, str(job.partial)) from None
             self.progress.advance(job.key, size)
 
         reader.read_into(length, sink)

@@ -23,21 +23,25 @@ from typing import Any
 import docker
 import docker.errors
 
+from tests.support.locks import engine_lock
+
 TEST_NETWORK = "cloudsd-test"
 TEST_IMAGE = os.environ.get("CLOUDSD_TESTBED_IMAGE") or "cloudsd-testbed:latest"
 
 
 def ensure_test_network(client: docker.DockerClient, name: str = TEST_NETWORK) -> str:
-    """Create the isolated bridge network the tests' containers use (idempotent)."""
-    try:
-        client.networks.get(name)
-    except docker.errors.NotFound:
-        client.networks.create(
-            name,
-            driver="bridge",
-            options={"com.docker.network.bridge.enable_ip_masquerade": "false"},
-            labels={"cloudsd.test": "1"},
-        )
+    """Create the isolated bridge network the tests' containers use (idempotent, and safe when several
+    processes ask at once: one creates it under a lock, the others find it)."""
+    with engine_lock(f"network-{name}"):
+        try:
+            client.networks.get(name)
+        except docker.errors.NotFound:
+            client.networks.create(
+                name,
+                driver="bridge",
+                options={"com.docker.network.bridge.enable_ip_masquerade": "false"},
+                labels={"cloudsd.test": "1"},
+            )
     return name
 
 

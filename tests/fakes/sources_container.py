@@ -16,8 +16,9 @@ LABEL = "cloudsd.test.sources"
 
 
 def start_sources_container(client: Any, image: str, config_dir: Path, files: list[dict[str, Any]], token: str,
-                            extra_binds: dict[str, str] | None = None) -> Any:
-    """Start it and wait until it serves. `files` are FakeFile fields, with `seed` + `size` for the bytes."""
+                            extra_binds: dict[str, str] | None = None, network: str = TEST_NETWORK) -> Any:
+    """Start it and wait until it serves. `files` are FakeFile fields, with `seed` + `size` for the bytes.
+    Its names are DNS aliases on `network`: give each concurrent user a network of its own."""
     config = {"listen": [["0.0.0.0", 80, "cdn"]], "roles_by_host": {v: k for k, v in HOSTS.items()},
               "public": {k: f"http://{v}" for k, v in HOSTS.items()}, "token": token, "log": "/tmp/requests.log",
               "files": files}
@@ -30,9 +31,9 @@ def start_sources_container(client: Any, image: str, config_dir: Path, files: li
     created = api.create_container(
         image, entrypoint=["python3", "-u", "/fakes/model_sources.py", "--config", "/config/sources.json"],
         labels={LABEL: "1"}, detach=True,
-        host_config=api.create_host_config(binds=binds, network_mode=TEST_NETWORK),
+        host_config=api.create_host_config(binds=binds, network_mode=network),
         networking_config=api.create_networking_config(
-            {TEST_NETWORK: api.create_endpoint_config(aliases=list(HOSTS.values()))}))
+            {network: api.create_endpoint_config(aliases=list(HOSTS.values()))}))
     api.start(created["Id"])
     container = client.containers.get(created["Id"])
     deadline = time.monotonic() + 30

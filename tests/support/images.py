@@ -5,7 +5,8 @@
 
 The image carries the label `cloudsd.testbed.hash`: a digest of every file under images/boot,
 images/testbed and images/ui (names, exec bits, contents) and of the base image's id. A matching label means the image
-is current, so a test session does no build at all.
+is current, so a test session does no build at all. The check and the build hold a lock across processes
+(tests/support/locks.py), so pytest-xdist workers, and other checkouts on the same engine, build it once.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Any
 import docker
 import docker.errors
 import pytest
+
+from tests.support.locks import engine_lock
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 IMAGES_DIR = REPO_ROOT / "images"
@@ -95,18 +98,23 @@ def ensure_testbed_image(client: docker.DockerClient | None = None) -> str:
     with _lock:
         if _ready.get(base) == TESTBED_IMAGE:
             return TESTBED_IMAGE
-        base_image = ensure_base_image(client, base)
-        wanted = testbed_hash(base_image.id)
-        try:
-            current = client.images.get(TESTBED_IMAGE)
-        except docker.errors.ImageNotFound:
-            current = None
-        if current is None or (current.labels or {}).get(HASH_LABEL) != wanted:
-            _build(client, base, wanted)
-            if current is not None:
-                _remove_quietly(client, current.id)
+        with engine_lock("testbed-image"):
+            _ensure_current(client, base)
         _ready[base] = TESTBED_IMAGE
         return TESTBED_IMAGE
+
+
+def _ensure_current(client: docker.DockerClient, base: str) -> None:
+    base_image = ensure_base_image(client, base)
+    wanted = testbed_hash(base_image.id)
+    try:
+        current = client.images.get(TESTBED_IMAGE)
+    except docker.errors.ImageNotFound:
+        current = None
+    if current is None or (current.labels or {}).get(HASH_LABEL) != wanted:
+        _build(client, base, wanted)
+        if current is not None:
+            _remove_quietly(client, current.id)
 
 
 def _build(client: docker.DockerClient, base: str, label: str) -> None:

@@ -36,6 +36,12 @@ def widen_pipe(fd: int, size: int = 1 << 20) -> None:
         pass  # not a pipe, or above /proc/sys/fs/pipe-max-size: the default works too
 
 
+def bad_name(exc: ValueError) -> Fail:
+    """A path the OS cannot take (a NUL byte in a name a model source or a listing supplied): one reply, not a
+    crash of the agent."""
+    return Fail("bad-name", f"a file name that cannot be used on the machine ({exc})")
+
+
 def partial_path(final: str) -> str:
     """Where a file is written before it is verified: hidden, beside its final place, on the same disk."""
     head, tail = os.path.split(final)

@@ -15,6 +15,7 @@ from .common import (
     CHUNK,
     Fail,
     Index,
+    bad_name,
     disk_of,
     emit,
     os_failure,
@@ -103,6 +104,8 @@ class Serve:
                 result = os_failure(exc).reply()
             except Fail as fail:
                 result = fail.reply()
+            except ValueError as exc:  # a NUL byte in a path; the requests after it still get answers
+                result = bad_name(exc).reply()
             if req.get("id") is not None:  # requests without an id (`ready`) get no reply
                 result["id"] = req["id"]
                 emit(result)
@@ -169,6 +172,8 @@ class Serve:
                 results.append(os_failure(exc).reply(path=item["path"]))
             except Fail as fail:
                 results.append(fail.reply(path=item["path"]))
+            except ValueError as exc:
+                results.append(bad_name(exc).reply(path=item["path"]))
         self.index.save()
         return {"files": results}
 
@@ -258,6 +263,8 @@ class Serve:
                     result = os_failure(exc).reply()
                 except Fail as fail:
                     result = fail.reply()
+                except ValueError as exc:
+                    result = bad_name(exc).reply()
                 results[item["path"]] = result
                 emit(dict(result, event="fetched", path=item["path"]))
 

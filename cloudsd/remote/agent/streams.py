@@ -19,7 +19,7 @@ import sys
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from .common import CHUNK, Fail, emit, os_failure, read_exact_into, widen_pipe, write_all
+from .common import CHUNK, Fail, bad_name, emit, os_failure, read_exact_into, widen_pipe, write_all
 
 
 def run_recv() -> int:
@@ -52,11 +52,18 @@ def run_recv() -> int:
                     offset += len(part)
                 emit({"ack": head["fid"], "off": head["off"], "len": length})
     except OSError as exc:
-        fail = os_failure(exc)
-        emit({"error": fail.kind, "message": fail.message})
+        _report(os_failure(exc))
     except Fail as fail:
-        emit({"error": fail.kind, "message": fail.message})
+        _report(fail)
+    except json.JSONDecodeError:
+        _report(Fail("protocol", "a frame header that is not JSON"))
+    except ValueError as exc:
+        _report(bad_name(exc))
     return 3
+
+
+def _report(fail: Fail) -> None:
+    emit({"error": fail.kind, "message": fail.message})
 
 
 def _parts(inp: BinaryIO, view: memoryview, length: int) -> Iterator[memoryview]:
@@ -85,6 +92,9 @@ def run_send() -> int:
             fd = os.open(item["path"], os.O_RDONLY)
         except OSError as exc:
             emit({"fid": fid, "missing": os_failure(exc).message})
+            continue
+        except ValueError as exc:
+            emit({"fid": fid, "missing": bad_name(exc).message})
             continue
         try:
             st = os.fstat(fd)
