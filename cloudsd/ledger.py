@@ -198,6 +198,12 @@ def _refuse_taken(name: str, row: tuple[Any, ...] | None) -> None:
         )
 
 
+def _refuse_volume_taken(name: str, row: tuple[Any, ...] | None) -> None:
+    if row and row[0] != "deleted":
+        raise CloudsdError(f"a volume named {name!r} already exists ({row[0]}).",
+                           hint="`cloudsd volume ls` lists them; pick another name.")
+
+
 def _table_columns() -> dict[str, list[tuple[str, str]]]:
     """{table: [(column, declaration)]}, read from SCHEMA so the two never disagree."""
     tables: dict[str, list[tuple[str, str]]] = {}
@@ -347,13 +353,15 @@ class Ledger:
         return [_record(row) for row in self._db.execute(sql, params).fetchall()]
 
     # -- volumes ------------------------------------------------------------------------------------
+    def check_volume_free(self, name: str) -> None:
+        _refuse_volume_taken(name, self._db.execute(f"SELECT status FROM volumes WHERE {_NEWEST_VOLUME}",
+                                                    (name,)).fetchone())
+
     def reserve_volume(self, name: str, provider: str, size_gb: float, region: str | None) -> None:
         """Claim a volume name before asking a provider, so nothing that bills exists without a record."""
         with self._tx() as db:
-            row = db.execute(f"SELECT status FROM volumes WHERE {_NEWEST_VOLUME}", (name,)).fetchone()
-            if row and row[0] != "deleted":
-                raise CloudsdError(f"a volume named {name!r} already exists ({row[0]}).",
-                                   hint="`cloudsd volume ls` lists them; pick another name.")
+            _refuse_volume_taken(name, db.execute(f"SELECT status FROM volumes WHERE {_NEWEST_VOLUME}",
+                                                  (name,)).fetchone())
             db.execute("INSERT INTO volumes (name, provider, size_gb, region, created_at, status) "
                        "VALUES (?, ?, ?, ?, ?, 'creating')", (name, provider, size_gb, region, time.time()))
             self._event(db, f"volume:{name}", "volume-reserved", {"provider": provider, "size_gb": size_gb})

@@ -25,6 +25,7 @@ class VolumeRequest:
     region: str | None = None  # a data center or country; None lets the provider choose
     cuda: str | None = None  # least CUDA the host must run, where a volume is tied to one host (the image's)
     machine_disk_gb: int = 0  # room the host must also have for a machine's own disk, where tied to one host
+    hosts: tuple[str, ...] = ()  # where tied to one host: only these (hosts of offers that fit the user's filters)
 
     @property
     def label(self) -> str:

@@ -124,3 +124,21 @@ def test_status_and_cost_show_accrual_month_to_date_and_vasts_own_figure(fake_va
     assert "volume billed on vastai, 50 GB at $" in lines and "vastai billed $" in lines
     assert cloudsd("volume", "rm", "billed", "--yes").returncode == 0
     assert "volume billed" not in cloudsd("status").stdout
+
+
+def test_gpu_puts_the_volume_on_a_host_with_that_gpu(fake_vast: Any, vast_provider: Any) -> None:
+    def gpu_of(placement: str) -> str:
+        (row,) = [r for r in fake_vast.catalog if r["machine_id"] == int(placement)]
+        return str(row["gpu_name"])
+
+    default = vast_provider.create_volume(VolumeRequest("default", 20, cuda="12.4", machine_disk_gb=40))
+    assert gpu_of(default.placement) != "RTX 3090"  # without --gpu the volume goes elsewhere
+    vast_provider.delete_volume(default.provider_id)
+    created = cloudsd_json("volume", "create", "fast", "--provider", "vastai", "--size", "20", "--gpu", "RTX 3090")
+    assert gpu_of(created["placement"]) == "RTX 3090"
+    offers = cloudsd_json("offers", "--volume", "fast")
+    assert offers and {o["gpu_name"] for o in offers} == {"RTX 3090"}
+    none = cloudsd("volume", "create", "nowhere", "--provider", "vastai", "--size", "20", "--gpu", "H200 NVL")
+    errors = [line for line in none.stderr.splitlines() if line.startswith("error:")]
+    assert none.returncode == 5 and len(errors) == 1 and "--gpu" in errors[0], none.stderr
+    assert [v["name"] for v in cloudsd_json("volume", "ls")] == ["fast"]  # nothing reserved for the refusal

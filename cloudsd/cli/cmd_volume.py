@@ -56,20 +56,27 @@ def _context() -> tuple[Any, Any]:
 @click.option("--provider", type=VOLUME_PROVIDERS, required=True, help="Where the volume lives.")
 @click.option("--size", "size_gb", type=DISK_GB, required=True, help="Size in GB.")
 @click.option("--region", help="Data center or country to place it in (the provider's choice without it).")
+@click.option("--gpu", multiple=True, help="Where a volume is tied to one host (Vast.ai): a host with an offer "
+                                          "of this GPU now, e.g. 'RTX 4090' (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def create_cmd(name: str, provider: str, size_gb: int, region: str | None, as_json: bool) -> None:
-    """Create a volume. It bills per GB-month from now until `cloudsd volume rm NAME`, used or not."""
+def create_cmd(name: str, provider: str, size_gb: int, region: str | None, gpu: tuple[str, ...],
+               as_json: bool) -> None:
+    """Create a volume. It bills per GB-month from now until `cloudsd volume rm NAME`, used or not.
+
+    On Vast.ai a volume lives on one host and every machine using it runs there: `--gpu` picks a host that
+    has that GPU. Example: `cloudsd volume create models --provider vastai --size 40 --gpu 'RTX 4090'`.
+    """
     from cloudsd.cli import render
     from cloudsd.config import resolve
     from cloudsd.core import volumes
     from cloudsd.core.deploy import spec_from
     from cloudsd.volumes import VolumeRequest
 
-    spec = spec_from(resolve())  # a host-bound volume goes where the configured image and disk fit
+    spec = spec_from(resolve({"gpu": list(gpu) or None}))  # a host-bound volume goes where the image fits
     ledger, providers = _context()
     try:
         request = VolumeRequest(name, size_gb, region, cuda=spec.cuda, machine_disk_gb=spec.disk_gb)
-        record = volumes.create(ledger, providers, request, provider)
+        record = volumes.create(ledger, providers, request, provider, spec if gpu else None)
     finally:
         providers.close()
         ledger.close()

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from cloudsd.core import offers as offer_choice
 from cloudsd.core.cost import month_start
 from cloudsd.core.machines import Providers
 from cloudsd.errors import CloudsdError, ConfigError, NoCapacity
@@ -98,12 +99,20 @@ def placed_offers(providers: Providers, record: VolumeRecord, spec: OfferSpec) -
 
 
 # -- commands -------------------------------------------------------------------------------------------
-def create(ledger: Ledger, providers: Providers, request: VolumeRequest, provider_name: str) -> VolumeRecord:
-    """Create a volume; the ledger has its row before the provider is asked."""
+def create(ledger: Ledger, providers: Providers, request: VolumeRequest, provider_name: str,
+           spec: OfferSpec | None = None) -> VolumeRecord:
+    """Create a volume; the ledger has its row before the provider is asked. With `spec` (the user named a GPU),
+    a volume tied to one host goes on a host with an offer that fits it now."""
     problem = name_problem(request.name)
     if problem:
         raise ConfigError(f"{problem}.")
     provider = volume_provider(providers, provider_name)
+    ledger.check_volume_free(request.name)
+    if spec is not None:
+        fits = offer_choice.select(provider.offers(spec), spec)  # says which filter emptied the list
+        hosts = tuple(sorted({o.host_id for o in fits if o.host_id}))
+        if hosts:
+            request = replace(request, hosts=hosts)
     ledger.reserve_volume(request.name, provider.name, request.size_gb, request.region)
     try:
         info = provider.create_volume(request)

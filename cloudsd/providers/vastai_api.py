@@ -135,6 +135,7 @@ def parse_offer(raw: Mapping[str, Any], spec: OfferSpec) -> Offer | None:
         download_mbps=_float(raw.get("inet_down")),
         interruptible=spec.interruptible,
         storage_price_per_hour=storage_per_hour,
+        host_id=None if raw.get("machine_id") is None else str(raw["machine_id"]),
     )
 
 

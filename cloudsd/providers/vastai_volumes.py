@@ -46,6 +46,8 @@ def volume_search_body(request: VolumeRequest) -> dict[str, Any]:
         body["geolocation"] = {"eq": request.region}
     if request.cuda:  # the volume's machine is every later machine's: it must run the image
         body["cuda_max_good"] = {"gte": float(request.cuda)}
+    if request.hosts:  # hosts with a GPU offer that fits the user's filters now
+        body["machine_id"] = {"in": [int(h) for h in request.hosts]}
     return body
 
 
@@ -85,8 +87,9 @@ class VastVolumes:
         offers = [o for o in body.get("offers") or [] if isinstance(o, dict)]
         if not offers:
             where = f" in {request.region}" if request.region else ""
-            raise NoCapacity(f"{LABEL} has no volume offer with {request.size_gb} GB free{where}.",
-                             hint="Try a smaller --size or another --region.")
+            hosts = " on a host with a fitting GPU offer" if request.hosts else ""
+            raise NoCapacity(f"{LABEL} has no volume offer with {request.size_gb} GB free{where}{hosts}.",
+                             hint="Try a smaller --size, another --region or --gpu.")
         offer = offers[0]
         response, body = self._call("PUT", "/api/v0/volumes/", json=create_volume_body(int(offer["id"]), request),
                                     idempotent=False)
