@@ -204,3 +204,16 @@ def test_doctor_says_which_key_source(cloud: Cloud) -> None:
     assert mine["ok"] is True
     assert mine["credential"].endswith(f"(…{cloud.fake.api_key[-4:]})")
     assert cloud.fake.api_key not in str(checks)
+
+
+def test_up_never_rents_for_a_prebuilt_image_nobody_can_pull(cloud: Cloud, cloudsd_home: Path) -> None:
+    """The registry lacks cloudsd's image: `up` says so before anything is created, and rents nothing."""
+    cloud.fake.registry.public["cloudsd/a1111"].clear()  # the repository is public, this tag unpublished
+    result = cloudsd("up", "nopull", "--provider", cloud.name, "--detach", "--yes")
+    assert result.returncode != 0
+    (line,) = _error_lines(result.stderr)
+    assert line.startswith("error: the prebuilt image ghcr.io/cloudsd/a1111:1.10.1-cu124 cannot be pulled: ghcr.io "
+                           "has no cloudsd/a1111:1.10.1-cu124 (not published). Nothing was rented. Publish it")
+    assert cloud.live() == []
+    assert not (cloudsd_home / "ledger.sqlite3").exists() or sqlite3.connect(cloudsd_home / "ledger.sqlite3").execute(
+        "SELECT count(*) FROM machines WHERE name = 'nopull'").fetchone() == (0,)

@@ -9,6 +9,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import struct
 import subprocess
 import sys
@@ -398,3 +399,53 @@ def test_cli_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=5)
+
+
+def test_the_built_in_extension_records_activity_through_the_app_hook(tmp_path: Path) -> None:
+    """With its app folder, the A1111 stand-in loads cloudsd's real extension (images/ui/extension) and gives
+    its on_app_started hook the app, as A1111 does; the extension, not the stand-in, writes the activity
+    file, counting every request but cloudsd's own health probes."""
+    extension = Path(__file__).resolve().parents[1] / "images" / "ui" / "extension"
+    app_dir = tmp_path / "app"
+    shutil.copytree(extension, app_dir / "extensions-builtin" / "cloudsd")
+    activity = tmp_path / "run" / "ui-activity"
+    server = standin.make_server("a1111", "127.0.0.1", 0, tmp_path / "data", str(activity), log=False,
+                                 app_dir=app_dir)
+    assert server.activity.path is None  # the stand-in's own writer is off
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    port = server.server_address[1]
+
+    def get(agent: str) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request("GET", "/internal/ping", headers={"User-Agent": agent})
+            assert conn.getresponse().read() == b"{}"
+        finally:
+            conn.close()
+
+    def stamp() -> float:
+        try:
+            return float(activity.read_text())
+        except (OSError, ValueError):
+            return 0.0
+
+    try:
+        deadline = time.time() + 3
+        while stamp() == 0.0 and time.time() < deadline:  # loading the extension counts as activity
+            time.sleep(0.05)
+        started = stamp()
+        assert started > 0
+        time.sleep(1.3)  # past the once-a-second limit
+        get("cloudsd-health")
+        time.sleep(1.3)
+        assert stamp() == started, "a cloudsd health probe counted as use"
+        before = time.time()
+        get("Mozilla/5.0")
+        deadline = time.time() + 3
+        while stamp() < before - 0.01 and time.time() < deadline:
+            time.sleep(0.05)
+        assert before - 0.01 <= stamp() <= time.time()
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -39,7 +39,7 @@ from cloudsd.errors import (
     ProvisioningError,
     SSHError,
 )
-from cloudsd.images import machine_image
+from cloudsd.images import choose_image, machine_image
 from cloudsd.ledger import Ledger, MachineRecord
 from cloudsd.models import CreateRequest, MachineInfo, Offer, OfferSpec, SSHEndpoint
 from cloudsd.names import name_problem
@@ -78,7 +78,7 @@ class UpOptions:
         providers = ("runpod", "vastai") if provider == "auto" else (provider,)
         spec = spec_from(settings)
         ui = profile(settings["ui"])
-        image = settings["image"] or ui.image(settings["registry"])
+        image = choose_image(ui.name, None, image=settings["image"], registry=settings["registry"]).image
         # Unless set, the local port is the UI's usual one: 7860 for A1111 and Forge, 8188 for ComfyUI.
         port = ui.internal_port if settings.source("port") == "default" else settings["port"]
         values: dict[str, Any] = dict(
@@ -114,7 +114,7 @@ def spec_from(settings: Settings, choice: dict[str, Any] | None = None) -> Offer
     """The offer filters: gpu, max price and disk from the settings, the rest from flags. Without --cuda, only
     hosts whose driver runs the image's CUDA version (its `-cuXYZ` tag) are offered."""
     choice = choice or {}
-    image = settings["image"] or profile(settings["ui"]).image(settings["registry"])
+    image = choose_image(settings["ui"], None, image=settings["image"], registry=settings["registry"]).image
     return OfferSpec(
         gpus=tuple(settings["gpu"]), max_price_per_hour=settings["max_price"], disk_gb=settings["disk_gb"],
         min_vram_gb=choice.get("min_vram"), min_reliability=choice.get("min_reliability"), region=choice.get("region"),
@@ -197,7 +197,7 @@ class _TryNextOffer(Exception):
 def _up_on(offer: Offer, name: str, ui: UIProfile, options: UpOptions, ledger: Ledger, provider: Provider,
            providers: Providers, reporter: Reporter) -> Session:
     image = machine_image(options, ui.name, offer.gpu_name, on_local_engine=provider.prepares_images,
-                          on_progress=lambda text: reporter.phase("image", text))  # before anything is recorded
+                          on_progress=lambda text: reporter.phase("image", text)).image  # before anything is recorded
     # The name is claimed first: nothing of a machine that already has it (its key, known_hosts) is touched.
     ledger.reserve(name, provider.name, image, ui=ui.name)
     try:
@@ -408,7 +408,7 @@ def ui_healthy(local_port: int, ui: UIProfile, timeout_s: float = 5.0) -> tuple[
     """One health probe through the tunnel: (ready, why not)."""
     conn = http.client.HTTPConnection("127.0.0.1", local_port, timeout=timeout_s)
     try:
-        conn.request("GET", ui.health_path)
+        conn.request("GET", ui.health_path, headers={"User-Agent": "cloudsd-health"})  # not UI use (idle stop)
         response = conn.getresponse()
         response.read()
         if response.status == 200:

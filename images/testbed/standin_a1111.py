@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import importlib.util
@@ -103,12 +104,64 @@ def _scripts_module() -> types.ModuleType:
     return module
 
 
+# -- extension hooks: modules.script_callbacks.on_app_started and the app it is given ----------------------
+
+
+def _script_callbacks_module() -> types.ModuleType:
+    """The part of A1111's `modules.script_callbacks` an extension uses here: `on_app_started`. Callbacks
+    collect in `app_started` until the stand-in app that loaded them takes them (`take_app_started`)."""
+    existing = sys.modules.get("modules.script_callbacks")
+    if existing is not None:
+        return existing
+    module = types.ModuleType("modules.script_callbacks")
+    registered: list[Any] = []
+
+    def on_app_started(callback: Any, *, name: str | None = None) -> None:
+        registered.append(callback)
+
+    module.on_app_started = on_app_started  # type: ignore[attr-defined]
+    module.app_started = registered  # type: ignore[attr-defined]
+    package = sys.modules.setdefault("modules", types.ModuleType("modules"))
+    package.script_callbacks = module  # type: ignore[attr-defined]
+    sys.modules["modules.script_callbacks"] = module
+    return module
+
+
+class AsgiApp:
+    """The part of the FastAPI (Starlette) app that A1111 passes to `on_app_started` callbacks which an
+    extension uses here: `middleware_stack`, None until built, and `build_middleware_stack()`. The stand-in
+    runs the stack for every request before answering it itself; the innermost endpoint does nothing."""
+
+    def __init__(self) -> None:
+        self.middleware_stack: Any = None
+
+    def build_middleware_stack(self) -> Any:
+        async def endpoint(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            return None
+
+        return endpoint
+
+    def request(self, method: str, path: str, headers: list[tuple[bytes, bytes]]) -> None:
+        if self.middleware_stack is None:
+            return
+        scope = {"type": "http", "method": method, "path": path, "headers": headers}
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            return None
+
+        asyncio.run(self.middleware_stack(scope, receive, send))
+
+
 def load_always_on_scripts(app_dir: Path | None) -> list[Any]:
     """The always-on scripts of <app>/extensions-builtin/*/scripts/*.py, loaded as A1111 loads them:
     each subclass of `modules.scripts.Script` is made once and kept if `show()` says AlwaysVisible."""
     if app_dir is None:
         return []
     scripts = _scripts_module()
+    _script_callbacks_module().app_started.clear()  # type: ignore[attr-defined]  # only this app's
     found = []
     for path in sorted(app_dir.glob("extensions-builtin/*/scripts/*.py")):
         spec = importlib.util.spec_from_file_location(f"standin_script_{path.parent.parent.name}_{path.stem}", path)
@@ -141,6 +194,10 @@ class A1111App:
     ) -> None:
         self.data_dir = data_dir
         self.scripts = load_always_on_scripts(app_dir)
+        # As A1111 once its app serves: the extensions' on_app_started callbacks get the app.
+        self.asgi = AsgiApp()
+        for callback in list(_script_callbacks_module().app_started) if app_dir else []:  # type: ignore[attr-defined]
+            callback(None, self.asgi)
         self.cmd_flags = dict(cmd_flags or {})
         for rel in A1111_FOLDERS.values():
             (data_dir / rel).mkdir(parents=True, exist_ok=True)

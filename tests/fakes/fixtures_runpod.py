@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.fakes.registry import serve_cloudsd_registry
 from tests.fakes.runpod_server import FakeRunPod
 
 
@@ -30,7 +31,8 @@ def _testbed_image_or_skip() -> str:
 
 
 def _serve(fake: FakeRunPod, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeRunPod]:
-    with fake:
+    with fake, serve_cloudsd_registry(monkeypatch) as registry:
+        fake.registry = registry  # type: ignore[attr-defined]  # where `up` checks cloudsd's images
         monkeypatch.setenv("RUNPOD_API_KEY", fake.api_key)
         monkeypatch.setenv("RUNPOD_API_BASE_URL", fake.base_url)
         yield fake
