@@ -51,6 +51,9 @@ def test_models_stay_on_the_volume_between_machines(local_env: dict[str, str], d
 
     listed = cloudsd_json("volume", "ls")
     assert [(r["name"], r["used_by"], r["stray"]) for r in listed] == [("keep", "first", False)]
+    busy = cloudsd("up", "other", "--provider", "local", "--volume", "keep", "--detach")
+    assert busy.returncode != 0 and "volume 'keep' is in use by machine first" in busy.stderr
+    assert own_machines(docker_client, "other") == []
     refused = cloudsd("volume", "rm", "keep", "--yes")
     errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
     assert refused.returncode != 0 and len(errors) == 1 and "in use by machine first" in errors[0], refused.stderr

@@ -159,6 +159,8 @@ def up(options: UpOptions, ledger: Ledger, providers: Providers, reporter: Repor
     ledger.check_free(name)  # a name in use is refused before offers are asked for (reserve() decides races)
     check_new_budget(options.budget, started_at=time.time(), now=time.time(), spent_usd=0.0)  # before renting
     reporter.phase("offers", f"asking {', '.join(options.providers)} for live offers")
+    if options.volume:
+        volumes.check_unused(ledger, options.volume)
     found = (volumes.offers_for(ledger, providers, options.volume, options.spec) if options.volume
              else gather_offers(providers, options.providers, options.spec, reporter))
     candidates = offer_choice.select(found, options.spec)

@@ -219,6 +219,14 @@ def offers_for(ledger: Ledger, providers: Providers, name: str, spec: OfferSpec)
     return placed_offers(providers, needed(ledger, name), spec)
 
 
+def check_unused(ledger: Ledger, name: str) -> None:
+    """`up --volume`: one machine at a time on a volume (its models and hash index are that machine's)."""
+    user = in_use_by(needed(ledger, name), ledger)
+    if user:
+        raise CloudsdError(f"volume {name!r} is in use by machine {user}.",
+                           hint=f"Use that machine (`cloudsd tunnel {user}`) or end it first (`cloudsd down {user}`).")
+
+
 def attach(ledger: Ledger, name: str, machine: str) -> None:
     """Record that `machine` mounts the volume (it is in use while that machine is active)."""
     ledger.update_volume(name, attached_to=machine, event="volume-attached")
