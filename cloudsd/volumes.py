@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from cloudsd.models import LABEL_PREFIX, label_for
+from cloudsd.machine import LABEL_PREFIX, label_for
 
 MOUNT_PATH = "/workspace"  # where every provider mounts a volume: the UI's data folder and the agent's index
 # Vendors quote storage per GB-month and bill it per hour (or second) with a 720-hour month in their examples.

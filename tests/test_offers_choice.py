@@ -4,7 +4,7 @@ import pytest
 
 from cloudsd.core.offers import select
 from cloudsd.errors import NoCapacity
-from cloudsd.models import Offer, OfferSpec
+from cloudsd.machine import Offer, OfferSpec
 
 
 def offer(oid: str, gpu: str, price: float, vram: float = 24, **kw: object) -> Offer:

@@ -15,7 +15,7 @@ import pytest
 from graphql import parse, validate
 
 from cloudsd.errors import ConfigError, CredentialsError, NoCapacity, ProviderError
-from cloudsd.models import CreateRequest, MachineStatus, Offer, OfferSpec
+from cloudsd.machine import CreateRequest, MachineStatus, Offer, OfferSpec
 from cloudsd.providers import runpod_graphql as gql
 from cloudsd.providers.runpod import (
     RunPodProvider,

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloudsd.errors import CredentialsError, NoCapacity, ProviderError, RateLimited
-from cloudsd.models import CreateRequest, MachineStatus, Offer, OfferSpec
+from cloudsd.machine import CreateRequest, MachineStatus, Offer, OfferSpec
 from cloudsd.providers import vastai_api as api
 from cloudsd.providers.vastai import VastProvider
 from tests.fakes.vast_catalog import HOURS_PER_MONTH, default_catalog

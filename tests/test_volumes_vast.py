@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from cloudsd.errors import ProviderError
-from cloudsd.models import OfferSpec
+from cloudsd.machine import OfferSpec
 from cloudsd.volumes import VolumeRequest
 from tests.cli_helpers import cloudsd, cloudsd_json
 
@@ -43,7 +43,7 @@ def test_offers_are_on_the_volumes_machine_and_elsewhere_is_refused(fake_vast: A
     assert placed and {fake_vast._offers[int(o.offer_id)]["machine_id"] for o in placed} == {int(info.placement)}
     elsewhere = next(o for o in vast_provider.offers(spec)
                      if fake_vast._offers[int(o.offer_id)]["machine_id"] != int(info.placement))
-    from cloudsd.models import CreateRequest
+    from cloudsd.machine import CreateRequest
 
     request = CreateRequest(name="wrong", image="img", public_key="ssh-ed25519 AAAA x", volume_id=info.provider_id)
     with pytest.raises(ProviderError, match="can only be attached to instances on that machine"):

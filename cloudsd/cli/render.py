@@ -175,3 +175,10 @@ def doctor_table(results: Iterable[Any]) -> Table:
     for r in results:
         table.add_row(r.provider, Text("yes", "green") if r.ok else Text("no", "red"), r.credential, r.detail)
     return table
+
+
+def size_text(size: int | None) -> str:
+    """"4.27 GB" from 100 MB up, "12.3 MB" below, "-" when unknown."""
+    if size is None:
+        return "-"
+    return f"{size / 1e9:.2f} GB" if size >= 10**8 else f"{size / 1e6:.1f} MB"

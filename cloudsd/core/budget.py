@@ -16,20 +16,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from cloudsd.durations import format_written
 from cloudsd.errors import BudgetError
 
 PROVIDER_GRACE_S = 120.0
 
 
-def format_duration(seconds: float) -> str:
-    """A budget as people write it: 45m, 2h, 1h30m, 20s, 1m30s."""
-    seconds = int(round(seconds))
-    parts = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        amount, seconds = divmod(seconds, size)
-        if amount:
-            parts.append(f"{amount}{unit}")
-    return "".join(parts) or "0s"
 IDLE_ACTIONS = ("stop", "terminate")
 
 
@@ -64,12 +56,12 @@ class Budget:
     def describe(self) -> str:
         parts = []
         if self.max_time_s is not None:
-            parts.append(f"ends after {format_duration(self.max_time_s)}")
+            parts.append(f"ends after {format_written(self.max_time_s)}")
         if self.max_spend_usd is not None:
             parts.append(f"ends at ${self.max_spend_usd:.2f} spent")
         if self.idle_s is not None:
             parts.append(f"{'stops' if self.idle_action == 'stop' else 'ends'} after "
-                         f"{format_duration(self.idle_s)} idle")
+                         f"{format_written(self.idle_s)} idle")
         return ", ".join(parts) or "no budget"
 
 
@@ -84,7 +76,7 @@ class Deadline:
 
 
 def time_reason(max_time_s: float) -> str:
-    return f"time budget {format_duration(max_time_s)} reached"
+    return f"time budget {format_written(max_time_s)} reached"
 
 
 def spend_reason(max_spend_usd: float) -> str:
@@ -92,7 +84,7 @@ def spend_reason(max_spend_usd: float) -> str:
 
 
 def idle_reason(idle_s: float) -> str:
-    return f"idle for {format_duration(idle_s)}"
+    return f"idle for {format_written(idle_s)}"
 
 
 def deadlines(budget: Budget, *, started_at: float, now: float, spent_usd: float,
@@ -131,9 +123,9 @@ def check_new_budget(budget: Budget, *, started_at: float, now: float, spent_usd
         ran = now - started_at
         if budget.max_time_s <= ran:
             raise BudgetError(
-                f"the machine has already run {format_duration(ran)}; a time budget of "
-                f"{format_duration(budget.max_time_s)} is not above that.",
-                hint=f"Give more than {format_duration(ran)}, or end it now with `cloudsd down NAME`.",
+                f"the machine has already run {format_written(ran)}; a time budget of "
+                f"{format_written(budget.max_time_s)} is not above that.",
+                hint=f"Give more than {format_written(ran)}, or end it now with `cloudsd down NAME`.",
             )
     if budget.idle_s is not None and budget.idle_s <= 0:
         raise BudgetError("an idle budget must be longer than 0 s.", hint="Give --idle-stop like 15m.")

@@ -18,18 +18,17 @@ is negative.
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from cloudsd.ledger import MachineRecord
+from cloudsd.ledger import EventKind, MachineRecord
 
 Event = tuple[float, str, str, dict[str, Any]]  # (at, machine name, kind, data), as Ledger.events() returns
 RUNNING, STOPPED, ENDED = "running", "stopped", "ended"
-_TRANSITIONS = {"created": RUNNING, "resumed": RUNNING, "stopped": STOPPED, "destroying": ENDED,
-                "terminated": ENDED, "gone": ENDED}
+_TRANSITIONS: dict[str, str] = {EventKind.CREATED: RUNNING, EventKind.RESUMED: RUNNING, EventKind.STOPPED: STOPPED,
+                EventKind.DESTROYING: ENDED, EventKind.TERMINATED: ENDED, EventKind.GONE: ENDED}
 
 
 @dataclass(frozen=True)
@@ -109,31 +108,8 @@ class SessionCost:
         }
 
 
-def split_sessions(records: Sequence[MachineRecord], events: Iterable[Event]) -> list[tuple[MachineRecord, list[Event]]]:
-    """Each ledger row with its own events. Names are reused, so a name's events are cut at each `reserved`
-    (written in the same transaction as the row) and matched to that name's rows in order."""
-    rows_by_name: dict[str, list[MachineRecord]] = defaultdict(list)
-    for record in sorted(records, key=lambda r: r.id):
-        rows_by_name[record.name].append(record)
-    chunks: dict[str, list[list[Event]]] = defaultdict(list)
-    for event in events:
-        name, kind = event[1], event[2]
-        if kind == "reserved" or not chunks[name]:
-            chunks[name].append([])
-        chunks[name][-1].append(event)
-    out = []
-    for name, rows in rows_by_name.items():
-        named = chunks.get(name, [])
-        # Rows written before events were (an older ledger): the oldest rows get no events.
-        offset = max(0, len(rows) - len(named))
-        for index, record in enumerate(rows):
-            chunk = index - offset
-            out.append((record, named[chunk] if 0 <= chunk < len(named) else []))
-    return sorted(out, key=lambda pair: pair[0].id)
-
-
 def _transition(kind: str, data: dict[str, Any]) -> str | None:
-    if kind == "watchdog-ended":
+    if kind == EventKind.WATCHDOG_ENDED:
         return STOPPED if data.get("action") == "stop" else ENDED
     return _TRANSITIONS.get(kind)
 
@@ -149,14 +125,14 @@ def session_cost(record: MachineRecord, events: Sequence[Event], now: float | No
     stopped_by: str | None = None
     intervals: list[Interval] = []
     for at, _, kind, data in events:
-        if kind == "budget-reached":  # the attached CLI ends the machine next: say why it ended
+        if kind == EventKind.BUDGET_REACHED:  # the attached CLI ends the machine next: say why it ended
             ended_by = f"cloudsd: {data.get('reason', 'budget reached')}"
         target = _transition(kind, data)
         if target is None:
             continue
-        when = float(data["at"]) if kind in ("watchdog-ended", "stopped") and data.get("at") is not None else at
+        when = float(data["at"]) if kind in (EventKind.WATCHDOG_ENDED, EventKind.STOPPED) and data.get("at") is not None else at
         if state is None:
-            if kind == "created":
+            if kind == EventKind.CREATED:
                 state, since, started, last = RUNNING, when, when, when
             continue
         when = max(when, last)
@@ -164,7 +140,7 @@ def session_cost(record: MachineRecord, events: Sequence[Event], now: float | No
             continue
         intervals.append(Interval(since, when, state, rates[state]))
         state, since, last = target, when, when
-        if kind == "watchdog-ended":
+        if kind == EventKind.WATCHDOG_ENDED:
             why = f"the watchdog: {data.get('reason', 'budget reached')}"
             ended_by, stopped_by = (why, stopped_by) if state == ENDED else (None, why)
         elif state == STOPPED:
@@ -183,10 +159,11 @@ def session_cost(record: MachineRecord, events: Sequence[Event], now: float | No
                        tuple(intervals), ended_by, {"stopped_by": stopped_by} if state == STOPPED else {})
 
 
-def session_costs(records: Sequence[MachineRecord], events: Iterable[Event],
+def session_costs(sessions: Iterable[tuple[MachineRecord, Sequence[Event]]],
                   now: float | None = None) -> list[SessionCost]:
+    """Each session's cost; `sessions` pairs each ledger row with its own events (`Ledger.sessions()`)."""
     now = time.time() if now is None else now
-    return [session_cost(record, evs, now) for record, evs in split_sessions(records, events)]
+    return [session_cost(record, evs, now) for record, evs in sessions]
 
 
 def to_laptop_time(machine_time: float, offset_s: float) -> float:

@@ -16,6 +16,7 @@ from cloudsd.core.cost import Group, SessionCost, group, month_end, month_start,
 from cloudsd.core.machines import Providers
 from cloudsd.errors import CloudsdError
 from cloudsd.ledger import Ledger
+from cloudsd.providers import ReportsBilling
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ def build(ledger: Ledger, providers: Providers | None, *, since: float | None = 
           by: str = "session", now: float | None = None) -> CostReport:
     """The report for [since, until] (either open). `providers` None: no provider is asked for its billing."""
     now = time.time() if now is None else now
-    costs = [c for c in session_costs(ledger.machines(), ledger.events(), now) if c.started_at is not None]
+    costs = [c for c in session_costs(ledger.sessions(), now) if c.started_at is not None]
     lines = []
     for cost in costs:
         pieces = [c for i in cost.intervals if (c := i.clipped(since, until)) is not None]
@@ -163,10 +164,9 @@ def _provider_billing(providers: Providers, lines: list[Line], since: float | No
             if pid in ids:
                 by_machine[pid] = by_machine.get(pid, 0.0) + float(record.get("amount_usd") or 0.0)
         balance = spend = None
-        account = getattr(provider, "account", None)
-        if callable(account):
+        if isinstance(provider, ReportsBilling):
             try:
-                details = account()
+                details = provider.account()
             except CloudsdError:
                 details = {}
             balance = details.get("credit_usd") if details.get("credit_usd") is not None else details.get(

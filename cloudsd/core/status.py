@@ -1,7 +1,7 @@
 """`status`: the ledger joined with each provider's live view, plus strays on the accounts.
 
 A machine the provider says is gone or stopped, which cloudsd did not end or stop itself, is recorded here
-with who did it and why (`core/guard.reconcile`): usually the watchdog, for a budget or idleness.
+with who did it and why (`core/lifecycle.reconcile`): usually the watchdog, for a budget or idleness.
 """
 
 from __future__ import annotations
@@ -9,13 +9,14 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 
+from cloudsd.core import lifecycle
 from cloudsd.core.budget import use
 from cloudsd.core.cost import Event, SessionCost, session_cost
-from cloudsd.core.guard import current, plan_of, reconcile, resumed
+from cloudsd.core.guard import plan_of
 from cloudsd.core.machines import Providers
 from cloudsd.errors import CloudsdError, ConfigError
-from cloudsd.ledger import Ledger, MachineRecord
-from cloudsd.models import MachineStatus
+from cloudsd.ledger import Ledger, MachineRecord, Status
+from cloudsd.machine import MachineStatus
 
 RECENT_S = 86400.0  # machines the watchdog ended stay listed this long, so `status` can say why they are gone
 
@@ -79,30 +80,30 @@ def status(ledger: Ledger, providers: Providers, *, sweep: tuple[str, ...] = ())
             provider = providers.get(record.provider)
             info = provider.get(record.provider_id) if record.provider_id else None
             if record.provider_id and info is None:
-                note, live = reconcile(ledger, record, None, provider, now=now), "gone"
+                note, live = lifecycle.reconcile(ledger, record, None, provider, now=now), "gone"
             elif info is not None:
                 live = info.status.value + (f" ({info.detail})" if info.detail and info.detail != info.status.value
                                             else "")
-                if info.status is MachineStatus.STOPPED and record.status in ("running", "booting"):
-                    note = reconcile(ledger, record, info.status, provider, now=now)
-                elif info.status is MachineStatus.RUNNING and record.status == "stopped":
-                    resumed(ledger, record)
+                if info.status is MachineStatus.STOPPED and record.status in (Status.RUNNING, Status.BOOTING):
+                    note = lifecycle.reconcile(ledger, record, info.status, provider, now=now)
+                elif info.status is MachineStatus.RUNNING and record.status is Status.STOPPED:
+                    lifecycle.resumed(ledger, record)
             else:
                 live = "not created"
         except CloudsdError as exc:
             live = f"unreachable: {exc.message}"
             if isinstance(exc, ConfigError):  # a provider this version does not know: say so, under the table too
                 note = f"needs attention: {exc.message}; it may still bill there: end it in that provider's console"
-        record, events = current(ledger, record.name)
-        if not note and record.status == "stopped":
+        record, events = ledger.session(record.name)
+        if not note and record.status is Status.STOPPED:
             note = record.detail
         rows.append(_row(record, live, session_cost(record, events, now), note, events, now))
     listed = {(r.provider, r.provider_id) for r in rows}
     for record in ledger.machines():
         recent = record.terminated_at is not None and now - record.terminated_at < RECENT_S
-        if (record.status == "terminated" and recent and record.detail.startswith("ended by the watchdog")
+        if (record.status is Status.TERMINATED and recent and record.detail.startswith("ended by the watchdog")
                 and (record.provider, record.provider_id) not in listed):
-            record, events = current(ledger, record.name)
+            record, events = ledger.session(record.name)
             rows.append(_row(record, "gone", session_cost(record, events, now), record.detail))
     known = {(r.provider, r.provider_id) for r in ledger.machines() if r.provider_id}
     for provider_name in sweep:

@@ -20,10 +20,10 @@ from cloudsd.core import offers as offer_choice
 from cloudsd.core.cost import month_start
 from cloudsd.core.machines import Providers
 from cloudsd.errors import CloudsdError, ConfigError, NoCapacity
-from cloudsd.ledger import Ledger, VolumeRecord
-from cloudsd.models import Offer, OfferSpec
+from cloudsd.ledger import Ledger, VolumeRecord, VolumeStatus
+from cloudsd.machine import Offer, OfferSpec
 from cloudsd.names import name_problem
-from cloudsd.providers import REGISTRY, Provider, provider_class
+from cloudsd.providers import Provider, provider_class, provider_names
 from cloudsd.volumes import HOURS_PER_MONTH, VolumeInfo, VolumeRequest
 
 
@@ -66,10 +66,15 @@ def strays(live: Iterable[VolumeInfo], records: Sequence[VolumeRecord]) -> list[
 def volume_provider(providers: Providers, name: str) -> Provider:
     """The provider, or one line saying it has no volumes in this cloudsd."""
     if not provider_class(name).supports_volumes:  # said before a key or an engine is needed
-        others = ", ".join(n for n in REGISTRY if n != name and provider_class(n).supports_volumes)
+        others = ", ".join(n for n in provider_names() if n != name and provider_class(n).supports_volumes)
         raise ConfigError(f"{name} volumes are not supported by this cloudsd yet.",
                           hint=f"Use a volume on {others}, or `up` without --volume (models are sent again).")
     return providers.get(name)
+
+
+def volume_clouds(clouds: Iterable[str]) -> list[str]:
+    """Of these providers, those with volumes (swept for stray volumes by `status`)."""
+    return [name for name in clouds if provider_class(name).supports_volumes]
 
 
 def needed(ledger: Ledger, name: str) -> VolumeRecord:
@@ -117,11 +122,11 @@ def create(ledger: Ledger, providers: Providers, request: VolumeRequest, provide
     try:
         info = provider.create_volume(request)
     except BaseException:
-        ledger.update_volume(request.name, status="deleted", event="volume-not-created")
+        ledger.update_volume(request.name, status=VolumeStatus.DELETED, deleted_at=time.time())
         raise
     ledger.update_volume(request.name, provider_id=info.provider_id, placement=info.placement,
                          region=info.region, size_gb=info.size_gb, price_per_gb_month=info.price_per_gb_month,
-                         status="ready", event="volume-created")
+                         status=VolumeStatus.READY)
     return needed(ledger, request.name)
 
 
@@ -165,7 +170,7 @@ def listing(ledger: Ledger, providers: Providers, now: float, sweep: Iterable[st
     for record in records:
         info = by_id.get((record.provider, record.provider_id or ""))
         note = notes.get(record.provider, "")
-        if not note and info is None and record.status == "ready":
+        if not note and info is None and record.status == VolumeStatus.READY:
             note = f"{record.provider} no longer lists it"
         rows.append(VolumeRow(record, info, volume_cost(record, now), in_use_by(record, ledger, info), note))
     for stray in strays(live, records):
@@ -201,7 +206,7 @@ def remove(ledger: Ledger, providers: Providers, name: str, confirm: Callable[[s
     if not confirm(f"Delete volume {name!r} ({record.size_gb:g} GB on {record.provider}) and everything on it?"):
         raise CloudsdError("nothing was deleted.")
     provider.delete_volume(record.provider_id or "")
-    ledger.update_volume(name, status="deleted", deleted_at=time.time(), event="volume-deleted")
+    ledger.update_volume(name, status=VolumeStatus.DELETED, deleted_at=time.time())
     return f"deleted volume {name} ({record.provider} {record.provider_id})"
 
 
@@ -229,7 +234,7 @@ def check_unused(ledger: Ledger, name: str) -> None:
 
 def attach(ledger: Ledger, name: str, machine: str) -> None:
     """Record that `machine` mounts the volume (it is in use while that machine is active)."""
-    ledger.update_volume(name, attached_to=machine, event="volume-attached")
+    ledger.update_volume(name, attached_to=machine)
 
 
 def reminders(ledger: Ledger, machines: Iterable[str], now: float) -> list[str]:

@@ -16,12 +16,14 @@ import shlex
 import time
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cloudsd.core.budget import Budget, Deadline, idle_reason
 from cloudsd.core.cost import clock_offset, to_laptop_time
 from cloudsd.errors import CloudsdError, SSHError
-from cloudsd.ssh import Connection
+
+if TYPE_CHECKING:
+    from cloudsd.ssh import Connection  # the type only: reading budgets needs no SSH library
 
 IMAGE_PATH = "/opt/cloudsd/watchdog/watchdog.py"  # where an image may carry it
 INSTALL_PATH = "/var/lib/cloudsd/watchdog.py"  # where cloudsd puts it otherwise

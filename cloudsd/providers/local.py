@@ -17,8 +17,8 @@ import docker.errors
 from docker.types import DeviceRequest
 
 from cloudsd.errors import EngineUnavailable, ImageMissing, ProviderError
-from cloudsd.models import CreateRequest, MachineInfo, MachineStatus, Offer, OfferSpec, SSHEndpoint
-from cloudsd.providers import Provider
+from cloudsd.machine import CreateRequest, MachineInfo, MachineStatus, Offer, OfferSpec, SSHEndpoint
+from cloudsd.providers import Provider, Stoppable
 from cloudsd.volumes import MOUNT_PATH, VolumeInfo, VolumeRequest
 
 MACHINE_LABEL = "cloudsd.machine"
@@ -52,7 +52,7 @@ def _short(text: str) -> str:
     return text if len(text) < 200 else text[:197] + "..."
 
 
-class LocalProvider(Provider):
+class LocalProvider(Stoppable, Provider):
     name = "local"
     supports_stop = True
     supports_self_stop = False

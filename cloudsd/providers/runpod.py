@@ -23,7 +23,7 @@ from typing import Any
 
 from cloudsd.errors import ConfigError, CredentialsError, ProviderError
 from cloudsd.gpus import canonical_gpu_name
-from cloudsd.models import (
+from cloudsd.machine import (
     LABEL_PREFIX,
     CreateRequest,
     MachineInfo,
@@ -32,7 +32,7 @@ from cloudsd.models import (
     OfferSpec,
     SSHEndpoint,
 )
-from cloudsd.providers import Provider
+from cloudsd.providers import KeyedAccount, Provider, ReportsBilling, Stoppable
 from cloudsd.providers.http import ConnectFailed, JsonApi
 from cloudsd.providers.runpod_graphql import (
     CREATE_ID_ENV,
@@ -257,7 +257,7 @@ def machine_from_pod(pod: Mapping[str, Any]) -> MachineInfo:
 
 
 # -- the provider ----------------------------------------------------------------------------------
-class RunPodProvider(Provider):
+class RunPodProvider(Stoppable, ReportsBilling, KeyedAccount, Provider):
     name = "runpod"
     supports_stop = True  # the volume (/workspace) survives; the container disk does not
     supports_self_stop = True  # each pod gets a RUNPOD_API_KEY scoped to itself

@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 
 from cloudsd.errors import CloudsdError, ConfigError, NoCapacity, ProviderError, RateLimited
-from cloudsd.models import LABEL_PREFIX, CreateRequest, MachineInfo, MachineStatus, Offer, OfferSpec
-from cloudsd.providers import Provider
+from cloudsd.machine import LABEL_PREFIX, CreateRequest, MachineInfo, MachineStatus, Offer, OfferSpec
+from cloudsd.providers import KeyedAccount, Provider, ReportsBilling, Stoppable
 from cloudsd.providers.http import ConnectFailed, JsonApi
 from cloudsd.providers.vastai_api import (
     CONSOLE_URL,
@@ -53,7 +53,7 @@ def _compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-class VastProvider(VastVolumes, Provider):
+class VastProvider(VastVolumes, Stoppable, ReportsBilling, KeyedAccount, Provider):
     """Vast.ai instances: offers from `bundles`, instances with direct SSH, labels `cloudsd-NAME`."""
 
     name = "vastai"

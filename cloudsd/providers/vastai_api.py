@@ -14,7 +14,7 @@ from typing import Any
 
 from cloudsd.errors import CredentialsError
 from cloudsd.gpus import canonical_gpu_name
-from cloudsd.models import CreateRequest, MachineInfo, MachineStatus, Offer, OfferSpec, SSHEndpoint
+from cloudsd.machine import CreateRequest, MachineInfo, MachineStatus, Offer, OfferSpec, SSHEndpoint
 
 PROVIDER = "vastai"
 DEFAULT_BASE_URL = "https://console.vast.ai"

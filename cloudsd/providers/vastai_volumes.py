@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from cloudsd.errors import NoCapacity
-from cloudsd.models import LABEL_PREFIX, Offer, OfferSpec
+from cloudsd.machine import LABEL_PREFIX, Offer, OfferSpec
 from cloudsd.providers.vastai_api import parse_offers, search_body
 from cloudsd.volumes import MOUNT_PATH, VolumeInfo, VolumeRequest
 

@@ -11,9 +11,8 @@ from typing import Any
 
 import click
 
-from cloudsd.cli.params import DISK_GB, MACHINE_NAME
-
-VOLUME_PROVIDERS = click.Choice(["local", "runpod", "vastai"])
+from cloudsd.cli.app import App, pass_app
+from cloudsd.cli.params import DISK_GB, MACHINE_NAME, ProviderChoice
 
 
 @click.group()
@@ -43,23 +42,16 @@ def volumes_table(rows: Iterable[dict[str, Any]]) -> Any:
     return table
 
 
-def _context() -> tuple[Any, Any]:
-    from cloudsd.config import resolve
-    from cloudsd.core.machines import Providers
-    from cloudsd.ledger import Ledger
-
-    return Ledger(), Providers(resolve())
-
-
 @volume.command("create")
 @click.argument("name", type=MACHINE_NAME)
-@click.option("--provider", type=VOLUME_PROVIDERS, required=True, help="Where the volume lives.")
+@click.option("--provider", type=ProviderChoice(), required=True, help="Where the volume lives.")
 @click.option("--size", "size_gb", type=DISK_GB, required=True, help="Size in GB.")
 @click.option("--region", help="Data center or country to place it in (the provider's choice without it).")
 @click.option("--gpu", multiple=True, help="Where a volume is tied to one host (Vast.ai): a host with an offer "
                                           "of this GPU now, e.g. 'RTX 4090' (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def create_cmd(name: str, provider: str, size_gb: int, region: str | None, gpu: tuple[str, ...],
+@pass_app
+def create_cmd(app: App, name: str, provider: str, size_gb: int, region: str | None, gpu: tuple[str, ...],
                as_json: bool) -> None:
     """Create a volume. It bills per GB-month from now until `cloudsd volume rm NAME`, used or not.
 
@@ -67,19 +59,13 @@ def create_cmd(name: str, provider: str, size_gb: int, region: str | None, gpu: 
     has that GPU. Example: `cloudsd volume create models --provider vastai --size 40 --gpu 'RTX 4090'`.
     """
     from cloudsd.cli import render
-    from cloudsd.config import resolve
     from cloudsd.core import volumes
-    from cloudsd.core.deploy import spec_from
+    from cloudsd.core.up import spec_from
     from cloudsd.volumes import VolumeRequest
 
-    spec = spec_from(resolve({"gpu": list(gpu) or None}))  # a host-bound volume goes where the image fits
-    ledger, providers = _context()
-    try:
-        request = VolumeRequest(name, size_gb, region, cuda=spec.cuda, machine_disk_gb=spec.disk_gb)
-        record = volumes.create(ledger, providers, request, provider, spec if gpu else None)
-    finally:
-        providers.close()
-        ledger.close()
+    spec = spec_from(app.configure({"gpu": list(gpu) or None}))  # a host-bound volume goes where the image fits
+    request = VolumeRequest(name, size_gb, region, cuda=spec.cuda, machine_disk_gb=spec.disk_gb)
+    record = volumes.create(app.ledger, app.providers, request, provider, spec if gpu else None)
     if as_json:
         render.print_json(record.to_dict())
         return
@@ -91,20 +77,16 @@ def create_cmd(name: str, provider: str, size_gb: int, region: str | None, gpu: 
 
 
 @volume.command("ls")
-@click.option("--provider", type=VOLUME_PROVIDERS, multiple=True,
+@click.option("--provider", type=ProviderChoice(), multiple=True,
               help="Also look for stray volumes here (default: the providers in the ledger).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def ls_cmd(provider: tuple[str, ...], as_json: bool) -> None:
+@pass_app
+def ls_cmd(app: App, provider: tuple[str, ...], as_json: bool) -> None:
     """Volumes with provider, region, size, $/month, month to date and the machine using each; strays too."""
     from cloudsd.cli import render
     from cloudsd.core import volumes
 
-    ledger, providers = _context()
-    try:
-        rows = [r.to_dict() for r in volumes.listing(ledger, providers, time.time(), sweep=provider)]
-    finally:
-        providers.close()
-        ledger.close()
+    rows = [r.to_dict() for r in volumes.listing(app.ledger, app.providers, time.time(), sweep=provider)]
     if as_json:
         render.print_json(rows)
     elif not rows:
@@ -115,9 +97,10 @@ def ls_cmd(provider: tuple[str, ...], as_json: bool) -> None:
 
 @volume.command("rm")
 @click.argument("name")
-@click.option("--provider", type=VOLUME_PROVIDERS, help="For a stray volume: the provider it is on.")
+@click.option("--provider", type=ProviderChoice(), help="For a stray volume: the provider it is on.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
-def rm_cmd(name: str, provider: str | None, yes: bool) -> None:
+@pass_app
+def rm_cmd(app: App, name: str, provider: str | None, yes: bool) -> None:
     """Delete a volume and everything on it. Refused while a machine uses it."""
     from cloudsd.cli import render
     from cloudsd.core import volumes
@@ -125,10 +108,5 @@ def rm_cmd(name: str, provider: str | None, yes: bool) -> None:
     def confirm(question: str) -> bool:
         return yes or click.confirm(question, default=False, err=True)
 
-    ledger, providers = _context()
-    try:
-        done = volumes.remove(ledger, providers, name, confirm, provider_name=provider)
-    finally:
-        providers.close()
-        ledger.close()
+    done = volumes.remove(app.ledger, app.providers, name, confirm, provider_name=provider)
     render.console().print(done)
