@@ -151,3 +151,17 @@ def test_clock_offset_from_the_round_trip_midpoint() -> None:
     offset = clock_offset(machine_time=1040.1, sent_at=1000.0, received_at=1000.2)
     assert offset == pytest.approx(40.0)
     assert to_laptop_time(1100.0, offset) == pytest.approx(1060.0)
+
+
+def test_bandwidth_billed_per_gb_is_an_estimate_from_what_cloudsd_moved() -> None:
+    events = [ev(1000.0, "created", download_usd_per_gb=0.005, upload_usd_per_gb=0.002),
+              ev(1000.0 + 60, "models-synced", bytes_in=4_000_000_000),
+              ev(1000.0 + 120, "outputs-pulled", bytes_out=500_000_000),
+              ev(1000.0 + 3600, "destroying")]
+    cost = session_cost(record(), events, now=1000.0 + 7200)
+    assert cost.bandwidth_usd == pytest.approx(4 * 0.005 + 0.5 * 0.002)
+    assert cost.cost_usd == pytest.approx(RATE + cost.bandwidth_usd)
+    assert cost.cost_between(1000.0 + 90, None) == pytest.approx(RATE * (3600 - 90) / 3600 + 0.5 * 0.002)
+    assert cost.to_dict()["bandwidth_usd"] == pytest.approx(0.021)
+    no_rates = [ev(1000.0, "created"), ev(1000.0 + 60, "models-synced", bytes_in=4_000_000_000)]
+    assert session_cost(record(), no_rates, now=1000.0 + 60).transfers == ()

@@ -7,8 +7,9 @@ deadlines shifted by the machine's measured clock offset (`core/watchdog.py`).
 - A spend budget becomes a deadline too: the moment the cost so far plus the running rate reaches it.
 - An idle budget stops (or terminates) the machine after `idle_s` with no web UI request, no shell in use
   and an idle GPU. It has no fixed deadline; the watchdog reports the current one.
-- RunPod also gets the earliest deadline plus `PROVIDER_GRACE_S` as `terminateAfter`: a backstop that
-  fires even if the watchdog dies. The grace lets the watchdog (which acts at the deadline) go first.
+- A provider that can end a machine itself at a time set at create (`supports_deadline`; none does today:
+  RunPod's REST v2 has no `terminateAfter`) gets the earliest deadline plus `PROVIDER_GRACE_S`: a backstop
+  that fires even if the watchdog dies. The grace lets the watchdog (which acts at the deadline) go first.
 """
 
 from __future__ import annotations
@@ -101,7 +102,8 @@ def deadlines(budget: Budget, *, started_at: float, now: float, spent_usd: float
 
 
 def provider_deadline(budget: Budget, *, now: float, price_per_hour: float) -> float | None:
-    """The server-side `terminateAfter` to ask for at create, or None without a time or spend budget."""
+    """The server-side deadline to ask for at create (`supports_deadline`), or None without a time or spend
+    budget."""
     found = deadlines(budget, started_at=now, now=now, spent_usd=0.0, price_per_hour=price_per_hour)
     return found[0].at + PROVIDER_GRACE_S if found else None
 

@@ -8,6 +8,12 @@ The rules, per second:
 - Billing ends at the first `destroying` event (the destroy call), or where the machine was found gone
   (`gone`, `terminated`), or at a watchdog's `terminate` (`watchdog-ended`).
 
+- Bandwidth, where the provider bills it per GB (Vast.ai: the offer's `inet_down_cost`/`inet_up_cost`, kept in
+  the `created` event), is an estimate from what cloudsd itself moved: bytes into the machine (models pushed
+  or fetched by it: `models-synced` `bytes_in`) at the download rate, bytes out (outputs pulled:
+  `outputs-pulled` `bytes_out`) at the upload rate, 1 GB = 10^9 bytes, counted when the transfer was recorded.
+  Traffic cloudsd did not make (the UI's own downloads) is not in it.
+
 Times are the laptop's, from events cloudsd wrote itself. The only other times are estimates of when the
 watchdog acted, which are converted to the laptop's clock before they are written (`data["at"]`). Events are
 read in the order they were written and time never runs backwards along a session: a time earlier than the
@@ -69,10 +75,19 @@ class SessionCost:
     intervals: tuple[Interval, ...] = ()
     ended_by: str | None = None  # "down", "the watchdog: time budget 45m reached", "gone", …
     extra: dict[str, Any] = field(default_factory=dict)
+    transfers: tuple[tuple[float, float], ...] = ()  # (when, $) of bandwidth billed per GB: an estimate
+
+    @property
+    def bandwidth_usd(self) -> float:
+        return sum(usd for _, usd in self.transfers)
 
     @property
     def cost_usd(self) -> float:
-        return sum(i.cost_usd for i in self.intervals)
+        return sum(i.cost_usd for i in self.intervals) + self.bandwidth_usd
+
+    def bandwidth_between(self, since: float | None, until: float | None) -> float:
+        return sum(usd for at, usd in self.transfers
+                   if (since is None or at >= since) and (until is None or at <= until))
 
     @property
     def running_s(self) -> float:
@@ -94,7 +109,8 @@ class SessionCost:
         return self.intervals[-1].rate_per_hour
 
     def cost_between(self, since: float | None, until: float | None) -> float:
-        return sum(c.cost_usd for i in self.intervals if (c := i.clipped(since, until)) is not None)
+        return sum(c.cost_usd for i in self.intervals if (c := i.clipped(since, until)) is not None) + \
+            self.bandwidth_between(since, until)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -105,6 +121,7 @@ class SessionCost:
             "running_s": round(self.running_s, 3), "stopped_s": round(self.stopped_s, 3),
             "cost_usd": round(self.cost_usd, 6), "accruing_per_hour": round(self.accruing_per_hour, 6),
             "stopped_by": self.extra.get("stopped_by"),
+            "bandwidth_usd": round(self.bandwidth_usd, 6) if self.transfers else None,  # an estimate
         }
 
 
@@ -112,6 +129,24 @@ def _transition(kind: str, data: dict[str, Any]) -> str | None:
     if kind == EventKind.WATCHDOG_ENDED:
         return STOPPED if data.get("action") == "stop" else ENDED
     return _TRANSITIONS.get(kind)
+
+
+GB = 1e9
+
+
+def transfers(events: Sequence[Event]) -> tuple[tuple[float, float], ...]:
+    """(when, $) for each transfer cloudsd recorded, priced per GB at the rates in the `created` event; empty
+    where the provider bills no bandwidth per GB."""
+    down = up = None
+    out = []
+    for at, _, kind, data in events:
+        if kind == "created":
+            down, up = data.get("download_usd_per_gb"), data.get("upload_usd_per_gb")
+        elif kind == "models-synced" and isinstance(down, (int, float)) and data.get("bytes_in"):
+            out.append((at, float(data["bytes_in"]) / GB * down))
+        elif kind == "outputs-pulled" and isinstance(up, (int, float)) and data.get("bytes_out"):
+            out.append((at, float(data["bytes_out"]) / GB * up))
+    return tuple(out)
 
 
 def session_cost(record: MachineRecord, events: Sequence[Event], now: float | None = None) -> SessionCost:
@@ -156,7 +191,8 @@ def session_cost(record: MachineRecord, events: Sequence[Event], now: float | No
         intervals.append(Interval(since, max(now, since), state, rates[state]))
     return SessionCost(record.id, record.name, record.provider, record.provider_id, record.gpu,
                        record.price_per_hour, record.storage_price_per_hour, started, ended_at, state,
-                       tuple(intervals), ended_by, {"stopped_by": stopped_by} if state == STOPPED else {})
+                       tuple(intervals), ended_by, {"stopped_by": stopped_by} if state == STOPPED else {},
+                       transfers(events))
 
 
 def session_costs(sessions: Iterable[tuple[MachineRecord, Sequence[Event]]],

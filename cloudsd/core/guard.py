@@ -69,7 +69,9 @@ def arm(ledger: Ledger, record: MachineRecord, connection: Connection, provider:
     found = deadlines(budget, started_at=started, now=now, spent_usd=cost.cost_usd,
                       price_per_hour=record.price_per_hour)
     offset, rtt = measure_offset(connection)
-    config = machine_config(provider.name, budget, found, offset, settings, self_stop=provider.supports_self_stop)
+    calls = {action: call.to_dict() for action in ("stop", "terminate")
+             if provider.supports_self_stop and (call := provider.self_stop_call(action)) is not None}
+    config = machine_config(provider.name, budget, found, offset, settings, end_calls=calls or None)
     reading = install(connection, config)
     ledger.event(record.name, EventKind.BUDGET, {"budget": budget.to_dict(), "deadlines": [d.to_dict() for d in found]})
     ledger.event(record.name, EventKind.WATCHDOG_INSTALLED, {**reading.to_event(), "rtt_s": round(rtt, 4), "config": config})
@@ -79,7 +81,7 @@ def arm(ledger: Ledger, record: MachineRecord, connection: Connection, provider:
 
 
 def provider_deadline_of(events: list[Event]) -> float | None:
-    """The server-side deadline asked for at create (RunPod `terminateAfter`), from the `created` event."""
+    """The server-side deadline asked for at create (`supports_deadline`), from the `created` event."""
     for _, _, kind, data in events:
         if kind == EventKind.CREATED and data.get("deadline_at") is not None:
             return float(data["deadline_at"])

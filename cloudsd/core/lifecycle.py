@@ -26,7 +26,9 @@ def created(ledger: Ledger, name: str, provider_id: str, offer: Offer, deadline_
     """The provider gave an id: from here the machine bills."""
     ledger.update(name, provider_id=provider_id, status=Status.BOOTING, event=EventKind.CREATED,
                   data={"provider_id": provider_id, "offer": offer.offer_id,
-                        "price_per_hour": offer.price_per_hour, "deadline_at": deadline_at})
+                        "price_per_hour": offer.price_per_hour, "deadline_at": deadline_at,
+                        "download_usd_per_gb": offer.download_usd_per_gb,
+                        "upload_usd_per_gb": offer.upload_usd_per_gb})
 
 
 def not_created(ledger: Ledger, name: str, reason: str) -> None:

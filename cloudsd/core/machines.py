@@ -12,7 +12,7 @@ from typing import Protocol
 
 from cloudsd.config import Settings
 from cloudsd.core import lifecycle
-from cloudsd.errors import CloudsdError, ProviderError, ProvisioningError
+from cloudsd.errors import CloudsdError, ProviderError, ProvisioningError, RateLimited
 from cloudsd.ledger import Ledger, MachineRecord, Status
 from cloudsd.machine import MachineInfo, MachineStatus
 from cloudsd.providers import Provider, cloud_names, get_provider
@@ -87,11 +87,22 @@ def wait_until_running(
     on_change: Callable[[MachineInfo], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> MachineInfo:
-    """Poll `get` until the machine runs with an SSH endpoint; ProvisioningError on failure or timeout."""
+    """Poll `get` until the machine runs with an SSH endpoint; ProvisioningError on failure or timeout.
+    A rate limit never ends the wait: it backs off and keeps polling until the deadline."""
     started = time.monotonic()
     last: MachineInfo | None = None
+    pause = provider.poll_interval_s
     while True:
-        info = provider.get(provider_id)
+        try:
+            info = provider.get(provider_id)
+        except RateLimited as exc:
+            if time.monotonic() - started > deadline_s:
+                raise ProvisioningError(f"{provider.name} machine {provider_id} was not confirmed running after "
+                                        f"{deadline_s:.0f} s: {exc.message}") from None
+            pause = min(pause * 2, 30.0)
+            sleep(pause)
+            continue
+        pause = provider.poll_interval_s
         if info is None:
             raise ProvisioningError(f"{provider.name} machine {provider_id} disappeared while starting.")
         if last is None or (info.status, info.detail) != (last.status, last.detail):
@@ -109,7 +120,7 @@ def wait_until_running(
                 f"{provider.name} machine {provider_id} was not running after {deadline_s:.0f} s "
                 f"(last state: {info.status.value}{': ' + info.detail if info.detail else ''})."
             )
-        sleep(POLL_S)
+        sleep(pause)
 
 
 def destroy_and_confirm(
@@ -137,7 +148,7 @@ def destroy_and_confirm(
                 f"{provider.name} has not confirmed that machine {provider_id} is gone after {deadline_s:.0f} s; "
                 "it may still bill."
             )
-        sleep(POLL_S)
+        sleep(max(POLL_S, provider.poll_interval_s))
 
 
 def refresh_record(ledger: Ledger, providers: Providers, record: MachineRecord) -> MachineRecord:

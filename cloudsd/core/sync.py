@@ -76,8 +76,10 @@ def push_to(ledger: Ledger, record: MachineRecord, connection: Connection, reque
             progress: Progress) -> PushSummary:
     """Push models over an open connection and record what is on the machine (`models-synced`)."""
     summary = push_models(connection, profile(record.ui or "a1111"), requests, progress=progress)
+    fetched = sum(r.size or 0 for r in summary.results if r.outcome == "fetched")  # the machine downloaded these
     ledger.event(record.name, EventKind.MODELS_SYNCED,
-                 {"results": [[r.remote, r.outcome, r.short_hash] for r in summary.results]})
+                 {"results": [[r.remote, r.outcome, r.short_hash] for r in summary.results],
+                  "bytes_in": summary.bytes_sent + fetched})
     return summary
 
 
@@ -89,7 +91,7 @@ def pull_record_outputs(ledger: Ledger, record: MachineRecord, dest: Path, progr
     with reconnect_record(record, deadline_s=CONNECT_DEADLINE_S, ledger=ledger) as connection:
         summary = pull_outputs(connection, profile(record.ui or "a1111"), dest, progress=progress)
     ledger.event(record.name, EventKind.OUTPUTS_PULLED, {"dest": str(summary.dest), "pulled": len(summary.pulled),
-                                                 "problems": summary.problems})
+                                                 "problems": summary.problems, "bytes_out": summary.bytes_pulled})
     return summary
 
 

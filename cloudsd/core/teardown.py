@@ -96,8 +96,8 @@ def ended_unless_ready(ledger: Ledger, providers: Providers, name: str, *, keep_
 
     - The provider had no capacity (no machine exists): the row is closed as not created; try the next offer.
     - Anything else fails (a boot or SSH that times out, Ctrl-C, a watchdog that cannot be armed): the
-      machine is destroyed and confirmed gone before the error goes on. A boot or SSH failure before ready
-      tries the next offer instead.
+      machine is destroyed and confirmed gone before the error goes on. A boot or SSH failure before ready,
+      or a create that failed for any reason but a bad key, tries the next offer instead.
     - With `keep_on_failure`, a machine that exists is kept and the error says how to end it.
     """
     attempt = Attempt()
@@ -136,6 +136,10 @@ def ended_unless_ready(ledger: Ledger, providers: Providers, name: str, *, keep_
                 hint=f"Run `cloudsd down {name}` to try again.",
             ) from None
         if isinstance(exc, ProvisioningError | SSHError) and record.provider_id and not attempt.ready:
+            raise TryNextOffer(exc) from None
+        if isinstance(exc, ProviderError) and not record.provider_id:
+            # The create itself failed for anything but a bad key (a CredentialsError is no ProviderError):
+            # whatever it made is ended now, so the next offer may work, as after a capacity error.
             raise TryNextOffer(exc) from None
         raise
 

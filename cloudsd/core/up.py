@@ -82,14 +82,14 @@ class UpOptions:
 
 
 def spec_from(settings: Settings, choice: dict[str, Any] | None = None) -> OfferSpec:
-    """The offer filters: gpu, max price and disk from the settings, the rest from flags. Without --cuda, only
-    hosts whose driver runs the image's CUDA version (its `-cuXYZ` tag) are offered."""
+    """The offer filters: gpu, max price and disk from the settings, the rest from flags. Only hosts whose driver
+    runs the image's CUDA version (its `-cuXYZ` tag) are offered; `--cuda` can only raise that floor."""
     choice = choice or {}
     image = choose_image(settings["ui"], None, image=settings["image"], registry=settings["registry"]).image
     return OfferSpec(
         gpus=tuple(settings["gpu"]), max_price_per_hour=settings["max_price"], disk_gb=settings["disk_gb"],
         min_vram_gb=choice.get("min_vram"), min_reliability=choice.get("min_reliability"), region=choice.get("region"),
-        cuda=choice.get("cuda") or image_cuda(image), interruptible=bool(choice.get("interruptible")),
+        cuda=highest_cuda(choice.get("cuda"), image_cuda(image)), interruptible=bool(choice.get("interruptible")),
     )
 
 
@@ -214,7 +214,7 @@ def _up_on(offer: Offer, name: str, ui: UIProfile, options: UpOptions, ledger: L
         raise
     cuda = highest_cuda(options.spec.cuda, image_cuda(image))  # the host's driver must run the image
     deadline_at = (provider_deadline(options.budget, now=time.time(), price_per_hour=offer.price_per_hour)
-                   if provider.supports_deadline else None)  # RunPod's own backstop behind the watchdog
+                   if provider.supports_deadline else None)  # the provider's own backstop behind the watchdog
     request = CreateRequest(name=name, image=image, public_key=pair.public_line,
                             env={"CLOUDSD_MACHINE": name, **ui.machine_env(), **options.env},
                             disk_gb=options.spec.disk_gb, cuda=cuda, onstart="/opt/cloudsd/boot/entrypoint.sh",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import os
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cloudsd.errors import ConfigError
@@ -40,6 +40,27 @@ REGISTRY: dict[str, Entry] = {
 ENABLE_ENV = "CLOUDSD_PROVIDERS"  # comma-separated unlisted providers to accept, e.g. "memory"
 
 
+@dataclass(frozen=True)
+class SelfStopCall:
+    """One HTTP request the on-machine watchdog sends to stop or end its own machine, built by the provider so
+    the watchdog knows no vendor. `${NAME}` and `${NAME:-default}` in `url`, `headers` and `body` are filled on
+    the machine from its environment (the provider's machine-scoped key never leaves it). The watchdog follows
+    no redirect and counts the call done only on a status in `ok_statuses` whose JSON body holds every
+    `ok_fields` pair (after the same filling), or on a status in `gone_statuses` (the machine is gone)."""
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: Any = None
+    ok_statuses: tuple[int, ...] = (200,)
+    ok_fields: dict[str, Any] = field(default_factory=dict)
+    gone_statuses: tuple[int, ...] = ()
+    needs_env: tuple[str, ...] = ()  # variables that must be set on the machine
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 class Provider(ABC):
     """A place that rents machines. One module per provider; only that module knows the vendor.
 
@@ -62,6 +83,7 @@ class Provider(ABC):
     supports_volumes: bool = False  # storage that outlives a machine: `create_volume`, `CreateRequest.volume_id`
     ssh_timeout_s: float = 120.0  # how long SSH may take to answer once the provider says running
     boot_timeout_s: float = 600.0  # how long the provider may take to say running (image pulls)
+    poll_interval_s: float = 1.0  # the pace of status polls while waiting (some APIs limit each endpoint)
 
     @abstractmethod
     def offers(self, spec: OfferSpec) -> list[Offer]:
@@ -97,6 +119,11 @@ class Provider(ABC):
         Returns once the provider accepted the request (the core waits for it to run). When the provider
         cannot resume it (the host's GPU is taken meanwhile), raise `ResumeRefused`; the disk must be kept."""
         raise NotImplementedError(f"{self.name} cannot start a stopped machine")
+
+    def self_stop_call(self, action: str) -> SelfStopCall | None:
+        """The request that stops (`action` "stop") or ends ("terminate") a machine from inside it with the
+        credential the provider put there. Only where `supports_self_stop`; None elsewhere."""
+        return None
 
     def billing(self, since: float, until: float) -> list[dict[str, Any]]:
         """What the provider charged per machine between two epoch times, as dicts with `provider_id`,
