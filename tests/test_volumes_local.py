@@ -98,10 +98,11 @@ def test_offers_with_a_volume_are_where_it_lives(local_env: dict[str, str], remo
     assert wrong.returncode == 2 and "volume 'here' is on local, not vastai" in wrong.stderr
 
 
-def test_a_provider_without_volumes_is_one_line(tmp_path: Path) -> None:
-    result = cloudsd("volume", "create", "v", "--provider", "runpod", "--size", "10")
+def test_a_provider_without_volumes_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLOUDSD_PROVIDERS", "memory")  # the in-process provider, which has no volumes
+    result = cloudsd("volume", "create", "v", "--provider", "memory", "--size", "10")
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode == 2 and len(errors) == 1, result.stderr
-    assert "runpod volumes are not supported" in errors[0]
+    assert "memory has no volumes in cloudsd" in errors[0] and "local, runpod, vastai" in result.stderr
     missing = cloudsd("up", "--volume", "nope", "--provider", "local")
     assert missing.returncode != 0 and "no volume named 'nope'" in missing.stderr

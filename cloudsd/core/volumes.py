@@ -67,7 +67,7 @@ def volume_provider(providers: Providers, name: str) -> Provider:
     """The provider, or one line saying it has no volumes in this cloudsd."""
     if not provider_class(name).supports_volumes:  # said before a key or an engine is needed
         others = ", ".join(n for n in provider_names() if n != name and provider_class(n).supports_volumes)
-        raise ConfigError(f"{name} volumes are not supported by this cloudsd yet.",
+        raise ConfigError(f"{name} has no volumes in cloudsd.",
                           hint=f"Use a volume on {others}, or `up` without --volume (models are sent again).")
     return providers.get(name)
 
@@ -284,17 +284,16 @@ def cost_lines(ledger: Ledger, providers: Providers | None, *, since: float | No
             break
         try:
             provider = providers.get(name)
-            if not provider.reports_billing:
+            if not provider.reports_volume_billing:
                 continue
             first = min(r.created_at for r in records if r.provider == name)
-            rows = provider.billing(since if since is not None else first, until if until is not None else now)
+            amounts = provider.volume_billing(since if since is not None else first,
+                                              until if until is not None else now)
         except CloudsdError:
             continue
         reporting.add(name)
-        for row in rows:
-            if row.get("volume_id"):
-                key = (name, str(row["volume_id"]))
-                billed[key] = billed.get(key, 0.0) + float(row.get("amount_usd") or 0.0)
+        for volume_id, amount in amounts.items():
+            billed[(name, volume_id)] = billed.get((name, volume_id), 0.0) + amount
     return [VolumeLine(r, volume_cost(r, now), window_cost(r, since, until, now),
                        billed.get((r.provider, r.provider_id or ""), 0.0) if r.provider in reporting else None)
             for r in records]

@@ -81,6 +81,7 @@ class Provider(ABC):
     prepares_images: bool = False  # the image must be on this computer's engine first (the core pulls or builds it)
     reports_billing: bool = False  # `billing()` says what the provider actually charged, per machine
     supports_volumes: bool = False  # storage that outlives a machine: `create_volume`, `CreateRequest.volume_id`
+    reports_volume_billing: bool = False  # `volume_billing()` says what each volume was charged
     ssh_timeout_s: float = 120.0  # how long SSH may take to answer once the provider says running
     boot_timeout_s: float = 600.0  # how long the provider may take to say running (image pulls)
     poll_interval_s: float = 1.0  # the pace of status polls while waiting (some APIs limit each endpoint)
@@ -144,6 +145,10 @@ class Provider(ABC):
         """Delete a volume and its data. Safe to repeat; quiet when already gone. The provider refuses while a
         machine uses it (ProviderError)."""
         raise NotImplementedError(f"{self.name} has no volumes")
+
+    def volume_billing(self, since: float, until: float) -> dict[str, float]:
+        """What the provider charged per volume id between two epoch times. Only where `reports_volume_billing`."""
+        raise NotImplementedError(f"{self.name} does not report volume billing")
 
     def volume_offers(self, spec: OfferSpec, volume: VolumeInfo) -> list[Offer]:
         """Live offers a machine using `volume` can be started from: those placed where the volume lives."""

@@ -77,6 +77,7 @@ class VastProvider(VastVolumes, Stoppable, ReportsBilling, KeyedAccount, Provide
     supports_deadline = False
     reports_billing = True
     supports_volumes = True  # local volumes: on one machine, mounted by instances on that machine only
+    reports_volume_billing = True
     boot_timeout_s = 900.0  # hosts pull multi-GB images over their own links
     poll_interval_s = 2.5  # Vast limits each endpoint to a minimum interval and sends no Retry-After
     list_page_size = 25

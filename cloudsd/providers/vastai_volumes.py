@@ -116,6 +116,14 @@ class VastVolumes:
             raise self._fail(f"delete of volume {provider_id}", response, body,
                              hint="Destroy every instance using it first (`cloudsd status`).")
 
+    def volume_billing(self: Any, since: float, until: float) -> dict[str, float]:
+        """Charges of type volume (`source: volume-<id>`) from the same `/api/v0/charges/` as the instances'."""
+        billed: dict[str, float] = {}
+        for row in self.billing(since, until):
+            if row.get("volume_id"):
+                billed[str(row["volume_id"])] = billed.get(str(row["volume_id"]), 0.0) + float(row["amount_usd"])
+        return billed
+
     def volume_offers(self: Any, spec: OfferSpec, volume: VolumeInfo) -> list[Offer]:
         response, body = self._call("POST", "/api/v0/bundles/", json=placed_search_body(spec, volume.placement))
         if not response.is_success or not isinstance(body, dict):
