@@ -120,6 +120,8 @@ class EventKind(_Word):
     WATCHDOG_ENDED = "watchdog-ended"
     MODELS_SYNCED = "models-synced"
     OUTPUTS_PULLED = "outputs-pulled"
+    RESUME_REFUSED = "resume-refused"  # `cloudsd start`: the host could not take the machine back
+    GENERATED = "generated"  # a `cloudsd generate` run: pictures, seconds, sampling steps
 
 
 class VolumeStatus(_Word):

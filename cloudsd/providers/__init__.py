@@ -75,6 +75,7 @@ class Provider(ABC):
     name: str = ""
     # Capabilities, as attributes: the core never asks "is this vastai?".
     supports_stop: bool = False  # can stop a machine and keep its disk (storage still bills)
+    stop_keeps: str = "its disk"  # what a stop keeps, as `cloudsd stop` says it ("/workspace (…)" on RunPod)
     supports_self_stop: bool = False  # a credential scoped to the machine lets it end itself
     supports_deadline: bool = False  # the provider itself can end the machine at a time set at create
     bills_money: bool = True  # the local engine costs nothing

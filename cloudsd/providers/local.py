@@ -16,7 +16,7 @@ import docker
 import docker.errors
 from docker.types import DeviceRequest
 
-from cloudsd.errors import EngineUnavailable, ImageMissing, ProviderError
+from cloudsd.errors import EngineUnavailable, ImageMissing, ProviderError, ResumeRefused
 from cloudsd.machine import CreateRequest, MachineInfo, MachineStatus, Offer, OfferSpec, SSHEndpoint
 from cloudsd.providers import Provider, Stoppable
 from cloudsd.volumes import MOUNT_PATH, VolumeInfo, VolumeRequest
@@ -218,6 +218,19 @@ class LocalProvider(Stoppable, Provider):
         container = self._container(provider_id)
         if container is not None:
             container.stop(timeout=10)
+
+    def start(self, provider_id: str) -> None:
+        """`docker start`: the same container and filesystem; sshd gets a new 127.0.0.1 port."""
+        container = self._container(provider_id)
+        if container is None:
+            raise ProviderError(f"container {provider_id[:12]} is no longer on the local engine.",
+                                hint="Start a new machine with `cloudsd up`.")
+        try:
+            container.start()
+        except docker.errors.APIError as exc:
+            raise ResumeRefused(f"the engine would not start it again ({_short(str(exc))})") from None
+        except docker.errors.DockerException as exc:
+            raise _engine_error(exc) from None
 
     def list_machines(self) -> list[MachineInfo]:
         try:

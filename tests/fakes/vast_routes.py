@@ -241,10 +241,12 @@ class VastRoutes:
             raise ApiError(400, "insufficient_resources",
                            "Required resources are not available on this machine: its GPU is rented by another client.")
         if state and state != inst.intended:
+            waiting = state == "running" and inst.id in self.hosts_taken
             with self._lock:
                 inst.intended = state
-                inst.switch(state, time.time())
-            if inst.backed:
+                if not waiting:  # a start the host cannot honour waits in "scheduling", billing only storage
+                    inst.switch(state, time.time())
+            if inst.backed and not waiting:
                 (self.machines.stop if state == "stopped" else self.machines.start)(str(inst.id))
         return 200, {"success": True}
 

@@ -115,6 +115,9 @@ class FakeVast(VastVolumes, VastRoutes):
         self.catalog = catalog if catalog is not None else default_catalog()
         self._offers = {int(o["id"]): o for o in self.catalog}
         self._instances: dict[int, VastInstance] = {}
+        # Stopped instances whose host's GPU someone else rented meanwhile: a start waits in "scheduling"
+        # (vast-cli: a start stuck in scheduling for over 30 s means the host lacks resources).
+        self.hosts_taken: set[int] = set()
         self._next_id = 11_000_000
         self._results: dict[str, tuple[str, int, str]] = {}
         self._lock = threading.RLock()
@@ -278,6 +281,8 @@ class FakeVast(VastVolumes, VastRoutes):
         state = self.machines.state(machine)
         if inst.intended == "stopped":
             return ("running", "stopping", None) if state == "running" else ("stopped", "Instance stopped", None)
+        if inst.id in self.hosts_taken and state != "running":
+            return "scheduling", "Waiting for resources: the GPU on this host is in use", None
         if state == "pending":
             return "loading", f"Pulling image {inst.image}", None
         if state == "running":
