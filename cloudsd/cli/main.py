@@ -82,6 +82,7 @@ COMMANDS = {
     "sync": "sync:sync",
     "tunnel": "machines:tunnel",
     "up": "machines:up",
+    "volume": "volume:volume",
 }
 
 

@@ -78,6 +78,7 @@ class VastInstance:
     keys_installed: int = 0
     destroyed_at: float | None = None
     segments: list[list[Any]] = field(default_factory=list)  # [kind, start, end | None, $/h]
+    volume: tuple[int, str] | None = None  # (volume id, mount path) from the create's volume_info
 
     @property
     def storage_per_hour(self) -> float:
@@ -182,9 +183,11 @@ class VastRoutes:
             disk = body.get("disk")
             if disk is not None and float(disk) > float(offer["disk_space"]):
                 raise ApiError(400, "invalid_args", f"disk {disk} GB exceeds the {offer['disk_space']} GB available")
+            volume = self._volume_for_create(offer, body)
             price = body.get("price")
             low_bid = price is not None and float(price) < float(offer["min_bid"])
             inst = self._new_instance(offer, body)
+            inst.volume = volume
             if self.faults.create_errors_but_creates or low_bid:
                 inst.intended, inst.backed = "stopped", False
                 inst.switch("stopped", time.time())
@@ -366,7 +369,7 @@ class VastRoutes:
                      "description": f"{inst.disk_gb:g} GB disk", "amount": round(total - compute, 3)},
                 ],
             })
-        return rows
+        return rows + self._volume_charge_rows(since, until)
 
     def _api_charges(self, *, query: dict[str, str], body: dict[str, Any]) -> tuple[int, Any]:
         day = (_json_param(query, "select_filters", {}) or {}).get("day") or {}

@@ -31,6 +31,7 @@ from .machine_api import MACHINE_API_URL, MachineApi
 from .machines import TEST_IMAGE, FakeMachines
 from .vast_catalog import default_catalog
 from .vast_routes import OCI_FAILURE, ROUTES, ApiError, VastInstance, VastRoutes
+from .vast_volumes import VastVolumes
 
 __all__ = ["FakeVast", "VastFaults", "RecordedRequest", "VastInstance", "OCI_FAILURE", "ssh_init_script"]
 
@@ -89,7 +90,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class FakeVast(VastRoutes):
+class FakeVast(VastVolumes, VastRoutes):
     """A fake Vast.ai on 127.0.0.1. `start()`/`stop()`, or use it as a context manager."""
 
     def __init__(
@@ -151,6 +152,7 @@ class FakeVast(VastRoutes):
             self._server = None
         if self._machines_obj is not None:
             self._machines_obj.remove_all()
+            self._remove_all_volumes()
         if self.machine_api is not None:
             self.machine_api.stop()
             self.machine_api = None
@@ -257,7 +259,7 @@ class FakeVast(VastRoutes):
         try:
             self.machines.boot(
                 str(inst.id), env, boot_delay_s=self.faults.boot_delay_s, entrypoint=entrypoint,
-                host_port=inst.host_port,
+                host_port=inst.host_port, volumes=self._volume_mounts(inst.volume),
             )
         except Exception as exc:  # no engine: the instance fails as on a broken host
             inst.backed, inst.failure = False, f"Error response from daemon: {exc}"
