@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ import yaml
 from cloudsd import paths, values
 from cloudsd.durations import parse_duration
 from cloudsd.errors import ConfigError
+from cloudsd.providers import provider_names
 from cloudsd.ui import DEFAULT_REGISTRY
 from cloudsd.yamlfile import compose_file, construct
 
@@ -63,13 +64,25 @@ def _to_fraction(value: Any) -> float:
 
 
 def _choice(*choices: str) -> Callable[[Any], str]:
+    return _choice_of(lambda: choices)
+
+
+def _choice_of(choices: Callable[[], Sequence[str]]) -> Callable[[Any], str]:
+    """A converter to one of `choices()`, asked when a value is read (the provider names come from the registry)."""
+
     def convert(value: Any) -> str:
         text = _to_str(value)
-        if text not in choices:
-            raise ValueError(f"expected one of {', '.join(choices)}")
+        allowed = choices()
+        if text not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}")
         return text
 
     return convert
+
+
+def provider_choices() -> list[str]:
+    """What `provider` may be: each provider a user may name, or auto (the cheapest of the clouds)."""
+    return [*provider_names(), "auto"]
 
 
 @dataclass(frozen=True)
@@ -83,7 +96,7 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("provider", "local", _choice("local", "runpod", "vastai", "auto"), "CLOUDSD_PROVIDER",
+    Setting("provider", "local", _choice_of(provider_choices), "CLOUDSD_PROVIDER",
             "where machines run: local (your Docker engine), runpod, vastai, or auto (cheapest of the configured)"),
     Setting("image", None, _to_str, "CLOUDSD_IMAGE",
             "container image with sshd and python3 (none: cloudsd's image for the UI, CUDA 12.8 on Blackwell GPUs)",
@@ -118,7 +131,26 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("timeouts.boot", 600.0, _to_positive_duration, "CLOUDSD_BOOT_TIMEOUT",
             "how long the provider may take to start the machine (image pull included)"),
     Setting("timeouts.ssh", 120.0, _to_positive_duration, "CLOUDSD_SSH_TIMEOUT", "how long sshd may take to answer"),
+    Setting("timeouts.resume", 90.0, _to_positive_duration, "CLOUDSD_RESUME_TIMEOUT",
+            "how long `cloudsd start` waits for the host to give a stopped machine its GPU back"),
     Setting("timeouts.ui", 600.0, _to_positive_duration, "CLOUDSD_UI_TIMEOUT", "how long the web UI may take to answer"),
+    # `cloudsd generate` defaults, so a user's usual settings are one line (flags override them).
+    Setting("generate.negative", "", _to_str, None, "negative prompt"),
+    Setting("generate.checkpoint", None, _to_str, None, "checkpoint by name or A1111 short hash (none: the loaded one)",
+            optional=True),
+    Setting("generate.loras", (), _to_str_list, None, "LoRAs as NAME:WEIGHT, e.g. [Ashe2-8:0.9]"),
+    Setting("generate.steps", 20, lambda v: values.whole(v, low=1, high=150), None, "sampling steps"),
+    Setting("generate.cfg", 7.0, lambda v: values.number(v, low=0, high=30), None, "CFG scale"),
+    Setting("generate.sampler", "DPM++ 2M", _to_str, None, "sampler, as A1111 names it (ComfyUI names work too)"),
+    Setting("generate.scheduler", None, _to_str, None, "scheduler, e.g. Karras (none: the sampler's default)",
+            optional=True),
+    Setting("generate.size", "512x512", _to_str, None, "picture size WIDTHxHEIGHT"),
+    Setting("generate.batch_size", 1, lambda v: values.whole(v, low=1, high=64), None, "pictures per job on the GPU"),
+    Setting("generate.hires", None, lambda v: values.number(v, low=1, high=4, low_open=True), None, "hires fix scale, e.g. 2 (none: no hires fix)", optional=True),
+    Setting("generate.hires_steps", 0, lambda v: values.whole(v, low=0, high=150), None, "hires fix steps (0: as many as steps)"),
+    Setting("generate.denoise", None, lambda v: values.number(v, low=0, high=1), None,
+            "denoising strength for hires fix and img2img (none: 0.5 hires, 0.75 img2img)", optional=True),
+    Setting("generate.upscaler", "Latent", _to_str, None, "hires fix upscaler: Latent or an upscaler model's name"),
     Setting("local.network", None, _to_str, "CLOUDSD_LOCAL_NETWORK",
             "Docker network for local machines (default: the engine's bridge)", optional=True),
     Setting("local.gpus", "auto", _choice("auto", "all", "none"), "CLOUDSD_LOCAL_GPUS",

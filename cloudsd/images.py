@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from cloudsd.errors import ConfigError, EngineUnavailable, ImageBuildError, ImageMissing
-from cloudsd.ui import DEFAULT_CUDA, DEFAULT_REGISTRY, default_image_target, image_for_gpu, profile
+from cloudsd.ui import (
+    DEFAULT_CUDA,
+    DEFAULT_REGISTRY,
+    default_image_target,
+    image_cuda,
+    image_for_gpu,
+    profile,
+)
 
 Progress = Callable[[str], None]
 UIS = ("a1111", "forge", "comfyui", "testbed")
@@ -292,17 +299,43 @@ def push(image: str, *, client: Any = None, on_progress: Progress = _quiet,
 # -- the local engine ----------------------------------------------------------------------------------------
 
 
-def machine_image(options: Any, ui: str, gpu_name: str | None, *, on_local_engine: bool,
-                  on_progress: Progress = _quiet) -> str:
-    """The image a machine with this GPU runs (`options` is an UpOptions): cloudsd's CUDA 12.8 variant on a
-    Blackwell GPU when the image is cloudsd's default; on the local engine, pulled or built first."""
-    image = image_for_gpu(ui, gpu_name, options.registry) if options.default_image else options.image
-    if on_local_engine:
-        on_progress(f"looking for {image}")
-        ensure_local(image, registry=options.registry, allow_pull=options.image_pull != "never",
-                     on_progress=on_progress)
-    return str(image)
+@dataclass(frozen=True)
+class ImageChoice:
+    """Which image a machine runs, decided in one place (`choose_image`), as plain data, before anything is
+    rented. `way` says who gets the image onto the machine: "engine" (the local Docker engine has it, or
+    pulls or builds it first) or "host-pulls" (the provider's host pulls it from its registry at create)."""
 
+    image: str
+    ui: str
+    cuda: str | None  # the CUDA version its tag names (…-cu124 -> "12.4"); None for a foreign image without one
+    registry: str
+    ours: bool  # cloudsd's own image: its CUDA variant follows the GPU, and images/ can build it
+    way: str  # "engine" | "host-pulls"
+
+
+def choose_image(ui: str, gpu_name: str | None, *, image: str | None, registry: str = DEFAULT_REGISTRY,
+                 on_local_engine: bool = False) -> ImageChoice:
+    """The image for `ui` on a machine with this GPU: the named `image` as it is, else cloudsd's own in the
+    CUDA variant the GPU needs (12.8 for Blackwell, else 12.4; no GPU known yet: 12.4)."""
+    name = image or image_for_gpu(ui, gpu_name, registry)
+    return ImageChoice(name, ui, image_cuda(name), registry, ours=not image,
+                       way="engine" if on_local_engine else "host-pulls")
+
+
+def machine_image(options: Any, ui: str, gpu_name: str | None, *, on_local_engine: bool,
+                  on_progress: Progress = _quiet) -> ImageChoice:
+    """Choose the image of a machine with this GPU (`options` is an UpOptions) and make sure it can be had,
+    before anything is rented: on the local engine, pulled or built first; on a cloud, cloudsd's own image
+    must be pullable from its registry (`require_pullable`). A named image is the user's to vouch for."""
+    choice = choose_image(ui, gpu_name, image=None if options.default_image else options.image,
+                          registry=options.registry, on_local_engine=on_local_engine)
+    if choice.way == "engine":
+        on_progress(f"looking for {choice.image}")
+        ensure_local(choice.image, registry=options.registry, allow_pull=options.image_pull != "never",
+                     on_progress=on_progress)
+    elif choice.ours:
+        require_pullable(choice.image, ui, on_progress=on_progress)
+    return choice
 
 
 def ensure_local(image: str, *, registry: str = DEFAULT_REGISTRY, allow_pull: bool = True,
@@ -345,6 +378,28 @@ def ensure_local(image: str, *, registry: str = DEFAULT_REGISTRY, allow_pull: bo
             f"the image {image!r} could not be pulled ({why}) nor built here ({exc.message.rstrip('.')}).",
             hint=f"Build it where GitHub is reachable: `{build_cmd}` (then `cloudsd image push`), {TRIAL_HINT}",
         ) from None
+
+
+# -- a registry, before renting --------------------------------------------------------------------------------
+
+
+def require_pullable(image: str, ui: str, *, on_progress: Progress = _quiet) -> None:
+    """Before a provider is asked for a machine that would pull cloudsd's own `image`: make sure anyone can
+    pull it (cloudsd.registry, an anonymous manifest request). ImageMissing, before anything is rented, when
+    not; else say which image the machine will pull, and why."""
+    from cloudsd.registry import check_pullable  # httpx: kept out of `cloudsd --help`
+
+    on_progress(f"asking the registry for {image}")
+    found = check_pullable(image)
+    if not found.pullable:
+        cuda = image_cuda(image)
+        flags = f"--ui {ui}" + (f" --cuda {cuda}" if cuda and cuda != DEFAULT_CUDA else "")
+        raise ImageMissing(
+            f"the prebuilt image {image} cannot be pulled: {found.reason}. Nothing was rented.",
+            hint=(f"Publish it (`cloudsd image build {flags}` then `cloudsd image push {flags}`, or the images "
+                  "workflow on a version tag), set `registry` to where it is, or run another image with "
+                  f"`--image NAME --ui {ui}`."))
+    on_progress(f"the machine pulls the prebuilt {image}: {found.reason}")
 
 
 def _one_line(text: str, limit: int = 240) -> str:

@@ -21,7 +21,7 @@ from paramiko.common import cMSG_CHANNEL_REQUEST
 from paramiko.packet import NeedRekeyException, Packetizer
 
 from cloudsd.errors import HostKeyMismatch, SSHError
-from cloudsd.models import SSHEndpoint
+from cloudsd.machine import SSHEndpoint
 
 # paramiko logs every failed banner read (sshd still starting) with a traceback on stderr; the retry loop
 # below reports those attempts itself.

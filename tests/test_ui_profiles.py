@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from cloudsd import config
-from cloudsd.core.deploy import UpOptions
+from cloudsd.core.up import UpOptions
 from cloudsd.ui import (
     PROFILES,
     default_image_target,
@@ -153,7 +153,7 @@ def test_without_api_flag_there_is_no_api(standin: Any, tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def run_testbed() -> Iterator[Callable[[dict[str, str]], Any]]:
+def run_testbed() -> Iterator[Callable[..., Any]]:
     from tests.fakes.machines import ensure_test_network
     from tests.support.images import docker_client_or_skip, ensure_testbed_image
 
@@ -162,10 +162,10 @@ def run_testbed() -> Iterator[Callable[[dict[str, str]], Any]]:
     network = ensure_test_network(client)
     containers: list[Any] = []
 
-    def run(env: dict[str, str]) -> Any:
+    def run(env: dict[str, str], **options: Any) -> Any:
         container = client.containers.run(image, detach=True, name=f"cloudsd-test-ui-{uuid.uuid4().hex[:10]}",
                                           environment=env, labels={"cloudsd.test": "test_ui_profiles"},
-                                          network=network)
+                                          network=network, **options)
         containers.append(container)
         return container
 
@@ -241,6 +241,50 @@ def test_start_script_refuses_other_addresses_and_flavors(run_testbed: Callable[
     assert listen.exec_run(["sh", "-c", "grep -c ':1EB4 .* 0A' /proc/net/tcp"]).output.decode().strip() == "0"
 
 
+@pytest.mark.docker
+def test_start_script_refuses_argparse_prefixes_and_commandline_args(run_testbed: Callable[..., Any]) -> None:
+    """argparse takes `--lis` for --listen and `--sha` for --share, and A1111/Forge append COMMANDLINE_ARGS
+    to their command line: both ways around the refusal are closed (issue 11 item 13)."""
+    box = run_testbed({"CLOUDSD_UI_PORT": "7871"})
+    _inside(box, 7871, "/internal/ping")
+
+    def start(env: dict[str, str]) -> tuple[int, str]:
+        result = box.exec_run(["timeout", "5", "/opt/cloudsd/ui/start"], environment=env)
+        return result.exit_code, result.output.decode(errors="replace")
+
+    for env, word, flag in (({"CLOUDSD_UI_ARGS": "--lis 0.0.0.0"}, "--lis", "--listen"),
+                            ({"CLOUDSD_UI_ARGS": "--medvram --sha"}, "--sha", "--share"),
+                            ({"CLOUDSD_UI_ARGS": "--server=0.0.0.0"}, "--server=0.0.0.0", "--server-name"),
+                            ({"COMMANDLINE_ARGS": "--api '--lis'"}, "--lis", "--listen"),
+                            ({"COMMANDLINE_ARGS": "--share"}, "--share", "--share"),
+                            ({"COMMANDLINE_ARGS": "--ngrok-reg eu"}, "--ngrok-reg", "--ngrok-region")):
+        code, out = start(env)
+        source = next(iter(env))
+        assert (code, out.strip()) == (2, f"cloudsd-ui: refusing {word} from {source} (it would be {flag}): "
+                                          "the UI listens on 127.0.0.1 only (reach it over SSH)"), env
+    # Flags that are no prefix of a public one still reach the UI, from COMMANDLINE_ARGS too, as upstream's
+    # launch.py appends them (the stand-in does the same).
+    allowed = run_testbed({"CLOUDSD_UI_PORT": "7872", "COMMANDLINE_ARGS": "--lowvram --no-half-vae"})
+    flags = _inside(allowed, 7872, "/sdapi/v1/cmd-flags")
+    assert flags["lowvram"] and flags["no_half_vae"]
+
+
+@pytest.mark.docker
+def test_an_image_started_without_cloudsd_runs_its_own_flavor(run_testbed: Callable[..., Any], tmp_path: Path) -> None:
+    """A ComfyUI image started with none of cloudsd's environment is ComfyUI on 8188, not A1111 on 7860;
+    its HEALTHCHECK script answers once the UI does, and a login shell finds the venv first on PATH."""
+    flavor = tmp_path / "flavor"
+    flavor.write_text("comfyui\n")
+    box = run_testbed({}, volumes={str(flavor): {"bind": "/opt/cloudsd/ui/flavor", "mode": "ro"}})
+    stats = _inside(box, 8188, "/system_stats")
+    assert "system" in stats
+    assert box.exec_run(["/opt/cloudsd/ui/healthcheck"]).exit_code == 0
+    assert box.exec_run(["/opt/cloudsd/ui/healthcheck"], environment={"CLOUDSD_UI_PORT": "7860"}).exit_code != 0
+    box.exec_run(["mkdir", "-p", "/opt/cloudsd/venv/bin"])
+    path = box.exec_run(["bash", "-lc", "echo $PATH"]).output.decode().strip()
+    assert path.startswith("/opt/cloudsd/venv/bin:"), path
+
+
 # -- `cloudsd up --ui comfyui`: the fake clouds and the local engine -----------------------------------------
 
 
@@ -311,3 +355,18 @@ def test_up_comfyui_and_a1111_on_the_local_engine(local_env: dict[str, str]) -> 
         assert "no GPU: AUTOMATIC1111 runs in CPU mode (slow)" in a1111.stderr
     finally:
         assert cloudsd("down", "a1111-local", "--yes").returncode == 0
+
+
+@pytest.mark.docker
+def test_the_hugging_face_cache_is_on_the_volume(run_testbed: Callable[..., Any]) -> None:
+    """The UI's Hugging Face cache is under /workspace, so the next machine on that volume reuses it; an
+    HF_HOME the user set wins."""
+    box = run_testbed({"CLOUDSD_UI_PORT": "7873"})
+    _inside(box, 7873, "/internal/ping")
+    environ = box.exec_run(["sh", "-c", "read pid start < /run/cloudsd/ui.pid && tr '\\0' '\\n' < /proc/$pid/environ"])
+    assert "HF_HOME=/workspace/.cache/huggingface" in environ.output.decode().splitlines()
+    assert box.exec_run(["test", "-d", "/workspace/.cache/huggingface"]).exit_code == 0
+    own = run_testbed({"CLOUDSD_UI_PORT": "7874", "HF_HOME": "/workspace/hf"})
+    _inside(own, 7874, "/internal/ping")
+    environ = own.exec_run(["sh", "-c", "read pid start < /run/cloudsd/ui.pid && tr '\\0' '\\n' < /proc/$pid/environ"])
+    assert "HF_HOME=/workspace/hf" in environ.output.decode().splitlines()

@@ -21,6 +21,7 @@ RUN_DIR=/run/cloudsd
 LOG_DIR=/var/log/cloudsd
 ENV_FILE=/etc/cloudsd/env
 UI_START=/opt/cloudsd/ui/start
+UI_FLAVOR_FILE=/opt/cloudsd/ui/flavor
 UI_PIDFILE=$RUN_DIR/ui.pid
 AUTHORIZED_KEYS=/root/.ssh/authorized_keys
 SAVED_ENV_RE='^(RUNPOD_|CONTAINER_|VAST_|CLOUDSD_)|^PUBLIC_KEY$'
@@ -106,9 +107,20 @@ install_keys() {
     [ "$added" = 0 ] || log "added $added key(s) to $AUTHORIZED_KEYS"
 }
 
+# The host keys are kept on the persistent volume too: a provider whose stop drops the container disk
+# (RunPod keeps only /workspace) brings the machine back with the same keys, so the key cloudsd pinned at
+# `up` still matches after `cloudsd start`.
+HOST_KEYS_KEPT=${CLOUDSD_HOST_KEYS_DIR:-/workspace/.cloudsd/ssh-host-keys}
+
 ensure_host_keys() {
+    if ! compgen -G '/etc/ssh/ssh_host_*_key' >/dev/null && compgen -G "$HOST_KEYS_KEPT/ssh_host_*_key" >/dev/null; then
+        cp -p "$HOST_KEYS_KEPT"/ssh_host_* /etc/ssh/ && log "restored SSH host keys from $HOST_KEYS_KEPT"
+    fi
     if ! compgen -G '/etc/ssh/ssh_host_*_key' >/dev/null; then
         ssh-keygen -A >/dev/null && log "generated SSH host keys"
+    fi
+    if [ -d "${HOST_KEYS_KEPT%/*/*}" ] && ! compgen -G "$HOST_KEYS_KEPT/ssh_host_*_key" >/dev/null; then
+        (umask 077 && mkdir -p "$HOST_KEYS_KEPT" && cp -p /etc/ssh/ssh_host_* "$HOST_KEYS_KEPT"/) 2>/dev/null || true
     fi
     mkdir -p /run/sshd
     chmod 0755 /run/sshd
@@ -156,10 +168,22 @@ start_sshd() { # MODE: foreground (a child we supervise) or daemon (sshd forks a
     fi
 }
 
+# The UI this image runs: $CLOUDSD_UI_FLAVOR, else the first word of the image's flavor file (so a
+# ComfyUI image started without cloudsd's environment is still ComfyUI on 8188), else a1111.
+ui_flavor() {
+    local flavors=""
+    if [ -n "${CLOUDSD_UI_FLAVOR:-}" ]; then
+        printf '%s' "$CLOUDSD_UI_FLAVOR"
+        return 0
+    fi
+    read -r flavors _ <"$UI_FLAVOR_FILE" 2>/dev/null || true
+    printf '%s' "${flavors:-a1111}"
+}
+
 ui_port() {
     if [ -n "${CLOUDSD_UI_PORT:-}" ]; then
         printf '%s' "$CLOUDSD_UI_PORT"
-    elif [ "${CLOUDSD_UI_FLAVOR:-a1111}" = comfyui ]; then
+    elif [ "$(ui_flavor)" = comfyui ]; then
         printf 8188
     else
         printf 7860
@@ -199,6 +223,7 @@ start_ui() {
     fi
     pid=$!
     write_pidfile "$UI_PIDFILE" "$pid"
+    ui_started_at=$(date +%s)
     log "started UI (pid $pid, port $port, log $LOG_DIR/ui.log)"
 }
 
@@ -228,6 +253,40 @@ shutdown() {
     exit 0
 }
 
+# A UI that exits (killed for memory, say) is started again after a pause that doubles with each quick
+# failure (UI_BACKOFF_FIRST_S up to UI_BACKOFF_MAX_S; a UI that ran UI_HEALTHY_S or longer starts the series
+# again). Every restart is counted in $UI_RESTARTS_FILE, "<count> <unix time of the last>", which survives
+# a restarted container but not a new one, as /run does.
+UI_RESTARTS_FILE=$RUN_DIR/ui-restarts
+UI_BACKOFF_FIRST_S=${CLOUDSD_UI_BACKOFF_FIRST_S:-2}
+UI_BACKOFF_MAX_S=${CLOUDSD_UI_BACKOFF_MAX_S:-120}
+UI_HEALTHY_S=${CLOUDSD_UI_HEALTHY_S:-300}
+ui_started_at=0
+ui_restart_at=0
+ui_backoff=0
+
+watch_ui() { # NOW: restart a UI that exited, with backoff
+    local now=$1 count=0 last
+    [ "$ui_started_at" != 0 ] || return 0 # this boot never started a UI (--no-ui, or one already ran)
+    pidfile_alive "$UI_PIDFILE" && return 0
+    if [ "$ui_restart_at" = 0 ]; then
+        if [ $((now - ui_started_at)) -ge "$UI_HEALTHY_S" ] || [ "$ui_backoff" = 0 ]; then
+            ui_backoff=$UI_BACKOFF_FIRST_S
+        else
+            ui_backoff=$((ui_backoff * 2))
+            [ "$ui_backoff" -le "$UI_BACKOFF_MAX_S" ] || ui_backoff=$UI_BACKOFF_MAX_S
+        fi
+        ui_restart_at=$((now + ui_backoff))
+        log "the UI exited after $((now - ui_started_at)) s; starting it again in $ui_backoff s (log $LOG_DIR/ui.log)"
+        return 0
+    fi
+    [ "$now" -ge "$ui_restart_at" ] || return 0
+    ui_restart_at=0
+    read -r count last <"$UI_RESTARTS_FILE" 2>/dev/null || count=0
+    printf '%s %s\n' "$((${count:-0} + 1))" "$now" >"$UI_RESTARTS_FILE.tmp" && mv -f "$UI_RESTARTS_FILE.tmp" "$UI_RESTARTS_FILE"
+    start_ui
+}
+
 supervise() {
     local last_restart=0 now tick
     trap shutdown TERM INT
@@ -235,8 +294,8 @@ supervise() {
         sleep 2 &
         tick=$!
         wait "$tick" 2>/dev/null || kill "$tick" 2>/dev/null
+        now=$(date +%s)
         if [ -n "$sshd_pid" ] && ! kill -0 "$sshd_pid" 2>/dev/null; then
-            now=$(date +%s)
             if [ $((now - last_restart)) -ge 5 ]; then
                 log "sshd (pid $sshd_pid) exited; restarting it"
                 last_restart=$now
@@ -244,6 +303,7 @@ supervise() {
                 start_sshd foreground
             fi
         fi
+        [ "$stopping" = 1 ] || watch_ui "$now"
     done
 }
 

@@ -7,6 +7,7 @@
 # - adds `Subsystem sftp internal-sftp` only when no sftp subsystem is defined anywhere;
 # - deletes host keys that `apt-get install openssh-server` generated: every container makes its own
 #   at boot (entrypoint.sh), so no two rented machines share a host key;
+# - puts /opt/cloudsd/venv/bin first on PATH for login shells (/etc/profile.d/cloudsd-venv.sh);
 # - creates the boot layer's directories;
 # - checks the resulting sshd configuration with `sshd -t`, so a broken image fails at build time.
 set -eu
@@ -34,6 +35,21 @@ if ! cat "$main" "$dropins"/*.conf 2>/dev/null | grep -Eqi '^[[:space:]]*Subsyst
 fi
 
 rm -f /etc/ssh/ssh_host_*
+
+# A shell on the machine (an SSH login) finds the UI's Python first, as the image's own ENV PATH does for
+# the UI; images without /opt/cloudsd/venv are unaffected.
+mkdir -p /etc/profile.d
+cat >/etc/profile.d/cloudsd-venv.sh <<'PROFILE'
+# Written by /opt/cloudsd/boot/install.sh: the web UI's Python environment first on PATH.
+if [ -d /opt/cloudsd/venv/bin ]; then
+    case ":$PATH:" in
+    *:/opt/cloudsd/venv/bin:*) ;;
+    *) PATH=/opt/cloudsd/venv/bin:$PATH ;;
+    esac
+    export PATH
+fi
+PROFILE
+chmod 0644 /etc/profile.d/cloudsd-venv.sh
 
 mkdir -p /run/sshd /run/cloudsd /var/log/cloudsd /etc/cloudsd /root/.ssh
 chmod 0755 /run/sshd

@@ -8,7 +8,9 @@ It answers the routes cloudsd relies on with the shapes the real UIs use (A1111/
 listing rules (A1111 scans at start and after refresh-*, hashing with a cache.json; ComfyUI rescans a
 folder when its mtime changes), and renders small deterministic PNGs instead of images. /bench/* routes
 serve bytes for tunnel benchmarks. The time of the last request (and of the start) goes to
-/run/cloudsd/ui-activity, at most once a second, for the idle watchdog.
+/run/cloudsd/ui-activity, at most once a second, for the idle watchdog: for A1111/Forge with their app
+folder (the testbed), written by cloudsd's built-in extension (images/ui/extension/scripts/
+cloudsd_ui_activity.py) through the same on_app_started hook the real UIs call; otherwise by the stand-in.
 
 Runs from its own directory: standin_common.py, standin_a1111.py and standin_comfyui.py sit beside it
 (in the testbed image, all four are in /opt/cloudsd/ui/). In the image it is started through stand-ins for
@@ -147,6 +149,10 @@ class Handler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str, head: bool = False) -> None:
         self.server.activity.touch()
         url = urlsplit(self.path)
+        asgi = getattr(self.server.app, "asgi", None)  # A1111/Forge: extensions' hooks on every request
+        if asgi is not None:
+            asgi.request(method, url.path, [(k.lower().encode("latin-1"), v.encode("latin-1"))
+                                            for k, v in self.headers.items()])
         query = parse_qs(url.query)
         try:
             body = self._read_body()
@@ -154,6 +160,10 @@ class Handler(BaseHTTPRequestHandler):
                 return self._bench_bytes(query, head)
             if url.path == "/bench/small" and method == "GET":
                 return self._bench_small(head)
+            if url.path == "/ws" and "websocket" in self.headers.get("Upgrade", "").lower():
+                websocket = getattr(self.server.app, "websocket", None)  # ComfyUI's /ws
+                if websocket is not None:
+                    return websocket(self, query)
             reply = self.server.app.handle(method, url.path, query, body)
             if reply is None:
                 reply = json_reply({"detail": "Not Found"}, 404)
@@ -230,12 +240,16 @@ def make_server(
     """Build (not start) a stand-in server; `port=0` picks a free port.
 
     `app_dir` is where the real UI would be installed (A1111/Forge load the always-on scripts of its
-    extensions-builtin/ folder); `api=False` leaves out /sdapi/v1 as A1111 without --api does;
+    extensions-builtin/ folder, and the activity file is then the cloudsd extension's to write, through
+    its on_app_started hook on every request, as in the real UI); `api=False` leaves out /sdapi/v1 as A1111 without --api does;
     `cmd_flags` is what /sdapi/v1/cmd-flags answers, `argv` what ComfyUI's /system_stats reports."""
     if flavor == "comfyui":
         app: A1111App | ComfyApp = ComfyApp(Path(data_dir or COMFYUI_BASE_DIR), argv)
         default_port = COMFYUI_PORT
     elif flavor in ("a1111", "forge"):
+        if app_dir:  # the built-in extension records activity (its own file), as in the real UI
+            os.environ["CLOUDSD_UI_ACTIVITY_FILE"] = activity_file or ""
+            activity_file = None
         app = A1111App(Path(data_dir or A1111_DATA_DIR), Path(app_dir) if app_dir else None, api, cmd_flags)
         default_port = A1111_PORT
     else:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from .machines import TEST_IMAGE, ensure_test_network
+from .registry import serve_cloudsd_registry
 from .vast_server import FakeVast
 
 
@@ -37,7 +38,9 @@ def fake_vast(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("VAST_API_KEY", fake.api_key)
     monkeypatch.setenv("VAST_URL", fake.base_url)
     try:
-        yield fake
+        with serve_cloudsd_registry(monkeypatch) as registry:
+            fake.registry = registry  # type: ignore[attr-defined]  # where `up` checks cloudsd's images
+            yield fake
     finally:
         fake.stop()
 

@@ -31,6 +31,7 @@ from .machine_api import MACHINE_API_URL, MachineApi
 from .machines import TEST_IMAGE, FakeMachines
 from .vast_catalog import default_catalog
 from .vast_routes import OCI_FAILURE, ROUTES, ApiError, VastInstance, VastRoutes
+from .vast_volumes import VastVolumes
 
 __all__ = ["FakeVast", "VastFaults", "RecordedRequest", "VastInstance", "OCI_FAILURE", "ssh_init_script"]
 
@@ -49,6 +50,8 @@ class VastFaults:
     oci_failure: bool = False  # new instances end `exited` with an "OCI runtime create failed" status_msg
     search_quota_exceeded: bool = False  # searches answer the daily-quota 429 (JSON) until switched off
     billing_unavailable: bool = False  # charges and invoices answer HTTP 500
+    create_forbidden: bool = False  # creates answer 403: this offer is not rentable by this account
+    resume_refused: bool = False  # `state: running` on a stopped instance: its host's GPU was rented meanwhile
 
 
 @dataclass
@@ -87,7 +90,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class FakeVast(VastRoutes):
+class FakeVast(VastVolumes, VastRoutes):
     """A fake Vast.ai on 127.0.0.1. `start()`/`stop()`, or use it as a context manager."""
 
     def __init__(
@@ -112,6 +115,9 @@ class FakeVast(VastRoutes):
         self.catalog = catalog if catalog is not None else default_catalog()
         self._offers = {int(o["id"]): o for o in self.catalog}
         self._instances: dict[int, VastInstance] = {}
+        # Stopped instances whose host's GPU someone else rented meanwhile: a start waits in "scheduling"
+        # (vast-cli: a start stuck in scheduling for over 30 s means the host lacks resources).
+        self.hosts_taken: set[int] = set()
         self._next_id = 11_000_000
         self._results: dict[str, tuple[str, int, str]] = {}
         self._lock = threading.RLock()
@@ -146,6 +152,7 @@ class FakeVast(VastRoutes):
             self._server = None
         if self._machines_obj is not None:
             self._machines_obj.remove_all()
+            self._remove_all_volumes()
         if self.machine_api is not None:
             self.machine_api.stop()
             self.machine_api = None
@@ -252,7 +259,7 @@ class FakeVast(VastRoutes):
         try:
             self.machines.boot(
                 str(inst.id), env, boot_delay_s=self.faults.boot_delay_s, entrypoint=entrypoint,
-                host_port=inst.host_port,
+                host_port=inst.host_port, volumes=self._volume_mounts(inst.volume),
             )
         except Exception as exc:  # no engine: the instance fails as on a broken host
             inst.backed, inst.failure = False, f"Error response from daemon: {exc}"
@@ -274,6 +281,8 @@ class FakeVast(VastRoutes):
         state = self.machines.state(machine)
         if inst.intended == "stopped":
             return ("running", "stopping", None) if state == "running" else ("stopped", "Instance stopped", None)
+        if inst.id in self.hosts_taken and state != "running":
+            return "scheduling", "Waiting for resources: the GPU on this host is in use", None
         if state == "pending":
             return "loading", f"Pulling image {inst.image}", None
         if state == "running":
@@ -309,7 +318,8 @@ class FakeVast(VastRoutes):
             "public_ipaddr": "127.0.0.1",
             "ports": {"22/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(port)}]} if port else {},
             "machine_dir_ssh_port": None, "dph_total": round(inst.dph_total, 6), "dph_base": offer["dph_base"],
-            "storage_cost": offer["storage_cost"], "start_date": inst.created_at, "end_date": None,
+            "storage_cost": offer["storage_cost"], "storage_total_cost": round(inst.storage_per_hour, 9),
+            "start_date": inst.created_at, "end_date": None,
             "duration": time.time() - inst.created_at, "gpu_name": offer["gpu_name"],
             "num_gpus": offer["num_gpus"], "gpu_ram": offer["gpu_ram"], "disk_space": inst.disk_gb,
             "is_bid": inst.bid is not None, "min_bid": offer["min_bid"], "geolocation": offer["geolocation"],

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -55,6 +56,8 @@ def parser(flavor: str) -> argparse.ArgumentParser:
 
 def main() -> None:
     flavor = os.environ.get("CLOUDSD_UI_FLAVOR", "a1111")
+    # As A1111's and Forge's modules/paths_internal.py: COMMANDLINE_ARGS extends the command line.
+    sys.argv += shlex.split(os.environ.get("COMMANDLINE_ARGS", ""))
     args = parser(flavor).parse_args()
     data_dir = Path(args.data_dir)
     checkpoints = data_dir / "models" / "Stable-diffusion"
