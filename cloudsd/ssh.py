@@ -86,6 +86,15 @@ class Connection:
                            hint="Run the command again; `cloudsd status` shows whether the machine runs.") from None
         return status, out.decode(errors="replace"), err.decode(errors="replace")
 
+    def open_process(self, command: str, *, timeout_s: float = 30.0) -> paramiko.Channel:
+        """`command` started and left running, to talk to over the channel's stdin/stdout (caller closes)."""
+        try:
+            channel = self.transport.open_session(timeout=timeout_s)
+            channel.exec_command(command)
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            raise SSHError(f"lost the SSH connection to {self.endpoint} ({exc or type(exc).__name__}).") from None
+        return channel
+
     def open_forward_channel(self, port: int, origin: tuple[str, int]) -> paramiko.Channel:
         """A direct-tcpip channel to 127.0.0.1:`port` on the machine, with a large window."""
         return self.transport.open_channel(

@@ -12,14 +12,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cloudsd.core.generate_common import Events, Job, Silent, stat_remote, today, ui_error, write_new
+from cloudsd.core.generate_common import Events, Job, Silent, Stat, today, ui_error, write_new
 from cloudsd.errors import CloudsdError
 from cloudsd.generate import a1111
 from cloudsd.generate.client import UIClient
 from cloudsd.generate.png import text as png_text
 from cloudsd.generate.png import with_text
 from cloudsd.generate.request import GenerateRequest, Picture
-from cloudsd.ssh import Connection
 from cloudsd.ui import UIProfile
 
 POLL_S = 0.25  # how often the UI's progress is read while a job runs
@@ -156,10 +155,10 @@ class A1111Backend:
         finally:
             client.close()
 
-    def remote_names(self, connection: Connection, pictures: list[Picture], age_s: float) -> dict[str, tuple[int, int]]:
+    def remote_names(self, stat: Stat, pictures: list[Picture], age_s: float) -> dict[str, tuple[int, int]]:
         """A1111 names files `NNNNN-SEED….png` in outputs/{txt2img,img2img}-images/DATE/: match by seed,
         oldest first, among files written during this run."""
-        found = stat_remote(connection, {"root": posixpath.join(self.ui.data_dir, self.ui.output_dir),
+        found = stat({"root": posixpath.join(self.ui.data_dir, self.ui.output_dir),
                                          "folders": ["txt2img-images", "img2img-images"], "age_s": age_s,
                                          "pattern": r"^\d+-\d+"})
         by_seed: dict[int, list[tuple[int, str]]] = {}
