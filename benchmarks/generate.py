@@ -224,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
                              f"{r['overhead']:+.1%}"] for ui, r in results.items()]))
     out = write_json("generate.json", {"benchmark": "generate", "machine": machine_info(),
                                        "loadavg_before": list(load_before), "loadavg_after": list(os.getloadavg()),
-                                       "options": vars(args), "results": results})
+                                       "options": {**vars(args), "baseline": str(args.baseline or "") or None},
+                                       "results": results})
     print(f"\nload average before {load_before[0]:.1f}, after {os.getloadavg()[0]:.1f}\nwrote {out}")
     return 0
 

@@ -9,16 +9,23 @@ from __future__ import annotations
 
 import logging
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import paramiko
-
 from cloudsd.errors import HostKeyMismatch, SSHError
 from cloudsd.machine import SSHEndpoint
+
+# paramiko.config imports `invoke` (and with it unittest.mock: 50-150 ms, a third of paramiko's import) only to
+# run the `Match exec` lines of an ssh_config, which cloudsd never reads; paramiko catches the ImportError.
+_blocked = sys.modules.setdefault("invoke", None) is None  # type: ignore[arg-type]
+import paramiko  # noqa: E402
+
+if _blocked:
+    del sys.modules["invoke"]  # anyone else may still import it
 
 # paramiko logs every failed banner read (sshd still starting) with a traceback on stderr; the retry loop
 # below reports those attempts itself.
