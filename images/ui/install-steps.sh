@@ -83,9 +83,11 @@ run_steps() {
         rc=${PIPESTATUS[0]}
         if [ "$rc" != 0 ]; then
             _progress "$n" "$step" failed
+            exec 9>&-
             return "$rc"
         fi
         printf '%s\n' "$key" >"$STATE/$step.done"
         _progress "$n" "$step" done
     done
+    exec 9>&- # the UI started after this must not hold the install's lock
 }

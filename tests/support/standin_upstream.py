@@ -63,8 +63,10 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
 '''
 PYPROJECT = '[build-system]\nrequires = []\nbuild-backend = "standin_backend"\nbackend-path = ["."]\n'
 PIP_ENTRY_POINTS = "[console_scripts]\npip = pip._internal.cli.main:main\npip3 = pip._internal.cli.main:main\n"
-HOLD_PTH = (f"import os, time, pathlib; os.path.exists({HOLD_FLAG!r}) and (pathlib.Path({HELD_FLAG!r}).touch(), "
-            f"[time.sleep(0.2) for _ in iter(lambda: os.path.exists({HOLD_FLAG!r}), False)])\n")
+# (site runs a .pth line with exec, so names bound on it are not seen inside the comprehension: __import__)
+HOLD_PTH = (f"import os, pathlib; os.path.exists({HOLD_FLAG!r}) and (pathlib.Path({HELD_FLAG!r}).touch(), "
+            f"[__import__('time').sleep(0.2) for _ in iter(lambda: __import__('os').path.exists({HOLD_FLAG!r}), "
+            "False)])\n")
 # What each flavor's last step imports (images/comfyui/install.sh step_requirements), as distributions.
 COMFYUI_REQUIREMENTS = ("aiohttp", "av", "comfyui-frontend-package", "kornia", "spandrel", "transformers")
 
@@ -149,6 +151,8 @@ def make_repo(where: Path, flavor: str = "comfyui") -> tuple[Path, tuple[str, ..
     """A bare repository with two commits of the testbed's stand-in entry points: the second adds a file."""
     work = where / "work"
     shutil.copytree(TESTBED_APP, work, ignore=shutil.ignore_patterns("__pycache__"))
+    for standin in (IMAGES / "testbed").glob("standin_*.py"):  # what the stand-in main.py runs (CLOUDSD_STANDIN)
+        shutil.copy(standin, work / standin.name)
     versions = pins(flavor)
     (work / "requirements.txt").write_text("".join(f"{name}\n" for name in COMFYUI_REQUIREMENTS))
     assert all(name in versions for name in COMFYUI_REQUIREMENTS)
