@@ -166,6 +166,9 @@ def offer_options(func: Any) -> Any:
 @click.option("--provider", type=click.Choice(["local", "runpod", "vastai", "auto"]), help="Where to run.")
 @click.option("--image", help="Container image with sshd and the web UI.")
 @click.option("--ui", type=click.Choice(["a1111", "forge", "comfyui"]), help="Which web UI the image runs.")
+@click.option("--image-source", type=click.Choice(["auto", "prebuilt", "install"]),
+              help="cloudsd's prebuilt image, or install the UI on first boot of a stock PyTorch image; "
+                   "auto: prebuilt when it can be pulled.")
 @click.option("--port", type=PORT, help="Local port for the web UI (the next free one if busy).")
 @offer_options
 @click.option("--detach", is_flag=True, help="Return once the machine is ready instead of holding the tunnel.")
@@ -180,7 +183,8 @@ def offer_options(func: Any) -> Any:
 @click.option("--manifest", type=click.Path(exists=True, dir_okay=False), help="A models.yaml to sync once ready.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask before renting a machine that costs money.")
 @click.option("--json", "as_json", is_flag=True, help="Print the machine record as JSON.")
-def up(name: str | None, provider: str | None, image: str | None, ui: str | None, port: int | None,
+def up(name: str | None, provider: str | None, image: str | None, ui: str | None, image_source: str | None,
+       port: int | None,
        choice: dict[str, Any], detach: bool, keep_on_failure: bool | None, max_time: float | None,
        max_spend: float | None, idle_stop: float | None, idle_action: str | None, models: tuple[str, ...],
        manifest: str | None, yes: bool, as_json: bool) -> None:
@@ -194,7 +198,8 @@ def up(name: str | None, provider: str | None, image: str | None, ui: str | None
     """
     from cloudsd.cli import session
 
-    flags = {"provider": provider, "image": image, "ui": ui, "port": port, "keep_on_failure": keep_on_failure,
+    flags = {"provider": provider, "image": image, "ui": ui, "image_source": image_source, "port": port,
+             "keep_on_failure": keep_on_failure,
              "max_time": max_time, "max_spend": max_spend, "idle_stop": idle_stop, "idle_action": idle_action}
     session.run_up(name, flags, choice, detach=detach, yes=yes, as_json=as_json, models=list(models),
                    manifest=manifest)

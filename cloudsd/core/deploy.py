@@ -38,14 +38,14 @@ from cloudsd.errors import (
     ProvisioningError,
     SSHError,
 )
-from cloudsd.images import choose_image, machine_image
+from cloudsd.images import ImageChoice, choose_image, install_ui, machine_image
 from cloudsd.ledger import Ledger, MachineRecord
 from cloudsd.models import CreateRequest, MachineInfo, Offer, OfferSpec, SSHEndpoint
 from cloudsd.names import name_problem
 from cloudsd.providers import Provider
 from cloudsd.ssh import Connection, connect
 from cloudsd.tunnel import LocalForward
-from cloudsd.ui import DEFAULT_REGISTRY, UIProfile, highest_cuda, image_cuda, profile
+from cloudsd.ui import DEFAULT_CUDA, DEFAULT_REGISTRY, UIProfile, highest_cuda, image_cuda, profile
 
 MAX_OFFERS_TRIED = 3
 NOT_ENDED = "not ended"  # the start of a `down` outcome for a machine it could not act on
@@ -67,6 +67,9 @@ class UpOptions:
     default_image: bool = False  # `image` is cloudsd's own: use its CUDA 12.8 variant on Blackwell GPUs
     registry: str = DEFAULT_REGISTRY
     image_pull: str = "auto"  # auto | never: may a missing image be pulled onto the local engine
+    image_source: str = "auto"  # auto | prebuilt | install: cloudsd's image, or the UI installed on first boot
+    stock_image: str | None = None  # the stock image to install into (None: cloudsd.ui_install.STOCK_IMAGES)
+    install_timeout_s: float = 5400.0
     budget: Budget = field(default_factory=Budget)  # time, spend and idle limits, enforced on the machine too
     watchdog: WatchdogSettings = field(default_factory=WatchdogSettings)
 
@@ -84,6 +87,8 @@ class UpOptions:
             spec=spec, keep_on_failure=settings["keep_on_failure"], boot_timeout_s=settings["timeouts.boot"],
             ssh_timeout_s=settings["timeouts.ssh"], ui_timeout_s=settings["timeouts.ui"],
             default_image=not settings["image"], registry=settings["registry"], image_pull=settings["image_pull"],
+            image_source=settings["image_source"], stock_image=settings["stock_image"],
+            install_timeout_s=settings["timeouts.install"],
             budget=Budget.from_settings(settings), watchdog=WatchdogSettings.from_settings(settings),
         )
         values.update(overrides)
@@ -189,8 +194,9 @@ class _TryNextOffer(Exception):
 
 def _up_on(offer: Offer, name: str, ui: UIProfile, options: UpOptions, ledger: Ledger, provider: Provider,
            providers: Providers, reporter: Reporter) -> Session:
-    image = machine_image(options, ui.name, offer.gpu_name, on_local_engine=provider.prepares_images,
-                          on_progress=lambda text: reporter.phase("image", text)).image  # before anything is recorded
+    choice = machine_image(options, ui.name, offer.gpu_name, on_local_engine=provider.prepares_images,
+                           on_progress=lambda text: reporter.phase("image", text))  # before anything is recorded
+    image = choice.image
     # The name is claimed first: nothing of a machine that already has it (its key, known_hosts) is touched.
     ledger.reserve(name, provider.name, image, ui=ui.name)
     try:
@@ -205,7 +211,8 @@ def _up_on(offer: Offer, name: str, ui: UIProfile, options: UpOptions, ledger: L
                    if provider.supports_deadline else None)  # RunPod's own backstop behind the watchdog
     request = CreateRequest(name=name, image=image, public_key=pair.public_line,
                             env={"CLOUDSD_MACHINE": name, **ui.machine_env(), **options.env},
-                            disk_gb=options.spec.disk_gb, cuda=cuda, onstart="/opt/cloudsd/boot/entrypoint.sh",
+                            disk_gb=options.spec.disk_gb, cuda=cuda,
+                            onstart=None if choice.install else "/opt/cloudsd/boot/entrypoint.sh",
                             deadline_at=deadline_at)
     reporter.phase("creating", f"{provider.name}: {offer.gpu_name} at ${offer.price_per_hour:.3f}/h")
     if offer.gpu_count == 0:
@@ -228,7 +235,7 @@ def _up_on(offer: Offer, name: str, ui: UIProfile, options: UpOptions, ledger: L
             reporter.note(f"{provider.name} machine {provider_id} is billing ${offer.price_per_hour:.3f}/h; "
                           f"end it with `cloudsd down {name}`")
         try:
-            session = _make_ready(name, provider, provider_id, ui, options, ledger, pair, reporter)
+            session = _make_ready(name, provider, provider_id, ui, options, ledger, pair, reporter, choice)
         except (ProvisioningError, SSHError) as exc:
             if options.keep_on_failure:
                 raise
@@ -323,7 +330,7 @@ def _end_unrecorded(provider: Provider, name: str, provider_id: str, cause: Ledg
 
 
 def _make_ready(name: str, provider: Provider, provider_id: str, ui: UIProfile, options: UpOptions,
-                ledger: Ledger, pair: keys.KeyPair, reporter: Reporter) -> Session:
+                ledger: Ledger, pair: keys.KeyPair, reporter: Reporter, choice: ImageChoice) -> Session:
     reporter.phase("booting", f"{provider.name} is starting {provider_id[:12]}")
 
     def on_change(info: MachineInfo) -> None:
@@ -340,6 +347,9 @@ def _make_ready(name: str, provider: Provider, provider_id: str, ui: UIProfile, 
                   data={"host_key": connection.host_key.text})
     keys.write_known_hosts(pair, info.ssh.host, info.ssh.port, connection.host_key.text)
     try:
+        if choice.install:
+            install_ui(connection, ui.name, choice.cuda or DEFAULT_CUDA, deadline_s=options.install_timeout_s,
+                       on_progress=lambda text: reporter.phase("install", text), env=options.env)
         forward = open_tunnel(ledger.get(name), connection, options.port)
         reporter.phase("web UI", f"waiting for {ui.title} at {forward.url}")
         wait_for_ui(forward.local_port, ui, deadline_s=options.ui_timeout_s,
