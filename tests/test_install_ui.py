@@ -188,3 +188,36 @@ def test_the_payload_holds_what_the_machine_runs(tmp_path: Path) -> None:
             "forge/extension-requirements.txt", "ui/install-steps.sh", "ui/install-on-boot", "ui/start",
             "boot/entrypoint.sh"} <= names
     assert not any(name.endswith("Dockerfile") or name.startswith(("a1111/", "comfyui/")) for name in names)
+
+
+@pytest.mark.docker
+def test_up_installs_the_ui_on_a_stock_image_and_waits_for_it(
+        local_env: dict[str, str], docker_client: object, upstream: StandinUpstream, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`cloudsd up --image-source install` on the local engine: the machine runs a stand-in stock image, the
+    install is an `up` phase that `up` waits for, then the UI answers through the tunnel."""
+    from tests.cli_helpers import cloudsd, cloudsd_json, free_port
+    from tests.support.standin_upstream import build_stock_standin
+
+    tag = f"cloudsd-test-stock-standin:{uuid.uuid4().hex[:10]}"
+    build_stock_standin(docker_client, ensure_stock_image(docker_client), upstream, tag, tmp_path)  # type: ignore[arg-type]
+    try:
+        monkeypatch.delenv("CLOUDSD_IMAGE")  # cloudsd's own image for the UI, which image_source decides about
+        for key, value in {"CLOUDSD_UI": "comfyui", "CLOUDSD_STOCK_IMAGE": tag}.items():
+            monkeypatch.setenv(key, value)
+        port = free_port()
+        result = cloudsd("up", "inst", "--provider", "local", "--detach", "--image-source", "install",
+                         "--port", str(port))
+        assert result.returncode == 0, result.stderr
+        assert f"web UI: installs comfyui on first boot of {tag} into /workspace (image_source is install)" \
+            in result.stderr
+        assert "install (" in result.stderr  # the phase, finished before the web UI phase
+        assert result.stderr.index("install (") < result.stderr.index("web UI (")
+        stats = cloudsd("ssh", "inst", "--", "curl", "-sf", "http://127.0.0.1:8188/system_stats")
+        assert "comfyui_version" in stats.stdout, stats.stderr
+        assert [(r["name"], r["live"]) for r in cloudsd_json("status")] == [("inst", "running")]
+        shown = cloudsd("ssh", "inst", "--", "cat", f"{STATE}/progress")
+        assert shown.stdout.split()[-3:] == ["4/4", "requirements", "done"]
+    finally:
+        cloudsd("down", "inst", "--yes")
+        subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)

@@ -197,6 +197,8 @@ def _up_on(offer: Offer, name: str, ui: UIProfile, options: UpOptions, ledger: L
     choice = machine_image(options, ui.name, offer.gpu_name, on_local_engine=provider.prepares_images,
                            on_progress=lambda text: reporter.phase("image", text))  # before anything is recorded
     image = choice.image
+    if choice.ours:
+        reporter.note(f"web UI: {choice.why}")  # which path, and why, before anything is rented
     # The name is claimed first: nothing of a machine that already has it (its key, known_hosts) is touched.
     ledger.reserve(name, provider.name, image, ui=ui.name)
     try:

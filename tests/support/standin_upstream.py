@@ -24,6 +24,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pip as host_pip
 
@@ -173,3 +174,26 @@ def make_standin_upstream(where: Path, flavor: str = "comfyui") -> StandinUpstre
     where.mkdir(parents=True, exist_ok=True)
     repo, commits = make_repo(where, flavor)
     return StandinUpstream(repo, commits, make_wheels(where, flavor))
+
+
+STOCK_START = Path(__file__).resolve().parents[1] / "fakes" / "stock" / "start.sh"
+
+
+def build_stock_standin(client: Any, base: str, upstream: StandinUpstream, tag: str, where: Path) -> str:
+    """An image standing in for a provider's stock PyTorch image with this stand-in upstream inside it (at
+    /standin), its inputs in the image's environment as a provider template would set them, the stand-in
+    UI's server where the testbed's stand-in main.py looks for it, and RunPod's start behaviour
+    (tests/fakes/stock/start.sh). Nothing of cloudsd."""
+    context = where / "stock-context"
+    shutil.copytree(upstream.repo.parent, context / "standin", ignore=shutil.ignore_patterns("sources", "work"))
+    for standin in (IMAGES / "testbed").glob("standin_*.py"):
+        shutil.copy(standin, context / standin.name)
+    shutil.copy(STOCK_START, context / "start.sh")
+    (context / "Dockerfile").write_text(
+        "ARG BASE\nFROM ${BASE}\nCOPY standin/ /standin/\nCOPY standin_*.py /opt/cloudsd/ui/\n"
+        "COPY start.sh /start.sh\n"
+        f"ENV COMFYUI_REPO=file:///standin/upstream.git COMFYUI_COMMIT={upstream.commits[0]} "
+        "PIP_NO_INDEX=1 PIP_FIND_LINKS=/standin/wheels\n"
+        'CMD ["/start.sh"]\n')
+    client.images.build(path=str(context), tag=tag, buildargs={"BASE": base}, pull=False, rm=True, forcerm=True)
+    return tag
