@@ -22,7 +22,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cloudsd.models import SSHEndpoint
+from cloudsd.machine import SSHEndpoint
 from cloudsd.ssh import connect
 from cloudsd.tunnel import LocalForward
 

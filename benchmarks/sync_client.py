@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
-    from cloudsd.models import SSHEndpoint
+    from cloudsd.machine import SSHEndpoint
     from cloudsd.ssh import connect
     from cloudsd.ui import profile
 

@@ -435,7 +435,7 @@ def published_ssh_port(container: Any, deadline_s: float = 30) -> int:
 
 def pin_host_key(ssh_port: int, key_path: Path, deadline_s: float = 60) -> str:
     """Wait for sshd and record the host key it shows (cloudsd pins it on first connect, too)."""
-    from cloudsd.models import SSHEndpoint
+    from cloudsd.machine import SSHEndpoint
     from cloudsd.ssh import connect
 
     with connect(SSHEndpoint("127.0.0.1", ssh_port), key_path, None, deadline_s=deadline_s) as connection:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ import yaml
 from cloudsd import paths, values
 from cloudsd.durations import parse_duration
 from cloudsd.errors import ConfigError
+from cloudsd.providers import provider_names
 from cloudsd.ui import DEFAULT_REGISTRY
 from cloudsd.yamlfile import compose_file, construct
 
@@ -63,13 +64,25 @@ def _to_fraction(value: Any) -> float:
 
 
 def _choice(*choices: str) -> Callable[[Any], str]:
+    return _choice_of(lambda: choices)
+
+
+def _choice_of(choices: Callable[[], Sequence[str]]) -> Callable[[Any], str]:
+    """A converter to one of `choices()`, asked when a value is read (the provider names come from the registry)."""
+
     def convert(value: Any) -> str:
         text = _to_str(value)
-        if text not in choices:
-            raise ValueError(f"expected one of {', '.join(choices)}")
+        allowed = choices()
+        if text not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}")
         return text
 
     return convert
+
+
+def provider_choices() -> list[str]:
+    """What `provider` may be: each provider a user may name, or auto (the cheapest of the clouds)."""
+    return [*provider_names(), "auto"]
 
 
 @dataclass(frozen=True)
@@ -83,7 +96,7 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("provider", "local", _choice("local", "runpod", "vastai", "auto"), "CLOUDSD_PROVIDER",
+    Setting("provider", "local", _choice_of(provider_choices), "CLOUDSD_PROVIDER",
             "where machines run: local (your Docker engine), runpod, vastai, or auto (cheapest of the configured)"),
     Setting("image", None, _to_str, "CLOUDSD_IMAGE",
             "container image with sshd and python3 (none: cloudsd's image for the UI, CUDA 12.8 on Blackwell GPUs)",

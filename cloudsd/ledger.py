@@ -1,5 +1,9 @@
 """The ledger: every machine cloudsd ever asked for, and what happened to it (stdlib sqlite3, WAL).
 
+Storage only: the statuses and event kinds are the enums below, and the transitions between them are
+written by `cloudsd/core/lifecycle.py` alone. Each event carries the id of the ledger row (session) it
+belongs to, so a reused name never mixes two sessions' events.
+
 A row is written the moment a provider returns an id, before any waiting, so a crash or Ctrl-C never
 loses track of a machine that bills. Two cloudsd processes may use the ledger at once: WAL mode, a busy
 timeout and short transactions keep them from corrupting it or losing rows.
@@ -13,6 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -47,17 +52,68 @@ CREATE TABLE IF NOT EXISTS events (
     at        REAL NOT NULL,
     machine   TEXT NOT NULL,
     kind      TEXT NOT NULL,
-    data      TEXT NOT NULL DEFAULT '{}'
+    data      TEXT NOT NULL DEFAULT '{}',
+    record_id INTEGER
 );
 CREATE INDEX IF NOT EXISTS events_machine ON events(machine, at);
 CREATE INDEX IF NOT EXISTS machines_name ON machines(name, id);
 """
 
-# Statuses of a ledger row. "active" ones may still bill.
-ACTIVE = ("creating", "booting", "running", "stopped", "failed", "unknown", "destroying")
-KNOWN_STATUSES = (*ACTIVE, "terminated")
-# PRAGMA user_version. 0: a ledger from before versions (columns may be missing); 1: SCHEMA as above.
-SCHEMA_VERSION = 1
+
+
+class _Word(str, Enum):
+    """An enum whose members are their words: equal to, stored as and printed as the plain string
+    (`enum.StrEnum` from Python 3.11 on; cloudsd still runs on 3.10)."""
+
+    __str__ = str.__str__
+    __format__ = str.__format__  # type: ignore[assignment]
+
+
+class Status(_Word):
+    """A ledger row's status. Every one but TERMINATED may still bill (and so may one this version does not
+    know, written by a newer cloudsd: such a row keeps its word as a plain string)."""
+
+    CREATING = "creating"  # reserved, the create call not answered yet
+    BOOTING = "booting"
+    RUNNING = "running"
+    STOPPED = "stopped"  # the disk is kept and bills storage
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+    DESTROYING = "destroying"
+    TERMINATED = "terminated"
+
+
+class EventKind(_Word):
+    """What happened to a session; `core/cost.py` reads billing from these."""
+
+    RESERVED = "reserved"
+    CREATED = "created"  # the provider returned an id: billing starts
+    NOT_CREATED = "not-created"
+    RUNNING = "running"
+    HOST_KEY_PINNED = "host-key-pinned"
+    READY = "ready"
+    ATTACHED = "attached"
+    SSH_MOVED = "ssh-moved"
+    DESTROYING = "destroying"  # the destroy call: billing ends
+    TERMINATED = "terminated"
+    GONE = "gone"
+    STOPPED = "stopped"
+    RESUMED = "resumed"
+    BUDGET = "budget"
+    BUDGET_REACHED = "budget-reached"
+    WATCHDOG_INSTALLED = "watchdog-installed"
+    WATCHDOG_SEEN = "watchdog-seen"
+    WATCHDOG_ENDED = "watchdog-ended"
+    MODELS_SYNCED = "models-synced"
+    OUTPUTS_PULLED = "outputs-pulled"
+
+
+# Statuses of a ledger row that may still bill.
+ACTIVE = tuple(s for s in Status if s is not Status.TERMINATED)
+KNOWN_STATUSES = tuple(Status)
+# PRAGMA user_version. 0: a ledger from before versions (columns may be missing); 1: SCHEMA without events'
+# record_id; 2: SCHEMA as above (each event names its row).
+SCHEMA_VERSION = 2
 UNREADABLE = "needs attention: "  # the start of `detail` for a row this version could not read whole
 
 
@@ -76,7 +132,7 @@ class MachineRecord:
     created_at: float
     ready_at: float | None
     terminated_at: float | None
-    status: str
+    status: Status | str
     ssh_host: str | None
     ssh_port: int | None
     ssh_user: str | None
@@ -85,6 +141,10 @@ class MachineRecord:
     local_port: int | None
     ui: str | None
     detail: str
+
+    def __post_init__(self) -> None:
+        if self.status in KNOWN_STATUSES:  # an unknown word stays a string: shown, never hidden
+            object.__setattr__(self, "status", Status(self.status))
 
     @property
     def attention(self) -> str | None:
@@ -214,6 +274,8 @@ class Ledger:
                 for column, declaration in columns:
                     if column not in have:
                         db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {_addable(declaration)}")
+            if version < 2:
+                _give_events_their_rows(db)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -248,11 +310,11 @@ class Ledger:
             _refuse_taken(name, row)
             db.execute(
                 "INSERT INTO machines (name, provider, image, created_at, status, ui) VALUES (?, ?, ?, ?, ?, ?)",
-                (name, provider, image, time.time(), "creating", ui),
+                (name, provider, image, time.time(), Status.CREATING, ui),
             )
-            self._event(db, name, "reserved", {"provider": provider, "image": image})
+            self._event(db, name, EventKind.RESERVED, {"provider": provider, "image": image})
 
-    def update(self, name: str, *, event: str | None = None, data: dict[str, Any] | None = None,
+    def update(self, name: str, *, event: EventKind | None = None, data: dict[str, Any] | None = None,
                **values: Any) -> None:
         unknown = set(values) - set(_COLUMNS) | ({"id", "name"} & set(values))
         if unknown:
@@ -276,7 +338,7 @@ class Ledger:
             if row[0]:
                 return str(row[0])
             db.execute(f"UPDATE machines SET host_key = ? WHERE {_NEWEST}", (host_key, name))
-            self._event(db, name, "host-key-pinned", {"host_key": host_key})
+            self._event(db, name, EventKind.HOST_KEY_PINNED, {"host_key": host_key})
             return host_key
 
     def get(self, name: str) -> MachineRecord:
@@ -302,15 +364,17 @@ class Ledger:
         return [_record(row) for row in self._db.execute(sql, params).fetchall()]
 
     # -- events --------------------------------------------------------------------------------------
-    def event(self, name: str, kind: str, data: dict[str, Any] | None = None) -> None:
+    def event(self, name: str, kind: EventKind, data: dict[str, Any] | None = None) -> None:
         with self._tx() as db:
             self._event(db, name, kind, data or {})
 
     @staticmethod
-    def _event(db: sqlite3.Connection, name: str, kind: str, data: dict[str, Any]) -> None:
+    def _event(db: sqlite3.Connection, name: str, kind: EventKind, data: dict[str, Any]) -> None:
+        """An event of the name's newest session, in the same transaction as any change to its row."""
         db.execute(
-            "INSERT INTO events (at, machine, kind, data) VALUES (?, ?, ?, ?)",
-            (time.time(), name, kind, json.dumps(data, default=str)),
+            "INSERT INTO events (at, machine, kind, data, record_id) "
+            "VALUES (?, ?, ?, ?, (SELECT max(id) FROM machines WHERE name = ?))",
+            (time.time(), name, EventKind(kind), json.dumps(data, default=str), name),
         )
 
     def events(self, name: str | None = None) -> list[tuple[float, str, str, dict[str, Any]]]:
@@ -321,6 +385,19 @@ class Ledger:
             params = (name,)
         sql += " ORDER BY id"
         return [_event_row(at, m, k, d) for at, m, k, d in self._db.execute(sql, params).fetchall()]
+
+    def session(self, name: str) -> tuple[MachineRecord, list[tuple[float, str, str, dict[str, Any]]]]:
+        """The newest session of `name`: its row and its own events, in the order they were written."""
+        record = self.get(name)
+        sql = "SELECT at, machine, kind, data FROM events WHERE record_id = ? ORDER BY id"
+        return record, [_event_row(*row) for row in self._db.execute(sql, (record.id,)).fetchall()]
+
+    def sessions(self) -> list[tuple[MachineRecord, list[tuple[float, str, str, dict[str, Any]]]]]:
+        """Every session, oldest first, each with its own events."""
+        by_id: dict[Any, list[tuple[float, str, str, dict[str, Any]]]] = {}
+        for record_id, *row in self._db.execute("SELECT record_id, at, machine, kind, data FROM events ORDER BY id"):
+            by_id.setdefault(record_id, []).append(_event_row(*row))
+        return [(record, by_id.get(record.id, [])) for record in self.machines()]
 
 
 def _event_row(at: Any, machine: Any, kind: Any, data: Any) -> tuple[float, str, str, dict[str, Any]]:
@@ -336,3 +413,25 @@ def _event_row(at: Any, machine: Any, kind: Any, data: Any) -> tuple[float, str,
     except (TypeError, ValueError):
         when, value = 0.0, {**value, "unreadable_at": str(at)[:50]}
     return when, str(machine), str(kind), value
+
+
+def _give_events_their_rows(db: sqlite3.Connection) -> None:
+    """Events written before they carried their row's id get it, matched the only way such a ledger allows:
+    a name's events are cut at each `reserved` (written with the row) and given to its rows in order; rows
+    older than any event get none."""
+    rows: dict[str, list[int]] = {}
+    for record_id, name in db.execute("SELECT id, name FROM machines ORDER BY id"):
+        rows.setdefault(name, []).append(record_id)
+    chunks: dict[str, list[list[int]]] = {}
+    for event_id, name, kind in db.execute("SELECT id, machine, kind FROM events WHERE record_id IS NULL ORDER BY id"):
+        named = chunks.setdefault(name, [])
+        if kind == EventKind.RESERVED or not named:
+            named.append([])
+        named[-1].append(event_id)
+    for name, ids in rows.items():
+        named = chunks.get(name, [])
+        offset = max(0, len(ids) - len(named))
+        for index, record_id in enumerate(ids):
+            if 0 <= index - offset < len(named):
+                db.executemany("UPDATE events SET record_id = ? WHERE id = ?",
+                               [(record_id, event_id) for event_id in named[index - offset]])

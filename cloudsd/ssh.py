@@ -18,7 +18,7 @@ from pathlib import Path
 import paramiko
 
 from cloudsd.errors import HostKeyMismatch, SSHError
-from cloudsd.models import SSHEndpoint
+from cloudsd.machine import SSHEndpoint
 
 # paramiko logs every failed banner read (sshd still starting) with a traceback on stderr; the retry loop
 # below reports those attempts itself.

@@ -34,7 +34,7 @@ if [[ ! -x .venv/bin/python ]]; then
     log "creating .venv"
     "$python" -m venv .venv
 fi
-if ! .venv/bin/python -c 'import cloudsd, pytest, graphql' >/dev/null 2>&1 \
+if ! .venv/bin/python -c 'import cloudsd, pytest, jsonschema' >/dev/null 2>&1 \
    || [[ pyproject.toml -nt .venv/.installed ]]; then
     log "installing cloudsd and its test tools into .venv"
     .venv/bin/python -m pip install -q --upgrade pip >/dev/null

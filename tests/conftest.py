@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.fakes.fixtures_vast", "tests.fakes.fixtures_runpod", "tests.fixtures_local"]
+pytest_plugins = ["tests.fakes.fixtures_vast", "tests.fakes.fixtures_runpod", "tests.fixtures_local",
+                  "tests.fixtures_memory"]
 
 
 @pytest.fixture(autouse=True)

@@ -58,12 +58,13 @@ def test_use_reports_shares_and_what_is_reached() -> None:
 def test_the_watchdog_config_is_on_the_machine_clock_and_holds_no_key() -> None:
     budget = Budget(max_time_s=60, idle_s=30, idle_action="terminate")
     found = deadlines(budget, started_at=100, now=100, spent_usd=0, price_per_hour=1)
+    calls = {"stop": {"method": "PUT", "url": "${VAST_URL}/x", "headers": {"Authorization": "Bearer ${K}"}}}
     config = machine_config("vastai", budget, found, offset_s=-25.0, settings=WatchdogSettings(poll_s=2),
-                            self_stop=True)
+                            end_calls=calls)
     assert config["deadlines"] == [{"at": 135.0, "reason": "time budget 1m reached"}]
     assert (config["provider"], config["idle_s"], config["idle_action"], config["poll_s"]) == ("vastai", 30, "terminate", 2)
-    assert not any("key" in k.lower() for k in config)
-    assert machine_config("local", budget, found, 0.0, WatchdogSettings(), self_stop=False)["provider"] == "local"
+    assert not any("key" in k.lower() for k in config) and config["end_calls"] == calls
+    assert machine_config("local", budget, found, 0.0, WatchdogSettings(), end_calls=None)["end_calls"] == {}
 
 
 def _armed(**budget: Any) -> list[tuple[float, str, str, dict[str, Any]]]:

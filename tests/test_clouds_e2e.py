@@ -6,6 +6,7 @@ RunPod and Vast.ai. Each fault switch has a test in which nothing leaks and the 
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from cloudsd.ui import DEFAULT_CUDA
 from tests.cli_helpers import cloudsd, cloudsd_json, free_port, interrupt, start, wait_for_line, wait_http
 
 pytestmark = pytest.mark.docker
-HOURS_PER_MONTH = 730.0
+HOURS_PER_MONTH = {"runpod": 730.0, "vastai": 720.0}  # RunPod's docs; Vast's published examples
 
 
 @dataclass
@@ -39,12 +40,12 @@ class Cloud:
             from tests.fakes.runpod_cloud import CATALOG
 
             prices = [p for g in CATALOG if g.display_name == gpu for p in (g.secure, g.community) if p]
-            return min(prices) + disk_gb * 0.10 / HOURS_PER_MONTH
+            return min(prices) + disk_gb * 0.10 / HOURS_PER_MONTH["runpod"]
         # The default image is cloudsd's CUDA 12.4 variant, so only hosts whose driver runs it are offered.
         rows = [r for r in self.fake.catalog if r["gpu_name"] == gpu and r["num_gpus"] == 1 and r["rentable"]
                 and r["verified"] and r["direct_port_count"] >= 1 and not r.get("rented")
                 and r["cuda_max_good"] >= float(DEFAULT_CUDA)]
-        return min(r["dph_base"] + r["storage_cost"] * disk_gb / HOURS_PER_MONTH for r in rows)
+        return min(r["dph_base"] + r["storage_cost"] * disk_gb / HOURS_PER_MONTH["vastai"] for r in rows)
 
     def make_stray(self) -> tuple[str, str]:
         """A `cloudsd-` machine made behind this ledger's back (another laptop): (provider id, name)."""
@@ -73,12 +74,18 @@ def _error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
-def test_offers_json_is_the_true_cheapest(cloud: Cloud) -> None:
+def test_offers_json_is_the_true_cheapest(cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> None:
     offers = cloudsd_json("offers", "--provider", cloud.name, "--gpu", "RTX 4090", "--disk", "40")
     assert offers, "the catalog has RTX 4090s"
     assert offers[0]["price_per_hour"] == pytest.approx(cloud.true_cheapest("RTX 4090", 40), abs=1e-6)
     assert [o["price_per_hour"] for o in offers] == sorted(o["price_per_hour"] for o in offers)
     assert all(o["gpu_name"] == "RTX 4090" and o["provider"] == cloud.name for o in offers)
+    billed_per_gb = [o["download_usd_per_gb"] is not None for o in offers]
+    assert all(billed_per_gb) if cloud.name == "vastai" else not any(billed_per_gb)  # Vast bills bandwidth per GB
+    if cloud.name == "vastai":
+        monkeypatch.setenv("COLUMNS", "240")  # a wide terminal: every column shown in full
+        table = cloudsd("offers", "--provider", cloud.name, "--gpu", "RTX 4090").stdout
+        assert "$/GB" in table and f"{offers[0]['download_usd_per_gb']:.4f}" in table
 
 
 def test_no_offer_fits_names_the_filter(cloud: Cloud) -> None:
@@ -127,6 +134,16 @@ def test_capacity_errors_try_the_next_offers_then_one_line(cloud: Cloud, cloudsd
     assert "no offer could be started after 3 tries" in line
     assert cloud.live() == []
     assert _row(cloudsd_home, "full")["status"] == "terminated"
+
+
+def test_a_create_refused_for_another_reason_also_tries_the_next_offers(cloudsd_home: Path, fake_vast: Any) -> None:
+    fake_vast.faults.create_forbidden = True  # a 403 on create: the offer is not rentable by this account
+    result = cloudsd("up", "nope", "--provider", "vastai", "--detach", "--yes")
+    assert result.returncode == 5, result.stderr
+    (line,) = _error_lines(result.stderr)
+    assert "no offer could be started after 3 tries" in line and "not available to this account" in line
+    assert "rejected the API key" not in result.stderr
+    assert len([r for r in fake_vast.requests if r.method == "PUT" and "/asks/" in r.path]) == 3
 
 
 def test_never_ready_machines_are_destroyed(cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -204,6 +221,20 @@ def test_doctor_says_which_key_source(cloud: Cloud) -> None:
     assert mine["ok"] is True
     assert mine["credential"].endswith(f"(…{cloud.fake.api_key[-4:]})")
     assert cloud.fake.api_key not in str(checks)
+    if cloud.name == "runpod":
+        assert "REST v2" in mine["detail"] and "no balance" in mine["detail"]
+
+
+def test_doctor_refuses_a_malformed_key_naming_its_source(cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> None:
+    var = "RUNPOD_API_KEY" if cloud.name == "runpod" else "VAST_API_KEY"
+    bad = "rpa_SECRETÄ\r\nX-Injected: yes"
+    monkeypatch.setenv(var, bad)
+    result = cloudsd("doctor", "--json")
+    mine = {c["provider"]: c for c in json.loads(result.stdout)}[cloud.name]
+    assert mine["ok"] is False and f"env {var}" in mine["detail"] and "line break" in mine["detail"]
+    assert "SECRET" not in result.stdout + result.stderr and "Injected" not in result.stdout + result.stderr
+    plain = cloudsd("doctor")
+    assert "SECRET" not in plain.stdout + plain.stderr and "Traceback" not in plain.stderr
 
 
 def test_up_never_rents_for_a_prebuilt_image_nobody_can_pull(cloud: Cloud, cloudsd_home: Path) -> None:

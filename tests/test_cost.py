@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,10 +15,9 @@ from cloudsd.core.cost import (
     session_cost,
     session_costs,
     split_by_day,
-    split_sessions,
     to_laptop_time,
 )
-from cloudsd.ledger import MachineRecord
+from cloudsd.ledger import EventKind, Ledger, MachineRecord
 
 RATE = 3.6  # $/h: one cent per 10 s
 STORAGE = 0.36
@@ -104,23 +104,37 @@ def test_events_after_the_end_are_ignored() -> None:
     assert session_cost(record(), events, now=1000).cost_usd == pytest.approx(100 * RATE / 3600)
 
 
-def test_sessions_of_a_reused_name_get_their_own_events() -> None:
-    rows = [record("a", 1), record("b", 2), record("a", 3, rate=7.2)]
-    events = [ev(0, "reserved", "a"), ev(10, "created", "a"), ev(20, "destroying", "a"),
-              ev(5, "reserved", "b"), ev(15, "created", "b"),
-              ev(30, "reserved", "a"), ev(40, "created", "a")]
-    pairs = split_sessions(rows, events)
+def test_sessions_of_a_reused_name_get_their_own_events(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "l.db")
+    ledger.reserve("a", "runpod", "img")
+    ledger.update("a", status="booting", event=EventKind.CREATED)
+    ledger.update("a", status="terminated", event=EventKind.DESTROYING)
+    ledger.reserve("b", "runpod", "img")
+    ledger.update("b", status="booting", event=EventKind.CREATED)
+    ledger.reserve("a", "runpod", "img")
+    ledger.event("b", EventKind.ATTACHED)  # b's, though written after a's second session began
+    ledger.update("a", status="booting", event=EventKind.CREATED)
+    pairs = ledger.sessions()
     assert [(r.id, [e[2] for e in evs]) for r, evs in pairs] == [
-        (1, ["reserved", "created", "destroying"]), (2, ["reserved", "created"]), (3, ["reserved", "created"])]
-    costs = session_costs(rows, events, now=50)
+        (1, ["reserved", "created", "destroying"]), (2, ["reserved", "created", "attached"]),
+        (3, ["reserved", "created"])]
+    assert [e[2] for e in ledger.session("a")[1]] == ["reserved", "created"]
+
+
+def test_costs_per_session() -> None:
+    rows = [record("a", 1), record("b", 2), record("a", 3, rate=7.2)]
+    pairs = [(rows[0], [ev(0, "reserved", "a"), ev(10, "created", "a"), ev(20, "destroying", "a")]),
+             (rows[1], [ev(5, "reserved", "b"), ev(15, "created", "b")]),
+             (rows[2], [ev(30, "reserved", "a"), ev(40, "created", "a")])]
+    costs = session_costs(pairs, now=50)
     assert [round(c.cost_usd, 6) for c in costs] == [round(10 * RATE / 3600, 6), round(35 * RATE / 3600, 6),
                                                      round(10 * 7.2 / 3600, 6)]
 
 
 def test_window_and_groups_clip_intervals() -> None:
-    costs = session_costs([record("a", 1), record("b", 2)], [
-        ev(0, "reserved", "a"), ev(100, "created", "a"), ev(200, "destroying", "a"),
-        ev(0, "reserved", "b"), ev(150, "created", "b"), ev(250, "destroying", "b")], now=1000)
+    costs = session_costs([
+        (record("a", 1), [ev(0, "reserved", "a"), ev(100, "created", "a"), ev(200, "destroying", "a")]),
+        (record("b", 2), [ev(0, "reserved", "b"), ev(150, "created", "b"), ev(250, "destroying", "b")])], now=1000)
     assert costs[0].cost_between(150, None) == pytest.approx(50 * RATE / 3600)
     by_provider = group(costs, "provider", 150, 220)
     assert [(g.key, g.sessions, g.seconds) for g in by_provider] == [("runpod", 2, 120)]
@@ -137,3 +151,17 @@ def test_clock_offset_from_the_round_trip_midpoint() -> None:
     offset = clock_offset(machine_time=1040.1, sent_at=1000.0, received_at=1000.2)
     assert offset == pytest.approx(40.0)
     assert to_laptop_time(1100.0, offset) == pytest.approx(1060.0)
+
+
+def test_bandwidth_billed_per_gb_is_an_estimate_from_what_cloudsd_moved() -> None:
+    events = [ev(1000.0, "created", download_usd_per_gb=0.005, upload_usd_per_gb=0.002),
+              ev(1000.0 + 60, "models-synced", bytes_in=4_000_000_000),
+              ev(1000.0 + 120, "outputs-pulled", bytes_out=500_000_000),
+              ev(1000.0 + 3600, "destroying")]
+    cost = session_cost(record(), events, now=1000.0 + 7200)
+    assert cost.bandwidth_usd == pytest.approx(4 * 0.005 + 0.5 * 0.002)
+    assert cost.cost_usd == pytest.approx(RATE + cost.bandwidth_usd)
+    assert cost.cost_between(1000.0 + 90, None) == pytest.approx(RATE * (3600 - 90) / 3600 + 0.5 * 0.002)
+    assert cost.to_dict()["bandwidth_usd"] == pytest.approx(0.021)
+    no_rates = [ev(1000.0, "created"), ev(1000.0 + 60, "models-synced", bytes_in=4_000_000_000)]
+    assert session_cost(record(), no_rates, now=1000.0 + 60).transfers == ()

@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 
 from cloudsd.config import resolve
-from cloudsd.core.deploy import UpOptions
+from cloudsd.core.up import UpOptions
 from cloudsd.errors import ImageMissing
 from cloudsd.images import machine_image
 from cloudsd.ui_install import STOCK_IMAGES

@@ -12,7 +12,7 @@ from __future__ import annotations
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -75,13 +75,14 @@ def progress_lines(shell: ContainerShell) -> list[str]:
     return [" ".join(line.split()[1:]) for line in shell.ok(f"cat {STATE}/progress").splitlines()]
 
 
-def wait_until(check: object, what: str, timeout_s: float = 60.0) -> None:
+def wait_until(check: Callable[[], bool], what: str, timeout_s: float = 120.0,
+               log: Callable[[], str] = lambda: "") -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
+        if check():
             return
         time.sleep(0.3)
-    raise AssertionError(f"not within {timeout_s:.0f} s: {what}")
+    raise AssertionError(f"not within {timeout_s:.0f} s: {what}\n{log()}")
 
 
 def ui_answers(shell: ContainerShell) -> bool:
@@ -102,7 +103,8 @@ def test_install_killed_midway_resumes_then_a_second_boot_finds_it_done(
     # First boot: the torch step's check holds (the stand-in torchvision's .pth) and the machine goes down.
     machine.ok(f"touch {HOLD_FLAG}")
     ui_install.start_install(machine, FLAVOR, "12.4", IMAGES_DIR, env)
-    wait_until(lambda: machine.run(f"test -e {HELD_FLAG}")[0] == 0, "the install reaches the torch step")
+    wait_until(lambda: machine.run(f"test -e {HELD_FLAG}")[0] == 0, "the install reaches the torch step",
+               timeout_s=240, log=lambda: machine.run(f"cat {STATE}/progress {ROOT}/install.log")[1][-2000:])
     held = parse_progress(machine.ok(status_command(FLAVOR)))
     assert (held.step, held.event, held.running, held.index, held.total) == ("torch", "start", True, 2, 4)
     power_cut(machine)

@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 
 from cloudsd.errors import CloudsdError, MachineNotFound
-from cloudsd.ledger import Ledger
+from cloudsd.ledger import SCHEMA_VERSION, EventKind, Ledger, Status
 
 
 def test_reserve_update_and_events(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path / "l.db")
     ledger.reserve("a", "local", "img")
-    ledger.update("a", provider_id="c1", status="booting", event="created")
+    ledger.update("a", provider_id="c1", status="booting", event=EventKind.CREATED)
     record = ledger.get("a")
     assert (record.provider_id, record.status, record.image) == ("c1", "booting", "img")
     assert [kind for _, _, kind, _ in ledger.events("a")] == ["reserved", "created"]
@@ -44,8 +44,8 @@ def _writer(path: str, prefix: str, count: int) -> None:
     for i in range(count):
         name = f"{prefix}-{i}"
         ledger.reserve(name, "local", "img")
-        ledger.update(name, provider_id=f"id-{name}", status="booting", event="created")
-        ledger.event(name, "note", {"i": i})
+        ledger.update(name, provider_id=f"id-{name}", status="booting", event=EventKind.CREATED)
+        ledger.event(name, EventKind.WATCHDOG_SEEN, {"i": i})
 
 
 def test_two_processes_at_once_lose_nothing(tmp_path: Path) -> None:
@@ -82,7 +82,7 @@ def test_a_full_disk_is_a_ledger_error_not_a_database_traceback(tmp_path: Path) 
     pages = ledger._db.execute("PRAGMA page_count").fetchone()[0]
     ledger._db.execute(f"PRAGMA max_page_count = {pages}")  # SQLite's own "database or disk is full"
     with pytest.raises(LedgerError, match="disk is full"):
-        ledger.update("a", event="big", data={"blob": "x" * 200_000})
+        ledger.update("a", event=EventKind.WATCHDOG_SEEN, data={"blob": "x" * 200_000})
     assert ledger.get("a").status == "creating"
 
 
@@ -116,9 +116,9 @@ def test_an_older_ledger_is_migrated_forward(tmp_path: Path) -> None:
     ledger = Ledger(path)
     record = ledger.get("old")
     assert (record.provider_id, record.storage_price_per_hour, record.ui, record.detail) == ("pod1", 0.0, None, "")
-    ledger.update("old", local_port=7860, ui="forge", event="attached")  # columns it lacked
+    ledger.update("old", local_port=7860, ui="forge", event=EventKind.ATTACHED)  # columns it lacked
     assert ledger.get("old").local_port == 7860
-    assert ledger._db.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert ledger._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     ledger.close()
     Ledger(path).close()  # a second open finds it current
 
@@ -147,3 +147,37 @@ def test_damaged_rows_and_events_are_shown_as_needing_attention(tmp_path: Path) 
     assert record.attention and "price_per_hour='lots'" in record.attention
     assert [r.name for r in ledger.machines(active_only=True)] == ["dmg"]
     assert all("unreadable" in data for _, _, _, data in ledger.events("dmg"))
+
+
+def test_old_ledger_gets_record_ids_on_its_events(tmp_path: Path) -> None:
+    """A ledger from before events carried their row's id: opening it adds the column and matches each
+    name's events to its sessions (cut at each `reserved`); rows older than any event get none."""
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE machines (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, provider TEXT NOT NULL,
+            provider_id TEXT, image TEXT NOT NULL, gpu TEXT, price_per_hour REAL NOT NULL DEFAULT 0,
+            storage_price_per_hour REAL NOT NULL DEFAULT 0, created_at REAL NOT NULL, ready_at REAL,
+            terminated_at REAL, status TEXT NOT NULL, ssh_host TEXT, ssh_port INTEGER, ssh_user TEXT,
+            host_key TEXT, key_path TEXT, local_port INTEGER, ui TEXT, detail TEXT NOT NULL DEFAULT '');
+        CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, machine TEXT NOT NULL,
+            kind TEXT NOT NULL, data TEXT NOT NULL DEFAULT '{}');
+        PRAGMA user_version = 1;
+    """)
+    for name, status in (("a", "terminated"), ("a", "terminated"), ("b", "running"), ("a", "running")):
+        db.execute("INSERT INTO machines (name, provider, image, created_at, status) VALUES (?, 'local', 'i', 0, ?)",
+                   (name, status))
+    for name, kind in (("a", "reserved"), ("a", "created"), ("b", "reserved"), ("a", "reserved"), ("b", "created"),
+                       ("a", "created")):
+        db.execute("INSERT INTO events (at, machine, kind) VALUES (0, ?, ?)", (name, kind))
+    db.commit()
+    db.close()
+    ledger = Ledger(path)
+    assert [(r.id, r.name, [e[2] for e in evs]) for r, evs in ledger.sessions()] == [
+        (1, "a", []), (2, "a", ["reserved", "created"]), (3, "b", ["reserved", "created"]),
+        (4, "a", ["reserved", "created"])]
+    ledger.event("b", EventKind.ATTACHED)
+    assert [e[2] for e in ledger.session("b")[1]] == ["reserved", "created", "attached"]
+    ledger.close()
+    Ledger(path).close()  # a second open finds it current and leaves the ids alone
+    assert Ledger(path).session("a")[0].status is Status.RUNNING

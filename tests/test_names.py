@@ -29,7 +29,7 @@ def test_bad_names(name: str) -> None:
 
 
 def test_label_fits_a_dns_label() -> None:
-    from cloudsd.models import label_for
+    from cloudsd.machine import label_for
 
     assert len(label_for("a" * MAX_LENGTH)) <= 63
 

@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from cloudsd.config import resolve
 from cloudsd.core.offers import select
+from cloudsd.core.up import spec_from
 from cloudsd.errors import NoCapacity
-from cloudsd.models import Offer, OfferSpec
+from cloudsd.machine import Offer, OfferSpec
 
 
 def offer(oid: str, gpu: str, price: float, vram: float = 24, **kw: object) -> Offer:
@@ -39,3 +43,11 @@ def test_says_which_filter_emptied_the_list() -> None:
         select(CATALOG, OfferSpec(gpus=("H100",)))
     with pytest.raises(NoCapacity, match="no provider has any offer"):
         select([], OfferSpec())
+
+
+def test_cuda_only_raises_the_image_floor(tmp_path: Path) -> None:
+    settings = resolve({}, file=tmp_path / "none.yaml", environ={})
+    floor = spec_from(settings).cuda
+    assert floor is not None, "cloudsd's default image carries a CUDA version"
+    assert spec_from(settings, {"cuda": "11.8"}).cuda == floor, "a lower --cuda cannot list hosts the image needs"
+    assert spec_from(settings, {"cuda": "13.0"}).cuda == "13.0"

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from cloudsd import keys
-from cloudsd.core.deploy import reconnect_record
+from cloudsd.core.access import reconnect_record
 from cloudsd.errors import HostKeyMismatch
 from cloudsd.ledger import Ledger
 from tests.fakes.machines import TEST_NETWORK

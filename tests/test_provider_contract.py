@@ -1,4 +1,5 @@
-"""The provider contract, one suite that every provider passes: local, runpod and vastai (on their fakes)."""
+"""The provider contract, one suite that every provider passes: local, runpod and vastai (on their fakes, with
+real containers behind them), and the in-process memory provider (without Docker: its machines answer no SSH)."""
 
 from __future__ import annotations
 
@@ -11,22 +12,33 @@ import pytest
 
 from cloudsd import keys
 from cloudsd.core.machines import destroy_and_confirm, wait_until_running
-from cloudsd.models import CreateRequest, MachineStatus, Offer, OfferSpec
+from cloudsd.machine import CreateRequest, MachineStatus, Offer, OfferSpec, SSHEndpoint
 from cloudsd.providers import Provider
+from cloudsd.providers.memory import MemoryProvider, World
 from cloudsd.ssh import connect
-
-pytestmark = pytest.mark.docker
 
 
 @dataclass
 class Subject:
     provider: Provider
     image: str
+    sshd: bool = True  # its machines run a real sshd
 
 
-@pytest.fixture(params=["local", "runpod", "vastai"])
-def subject(request: pytest.FixtureRequest, testbed_image: str) -> Iterator[Subject]:
+@pytest.fixture(params=[pytest.param("local", marks=pytest.mark.docker),
+                        pytest.param("runpod", marks=pytest.mark.docker),
+                        pytest.param("vastai", marks=pytest.mark.docker), "memory"])
+def subject(request: pytest.FixtureRequest) -> Iterator[Subject]:
     name = request.param
+    if name == "memory":
+        world = World()
+        world.add_offer("cheap", price_per_hour=0.3)
+        world.add_offer("dear", price_per_hour=0.9)
+        provider = MemoryProvider(world)
+        yield Subject(provider, "cloudsd-testbed:latest", sshd=False)
+        provider.close()
+        return
+    testbed_image = request.getfixturevalue("testbed_image")
     if name == "local":
         provider = request.getfixturevalue("local_provider")
     elif name == "runpod":
@@ -81,15 +93,20 @@ def test_lifecycle(subject: Subject) -> None:
 
     running = wait_until_running(provider, provider_id, deadline_s=120)
     assert running.ssh is not None
-    with connect(running.ssh, pair.private_path, None, deadline_s=60) as conn:
-        code, out, _ = conn.run("cat /root/.ssh/authorized_keys")
-        assert code == 0 and pair.public_line.split()[1] in out
+    if subject.sshd:
+        _check_key_installed(running.ssh, pair)
     assert time.monotonic() - started < 180
 
     destroy_and_confirm(provider, provider_id, deadline_s=60)
     assert provider.get(provider_id) is None
     provider.destroy(provider_id)  # safe to repeat, quiet when gone
     assert request.label not in [m.label for m in provider.list_machines()]
+
+
+def _check_key_installed(ssh: SSHEndpoint, pair: keys.KeyPair) -> None:
+    with connect(ssh, pair.private_path, None, deadline_s=60) as conn:
+        code, out, _ = conn.run("cat /root/.ssh/authorized_keys")
+        assert code == 0 and pair.public_line.split()[1] in out
 
 
 def test_unknown_ids_are_gone_not_errors(subject: Subject) -> None:

@@ -58,7 +58,7 @@ def test_a_bad_url_with_a_token_is_refused_without_printing_it(cloudsd_home: Pat
 
 
 def test_progress_notes_are_masked_too(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    from cloudsd.cli.session import LiveReporter
+    from cloudsd.cli.progress import LiveReporter
 
     monkeypatch.setenv("VAST_API_KEY", "vast-key-0123456789abcdef")
     reporter = LiveReporter(quiet=True)

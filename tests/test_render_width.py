@@ -12,7 +12,7 @@ from cloudsd.cli import render, render_cost
 from cloudsd.core.report import build
 from cloudsd.core.status import StatusRow
 from cloudsd.ledger import Ledger
-from cloudsd.models import Offer, OfferSpec
+from cloudsd.machine import Offer, OfferSpec
 
 
 def printed(table: object, width: int = 80) -> str:

@@ -15,8 +15,10 @@ from typing import Any
 import pytest
 
 from cloudsd.config import resolve
-from cloudsd.core.deploy import Session, UpOptions, down, reconnect_record, up
+from cloudsd.core.access import Session, reconnect_record
 from cloudsd.core.machines import Providers, QuietReporter
+from cloudsd.core.teardown import down
+from cloudsd.core.up import UpOptions, up
 from cloudsd.errors import SyncError
 from cloudsd.ledger import Ledger
 from cloudsd.remote.agent.common import partial_path
@@ -96,7 +98,7 @@ def machine(local_env: dict[str, str]) -> Iterator[tuple[Session, Ledger, Provid
     settings = resolve({"provider": "local"})
     ledger = Ledger()
     providers = Providers(settings)
-    session = up(UpOptions.from_settings(settings, "core", port=0), ledger, providers, QuietReporter())
+    session = up(UpOptions.from_settings(settings, "core", port=0), ledger, providers, QuietReporter()).session
     yield session, ledger, providers
     session.close()
     down(["core"], ledger, providers, QuietReporter())
@@ -196,7 +198,7 @@ def test_one_connection_carries_more_than_paramikos_rekey_limit(machine: tuple[S
 def small_disk_machine(docker_client: Any, image: str, size: str) -> tuple[Any, Any]:
     """A machine whose Lora folder is a small tmpfs (a full disk without filling the host's)."""
     from cloudsd import keys
-    from cloudsd.models import SSHEndpoint
+    from cloudsd.machine import SSHEndpoint
     from cloudsd.ssh import connect
     from tests.fakes.machines import TEST_NETWORK
 

@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 
 from cloudsd.config import resolve
-from cloudsd.core.deploy import Session, UpOptions, down, up
+from cloudsd.core.access import Session
 from cloudsd.core.machines import Providers, QuietReporter
+from cloudsd.core.teardown import down
+from cloudsd.core.up import UpOptions, up
 from cloudsd.errors import SyncError
 from cloudsd.ledger import Ledger
 from cloudsd.sync.agent import build_agent, state_dir_for
@@ -40,7 +42,7 @@ def machine(local_env: dict[str, str]) -> Iterator[Session]:
     settings = resolve({"provider": "local"})
     ledger = Ledger()
     providers = Providers(settings)
-    session = up(UpOptions.from_settings(settings, "bounds", port=0), ledger, providers, QuietReporter())
+    session = up(UpOptions.from_settings(settings, "bounds", port=0), ledger, providers, QuietReporter()).session
     yield session
     session.close()
     down(["bounds"], ledger, providers, QuietReporter())

@@ -9,8 +9,9 @@ from collections.abc import Iterator
 import pytest
 
 from cloudsd.config import resolve
-from cloudsd.core.deploy import Session, UpOptions, up
+from cloudsd.core.access import Session
 from cloudsd.core.machines import Providers, QuietReporter
+from cloudsd.core.up import UpOptions, up
 from cloudsd.ledger import Ledger
 
 pytestmark = pytest.mark.docker
@@ -22,10 +23,10 @@ def session(local_env: dict[str, str]) -> Iterator[Session]:
     ledger = Ledger()
     providers = Providers(settings)
     options = UpOptions.from_settings(settings, "tun", port=0)
-    running = up(options, ledger, providers, QuietReporter())
+    running = up(options, ledger, providers, QuietReporter()).session
     yield running
     running.close()
-    from cloudsd.core.deploy import down
+    from cloudsd.core.teardown import down
 
     down(["tun"], ledger, providers, QuietReporter())
     providers.close()

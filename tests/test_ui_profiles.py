@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from cloudsd import config
-from cloudsd.core.deploy import UpOptions
+from cloudsd.core.up import UpOptions
 from cloudsd.ui import (
     PROFILES,
     default_image_target,

@@ -12,8 +12,8 @@ import pytest
 
 from cloudsd import keys
 from cloudsd.config import resolve
-from cloudsd.core.deploy import UpOptions, up
 from cloudsd.core.machines import Providers, QuietReporter
+from cloudsd.core.up import UpOptions, up
 from cloudsd.errors import CloudsdError, LedgerError, ProviderError
 from cloudsd.ledger import Ledger
 from tests.fixtures_local import own_machines
@@ -112,7 +112,7 @@ def test_full_disk_and_a_failing_destroy_print_the_id_and_the_command(
 
     monkeypatch.setattr(LocalProvider, "destroy", refuse)
     monkeypatch.setattr("cloudsd.core.machines.POLL_S", 0.01)
-    monkeypatch.setattr("cloudsd.core.deploy.destroy_and_confirm",
+    monkeypatch.setattr("cloudsd.core.teardown.destroy_and_confirm",
                         _quick(__import__("cloudsd.core.machines", fromlist=["x"]).destroy_and_confirm))
     ledger = FullDiskLedger()
     providers = Providers(resolve({"provider": "local"}))

@@ -14,8 +14,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cloudsd.errors import CredentialsError, NoCapacity, ProviderError, RateLimited
-from cloudsd.models import CreateRequest, MachineStatus, Offer, OfferSpec
+from cloudsd.errors import CredentialsError, NoCapacity, ProviderError, RateLimited, ResumeRefused
+from cloudsd.machine import CreateRequest, MachineStatus, Offer, OfferSpec
 from cloudsd.providers import vastai_api as api
 from cloudsd.providers.vastai import VastProvider
 from tests.fakes.vast_catalog import HOURS_PER_MONTH, default_catalog
@@ -91,12 +91,13 @@ def test_parse_offer_prices_storage_and_reads_vast_units() -> None:
     assert offer.provider == "vastai" and offer.offer_id == str(raw["id"]) and offer.gpu_name == "RTX 4090"
     assert offer.vram_gb == 24.0 and offer.gpu_count == 1 and offer.disk_gb == 40
     assert offer.price_per_hour == pytest.approx(raw["dph_total"])
-    assert offer.storage_price_per_hour == pytest.approx(raw["storage_cost"] * 40 / 730)
+    assert offer.storage_price_per_hour == pytest.approx(raw["storage_cost"] * 40 / 720)
     assert offer.region == raw["geolocation"] and offer.cuda_version == str(raw["cuda_max_good"])
     assert offer.reliability == raw["reliability"] and offer.download_mbps == raw["inet_down"]
+    assert (offer.download_usd_per_gb, offer.upload_usd_per_gb) == (raw["inet_down_cost"], raw["inet_up_cost"])
     bid = api.parse_offer(raw, OfferSpec(disk_gb=40, interruptible=True))
     assert bid is not None and bid.interruptible
-    assert bid.price_per_hour == pytest.approx(raw["min_bid"] + raw["storage_cost"] * 40 / 730)
+    assert bid.price_per_hour == pytest.approx(raw["min_bid"] + raw["storage_cost"] * 40 / 720)
     assert api.parse_offer({"gpu_name": "RTX 4090"}, OfferSpec()) is None
     assert api.vram_gb(81559) == 80.0 and api.vram_gb(32607) == 32.0 and api.vram_gb(40960) == 40.0
 
@@ -146,13 +147,17 @@ def test_key_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.delenv("VAST_API_KEY", raising=False)
     (home / ".vast_api_key").parent.mkdir(parents=True)
     (home / ".vast_api_key").write_text("legacykey1111\n")
-    assert api.resolve_api_key(None) == ("legacykey1111", str(home / ".vast_api_key"))
+    def found(explicit: str | None = None) -> tuple[str, str]:
+        credential = api.resolve_api_key(explicit)
+        return credential.key, credential.source
+
+    assert found() == ("legacykey1111", str(home / ".vast_api_key"))
     (xdg / "vastai").mkdir(parents=True)
     (xdg / "vastai" / "vast_api_key").write_text("xdgkey2222\n")
-    assert api.resolve_api_key(None) == ("xdgkey2222", str(xdg / "vastai" / "vast_api_key"))
+    assert found() == ("xdgkey2222", str(xdg / "vastai" / "vast_api_key"))
     monkeypatch.setenv("VAST_API_KEY", "envkey3333")
-    assert api.resolve_api_key(None) == ("envkey3333", "VAST_API_KEY")
-    assert api.resolve_api_key("argkey4444") == ("argkey4444", "argument")
+    assert found() == ("envkey3333", "env VAST_API_KEY")
+    assert found("argkey4444") == ("argkey4444", "argument")
     monkeypatch.delenv("XDG_CONFIG_HOME")
     monkeypatch.delenv("VAST_API_KEY")
     (home / ".config" / "vastai").mkdir(parents=True)
@@ -187,7 +192,7 @@ def test_offers_cheapest_first_with_storage_priced_in(fake_vast: FakeVast, vast_
     for offer in offers:
         raw = by_id[offer.offer_id]
         assert offer.gpu_count == 1 and raw["verified"] and raw["direct_port_count"] >= 1
-        assert offer.price_per_hour == pytest.approx(raw["dph_base"] + raw["storage_cost"] * 40 / 730, abs=1e-5)
+        assert offer.price_per_hour == pytest.approx(raw["dph_base"] + raw["storage_cost"] * 40 / 720, abs=1e-5)
     assert {"H100 SXM", "RTX 3090", "RTX A6000"} <= {o.gpu_name for o in offers}
     sent = fake_vast.calls("POST", "/api/v0/bundles/")[-1].body
     assert sent["allocated_storage"] == 40.0 and sent["order"] == [["dph_total", "asc"]]
@@ -209,7 +214,7 @@ def test_fake_search_routes_operators_and_error_shapes(fake_vast: FakeVast) -> N
     for o in post:
         assert o["gpu_name"] in ("RTX 4090", "RTX 5090") and o["num_gpus"] == 1 and o["reliability"] > 0.9
         assert o["geolocation"] != "Texas, US" and o["dph_total"] <= 0.6 and o["verified"]
-        assert o["dph_total"] == pytest.approx(o["dph_base"] + o["storage_cost"] * 100 / 730, abs=1e-5)
+        assert o["dph_total"] == pytest.approx(o["dph_base"] + o["storage_cost"] * 100 / 720, abs=1e-5)
     bad = httpx.post(f"{base}/api/v0/bundles/", json={"num_gpus": {"about": 1}}, headers=auth)
     assert bad.status_code == 400 and bad.json()["success"] is False and bad.json()["error"] == "invalid_args"
     denied = httpx.get(f"{base}/api/v0/users/current", headers={"Authorization": "Bearer nope"})
@@ -326,6 +331,25 @@ def test_failed_boot_is_failed_with_the_reason(fake_vast: FakeVast, vast_provide
     vast_provider.destroy(provider_id)
 
 
+def test_storage_per_hour_reads_the_instance_or_derives_at_720_hours() -> None:
+    assert api.storage_per_hour({"storage_total_cost": 0.000555, "storage_cost": 9, "disk_space": 9}) == 0.000555
+    assert api.storage_per_hour({"storage_cost": 0.1, "disk_space": 72}) == pytest.approx(0.01)
+
+
+def test_start_resumes_or_is_refused_keeping_the_disk(fake_vast: FakeVast, vast_provider: VastProvider) -> None:
+    provider_id = vast_provider.create(vast_provider.offers(OfferSpec())[0], _request("resume"))
+    vast_provider.stop(provider_id)
+    fake_vast.faults.resume_refused = True
+    with pytest.raises(ResumeRefused, match="rented by another client") as caught:
+        vast_provider.start(provider_id)
+    assert "disk is kept" in (caught.value.hint or "")
+    assert (fake_vast.instance(provider_id) or {})["intended_status"] == "stopped"
+    fake_vast.faults.resume_refused = False
+    vast_provider.start(provider_id)
+    assert (fake_vast.instance(provider_id) or {})["intended_status"] == "running"
+    vast_provider.destroy(provider_id)
+
+
 def test_stop_bills_storage_and_container_key_is_scoped(fake_vast: FakeVast, vast_provider: VastProvider) -> None:
     fake_vast.faults.never_ready = True
     provider_id = vast_provider.create(vast_provider.offers(OfferSpec(disk_gb=20))[0], _request())
@@ -336,7 +360,7 @@ def test_stop_bills_storage_and_container_key_is_scoped(fake_vast: FakeVast, vas
     info = vast_provider.get(provider_id)
     assert info is not None and info.status is MachineStatus.STOPPED
     raw = fake_vast.instance(provider_id) or {}
-    assert fake_vast.billing_rate_per_hour(provider_id) == pytest.approx(raw["storage_cost"] * 20 / 730)
+    assert fake_vast.billing_rate_per_hour(provider_id) == pytest.approx(raw["storage_cost"] * 20 / 720)
     inside.destroy(provider_id)
     assert fake_vast.live_instances() == [] and fake_vast.billing_rate_per_hour() == 0.0
     inside.close()
@@ -349,8 +373,9 @@ def test_account_and_billing(fake_vast: FakeVast, vast_provider: VastProvider) -
     time.sleep(0.3)
     vast_provider.destroy(provider_id)
     charges = vast_provider.billing(since, time.time() + 1)
-    assert [c["provider_id"] for c in charges] == [provider_id]
-    assert charges[0]["amount_usd"] == pytest.approx(fake_vast.billed_usd(provider_id), rel=1e-3)
+    assert [c["provider_id"] for c in charges] == [provider_id]  # from `source`: rows carry no instance_id
+    assert charges[0]["amount_usd"] == pytest.approx(fake_vast.billed_usd(provider_id), abs=5e-4)  # 3 decimals
+    assert charges[0]["label"] == "cloudsd-t1"  # from metadata.label
     account = vast_provider.account()
     assert account["credit_usd"] == pytest.approx(50.0 - fake_vast.total_billed_usd(), abs=1e-5)
     assert fake_vast.api_key not in str(account)
@@ -433,3 +458,21 @@ def test_machine_lifecycle_over_ssh(fake_vast: FakeVast, vast_provider: VastProv
     assert fake_vast.running_instances() == [] and fake_vast.live_instances() == []
     assert fake_vast.billing_rate_per_hour() == 0.0 and fake_vast.billed_usd(provider_id) > 0
     assert fake_vast.machines.client.containers.list(all=True, filters={"label": f"cloudsd.fake={fake_vast.owner}"}) == []
+
+
+def test_a_rate_limit_never_aborts_the_wait_for_boot(fake_vast: FakeVast) -> None:
+    from cloudsd.core.machines import wait_until_running
+    from cloudsd.errors import ProvisioningError
+
+    provider = VastProvider(api_key=fake_vast.api_key, base_url=fake_vast.base_url, backoff_base_s=0.01,
+                            deadline_s=0.2)
+    provider_id = provider.create(provider.offers(OfferSpec())[0], _request("limited"))
+    fake_vast.faults.rate_limit_burst = 40  # more 429s than one call's retries: `get` raises RateLimited
+    slept: list[float] = []
+    with pytest.raises(ProvisioningError) as caught:
+        wait_until_running(provider, provider_id, deadline_s=1.0, sleep=lambda s: (slept.append(s), time.sleep(0.05)))
+    assert "not confirmed running" in str(caught.value) or "not running" in str(caught.value)
+    assert slept and slept[0] >= provider.poll_interval_s, "backs off at least at the provider's pace"
+    fake_vast.faults.rate_limit_burst = 0
+    provider.destroy(provider_id)
+    provider.close()

@@ -6,12 +6,15 @@ later, count web UI activity, retry a failed call with backoff, and install idem
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.server
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +23,7 @@ from typing import Any
 import pytest
 
 from cloudsd.core import watchdog as laptop_side
+from cloudsd.providers import runpod, vastai
 
 SCRIPT = Path(laptop_side.__file__).resolve().parents[1] / "remote" / "watchdog.py"
 
@@ -44,7 +48,10 @@ class Machine:
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def config(self, provider: str, **extra: Any) -> Path:
-        config = {"provider": provider, "env_file": str(self.env_file), "activity_file": str(self.activity),
+        """The config as cloudsd writes it, with the provider's own end calls (as `core/guard.py` builds them)."""
+        build = {"runpod": runpod.self_stop_call, "vastai": vastai.self_stop_call}.get(provider)
+        calls = {a: build(a).to_dict() for a in ("stop", "terminate")} if build else {}
+        config = {"provider": provider, "end_calls": calls, "env_file": str(self.env_file), "activity_file": str(self.activity),
                   "state_file": str(self.root / "state.json"), "lock_file": str(self.root / "watchdog.lock"),
                   "log_file": str(self.root / "watchdog.log"), "poll_s": 60, **extra}
         path = self.root / "watchdog.json"
@@ -90,7 +97,7 @@ def test_runpod_deadline_terminates_with_the_pod_key_at_the_deadline(fake_runpod
     machine.start(machine.config("runpod", deadlines=[{"at": deadline, "reason": "time budget 2s reached"}]))
     wait_for(lambda: pod.status == "TERMINATED", 20, "the terminate")
     assert pod.status_changed_at - deadline < 8, "it sleeps until the deadline, not a 60 s poll later"
-    assert fake_runpod_api.cloud.actions == [(pod.id, "podTerminate", pod.id)], "the pod's own key, not the account's"
+    assert fake_runpod_api.cloud.actions == [(pod.id, "terminate", pod.id)], "the pod's own key, not the account's"
     assert "time budget 2s reached" in machine.log()
 
 
@@ -110,7 +117,7 @@ def test_idle_counts_web_ui_requests_then_stops(fake_runpod_api: Any, machine: M
     assert state["running"] is True and state["state"]["activity_source"] == "web UI request"
     assert state["state"]["idle_deadline"] > state["now"]
     wait_for(lambda: pod.status == "EXITED", 20, "the idle stop")
-    assert fake_runpod_api.cloud.actions == [(pod.id, "podStop", pod.id)]
+    assert fake_runpod_api.cloud.actions == [(pod.id, "stop", pod.id)]
 
 
 def test_vast_destroys_with_the_container_key(fake_vast: Any, machine: Machine) -> None:
@@ -157,3 +164,57 @@ def test_install_is_idempotent_and_starts_one_watchdog(machine: Machine) -> None
         assert second["state"]["pid"] == first["pid"]
     finally:
         os.kill(first["pid"], signal.SIGTERM)
+
+
+class _Answer(http.server.BaseHTTPRequestHandler):
+    """A stand-in API that answers every request with `server.answer` (status, headers, body)."""
+
+    def _any(self) -> None:
+        self.server.seen.append((self.command, self.path, self.headers.get("Authorization")))  # type: ignore[attr-defined]
+        status, headers, body = self.server.answer  # type: ignore[attr-defined]
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_DELETE = _any
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _api(status: int, body: bytes = b"", **headers: str) -> Iterator[Any]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Answer)
+    server.answer, server.seen = (status, headers, body), []  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_redirect_is_not_followed_and_the_key_goes_nowhere_else(machine: Machine) -> None:
+    with _api(200, b'{"id": "pod1"}') as elsewhere, _api(200) as api:
+        api.answer = (307, {"Location": f"http://127.0.0.1:{elsewhere.server_address[1]}/steal"}, b"")
+        machine.env(RUNPOD_API_KEY="rpa_POD_SCOPED_KEY", RUNPOD_POD_ID="pod1",
+                    RUNPOD_API_BASE_URL=f"http://127.0.0.1:{api.server_address[1]}")
+        machine.start(machine.config("runpod", deadlines=[{"at": time.time(), "reason": "time budget 1s reached"}]))
+        wait_for(lambda: "failed (attempt 2" in machine.log(), 20, "two refused attempts")
+        assert elsewhere.seen == [], "the redirect target never saw the request, nor the key"
+        assert api.seen[0] == ("POST", "/v2/pods/pod1/action", "Bearer rpa_POD_SCOPED_KEY")
+        assert "HTTP 307" in machine.log()
+
+
+def test_success_counts_only_on_the_documented_answer(machine: Machine) -> None:
+    with _api(200, b'{"detail": "maintenance page"}', **{"Content-Type": "application/json"}) as api:
+        machine.env(RUNPOD_API_KEY="rpa_K", RUNPOD_POD_ID="pod1",
+                    RUNPOD_API_BASE_URL=f"http://127.0.0.1:{api.server_address[1]}")
+        machine.start(machine.config("runpod", idle_s=0.5, idle_action="stop"))
+        wait_for(lambda: "failed (attempt 2" in machine.log(), 20, "two unaccepted attempts")
+        assert "without the expected answer" in machine.log() and "stop accepted" not in machine.log()
+        api.answer = (200, {}, b'{"id": "pod1", "status": "EXITED"}')
+        wait_for(lambda: "stop accepted" in machine.log(), 30, "the stop once the documented answer came")

@@ -79,3 +79,21 @@ LIMIT = click.IntRange(1, 1000)
 POSITIVE_DURATION = Checked("duration", _positive_duration)
 MACHINE_NAME = MachineNameType()
 DURATION = DurationType()
+
+
+class ProviderChoice(click.Choice):
+    """A provider's name, from the registry (plus `extra` words such as "auto"), read when the flag is parsed."""
+
+    def __init__(self, extra: tuple[str, ...] = ()) -> None:
+        self.extra = extra
+        super().__init__([])
+
+    @property  # type: ignore[override]
+    def choices(self) -> list[str]:
+        from cloudsd.providers import provider_names
+
+        return [*provider_names(), *self.extra]
+
+    @choices.setter
+    def choices(self, _value: Any) -> None:
+        pass

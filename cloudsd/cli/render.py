@@ -127,20 +127,22 @@ def status_line(name: str, uptime_s: float, price_per_hour: float, url: str, *, 
             f"{url} · Ctrl-C detaches")
 
 
-OFFERS_DROP = ("offer", "down Mb/s", "CUDA", "region", "spot", "reliability")  # then "#" joins "GPU"
+OFFERS_DROP = ("offer", "down Mb/s", "CUDA", "region", "spot", "$/GB down/up", "reliability")  # then "#" joins "GPU"
 
 
 def offers_table(offers: Iterable[Any], spec: Any, width: int | None = None) -> Table:
     offers = list(offers)
     table = Table(title=f"offers (price includes {spec.disk_gb} GB of disk)")
     for column in ("provider", "offer", "GPU", "#", "VRAM", "$/h", "reliability", "region", "CUDA", "down Mb/s",
-                   "spot"):
+                   "$/GB down/up", "spot"):
         table.add_column(column, justify="right" if column in ("#", "VRAM", "$/h", "down Mb/s") else "left")
     for o in offers:
+        bandwidth = "-" if o.download_usd_per_gb is None and o.upload_usd_per_gb is None else \
+            f"{o.download_usd_per_gb or 0:.4f}/{o.upload_usd_per_gb or 0:.4f}"
         table.add_row(
             o.provider, o.offer_id, o.gpu_name, str(o.gpu_count), f"{o.vram_gb:g} GB", money(o.price_per_hour, 3),
             "-" if o.reliability is None else f"{o.reliability:.3f}", o.region or "-", o.cuda_version or "-",
-            "-" if o.download_mbps is None else f"{o.download_mbps:,.0f}", "yes" if o.interruptible else "",
+            "-" if o.download_mbps is None else f"{o.download_mbps:,.0f}", bandwidth, "yes" if o.interruptible else "",
         )
     table = fit(table, width, OFFERS_DROP)
     if width is not None and natural_width(table) > width:  # last: the count joins the GPU's name
@@ -159,3 +161,10 @@ def doctor_table(results: Iterable[Any]) -> Table:
     for r in results:
         table.add_row(r.provider, Text("yes", "green") if r.ok else Text("no", "red"), r.credential, r.detail)
     return table
+
+
+def size_text(size: int | None) -> str:
+    """"4.27 GB" from 100 MB up, "12.3 MB" below, "-" when unknown."""
+    if size is None:
+        return "-"
+    return f"{size / 1e9:.2f} GB" if size >= 10**8 else f"{size / 1e6:.1f} MB"

@@ -75,7 +75,13 @@ def summary_lines(report: Any) -> list[str]:
             text += f"; balance {money(b.balance_usd, 2)}"
         if b.spend_per_hour:
             text += f", spending {money(b.spend_per_hour, 3)}/h"
+        if b.missing:
+            text += f" ({b.missing})"
         lines.append(text)
+    for line in report.lines:
+        if line.cost.transfers:
+            lines.append(f"{line.cost.name}'s cost includes bandwidth {money(line.cost.bandwidth_usd, 4)} "
+                         "(an estimate from what cloudsd moved, at the offer's $/GB)")
     stopped = [line for line in report.lines if line.cost.state == "stopped"]
     for line in stopped:
         lines.append(f"{line.cost.name} is stopped and still bills storage {money(line.cost.storage_price_per_hour, 4)}"

@@ -7,8 +7,9 @@ deadlines shifted by the machine's measured clock offset (`core/watchdog.py`).
 - A spend budget becomes a deadline too: the moment the cost so far plus the running rate reaches it.
 - An idle budget stops (or terminates) the machine after `idle_s` with no web UI request, no shell in use
   and an idle GPU. It has no fixed deadline; the watchdog reports the current one.
-- RunPod also gets the earliest deadline plus `PROVIDER_GRACE_S` as `terminateAfter`: a backstop that
-  fires even if the watchdog dies. The grace lets the watchdog (which acts at the deadline) go first.
+- A provider that can end a machine itself at a time set at create (`supports_deadline`; none does today:
+  RunPod's REST v2 has no `terminateAfter`) gets the earliest deadline plus `PROVIDER_GRACE_S`: a backstop
+  that fires even if the watchdog dies. The grace lets the watchdog (which acts at the deadline) go first.
 """
 
 from __future__ import annotations
@@ -16,20 +17,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from cloudsd.durations import format_written
 from cloudsd.errors import BudgetError
 
 PROVIDER_GRACE_S = 120.0
 
 
-def format_duration(seconds: float) -> str:
-    """A budget as people write it: 45m, 2h, 1h30m, 20s, 1m30s."""
-    seconds = int(round(seconds))
-    parts = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        amount, seconds = divmod(seconds, size)
-        if amount:
-            parts.append(f"{amount}{unit}")
-    return "".join(parts) or "0s"
 IDLE_ACTIONS = ("stop", "terminate")
 
 
@@ -64,12 +57,12 @@ class Budget:
     def describe(self) -> str:
         parts = []
         if self.max_time_s is not None:
-            parts.append(f"ends after {format_duration(self.max_time_s)}")
+            parts.append(f"ends after {format_written(self.max_time_s)}")
         if self.max_spend_usd is not None:
             parts.append(f"ends at ${self.max_spend_usd:.2f} spent")
         if self.idle_s is not None:
             parts.append(f"{'stops' if self.idle_action == 'stop' else 'ends'} after "
-                         f"{format_duration(self.idle_s)} idle")
+                         f"{format_written(self.idle_s)} idle")
         return ", ".join(parts) or "no budget"
 
 
@@ -84,7 +77,7 @@ class Deadline:
 
 
 def time_reason(max_time_s: float) -> str:
-    return f"time budget {format_duration(max_time_s)} reached"
+    return f"time budget {format_written(max_time_s)} reached"
 
 
 def spend_reason(max_spend_usd: float) -> str:
@@ -92,7 +85,7 @@ def spend_reason(max_spend_usd: float) -> str:
 
 
 def idle_reason(idle_s: float) -> str:
-    return f"idle for {format_duration(idle_s)}"
+    return f"idle for {format_written(idle_s)}"
 
 
 def deadlines(budget: Budget, *, started_at: float, now: float, spent_usd: float,
@@ -109,7 +102,8 @@ def deadlines(budget: Budget, *, started_at: float, now: float, spent_usd: float
 
 
 def provider_deadline(budget: Budget, *, now: float, price_per_hour: float) -> float | None:
-    """The server-side `terminateAfter` to ask for at create, or None without a time or spend budget."""
+    """The server-side deadline to ask for at create (`supports_deadline`), or None without a time or spend
+    budget."""
     found = deadlines(budget, started_at=now, now=now, spent_usd=0.0, price_per_hour=price_per_hour)
     return found[0].at + PROVIDER_GRACE_S if found else None
 
@@ -131,9 +125,9 @@ def check_new_budget(budget: Budget, *, started_at: float, now: float, spent_usd
         ran = now - started_at
         if budget.max_time_s <= ran:
             raise BudgetError(
-                f"the machine has already run {format_duration(ran)}; a time budget of "
-                f"{format_duration(budget.max_time_s)} is not above that.",
-                hint=f"Give more than {format_duration(ran)}, or end it now with `cloudsd down NAME`.",
+                f"the machine has already run {format_written(ran)}; a time budget of "
+                f"{format_written(budget.max_time_s)} is not above that.",
+                hint=f"Give more than {format_written(ran)}, or end it now with `cloudsd down NAME`.",
             )
     if budget.idle_s is not None and budget.idle_s <= 0:
         raise BudgetError("an idle budget must be longer than 0 s.", hint="Give --idle-stop like 15m.")

@@ -8,6 +8,12 @@ The rules, per second:
 - Billing ends at the first `destroying` event (the destroy call), or where the machine was found gone
   (`gone`, `terminated`), or at a watchdog's `terminate` (`watchdog-ended`).
 
+- Bandwidth, where the provider bills it per GB (Vast.ai: the offer's `inet_down_cost`/`inet_up_cost`, kept in
+  the `created` event), is an estimate from what cloudsd itself moved: bytes into the machine (models pushed
+  or fetched by it: `models-synced` `bytes_in`) at the download rate, bytes out (outputs pulled:
+  `outputs-pulled` `bytes_out`) at the upload rate, 1 GB = 10^9 bytes, counted when the transfer was recorded.
+  Traffic cloudsd did not make (the UI's own downloads) is not in it.
+
 Times are the laptop's, from events cloudsd wrote itself. The only other times are estimates of when the
 watchdog acted, which are converted to the laptop's clock before they are written (`data["at"]`). Events are
 read in the order they were written and time never runs backwards along a session: a time earlier than the
@@ -18,18 +24,17 @@ is negative.
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from cloudsd.ledger import MachineRecord
+from cloudsd.ledger import EventKind, MachineRecord
 
 Event = tuple[float, str, str, dict[str, Any]]  # (at, machine name, kind, data), as Ledger.events() returns
 RUNNING, STOPPED, ENDED = "running", "stopped", "ended"
-_TRANSITIONS = {"created": RUNNING, "resumed": RUNNING, "stopped": STOPPED, "destroying": ENDED,
-                "terminated": ENDED, "gone": ENDED}
+_TRANSITIONS: dict[str, str] = {EventKind.CREATED: RUNNING, EventKind.RESUMED: RUNNING, EventKind.STOPPED: STOPPED,
+                EventKind.DESTROYING: ENDED, EventKind.TERMINATED: ENDED, EventKind.GONE: ENDED}
 
 
 @dataclass(frozen=True)
@@ -70,10 +75,19 @@ class SessionCost:
     intervals: tuple[Interval, ...] = ()
     ended_by: str | None = None  # "down", "the watchdog: time budget 45m reached", "gone", …
     extra: dict[str, Any] = field(default_factory=dict)
+    transfers: tuple[tuple[float, float], ...] = ()  # (when, $) of bandwidth billed per GB: an estimate
+
+    @property
+    def bandwidth_usd(self) -> float:
+        return sum(usd for _, usd in self.transfers)
 
     @property
     def cost_usd(self) -> float:
-        return sum(i.cost_usd for i in self.intervals)
+        return sum(i.cost_usd for i in self.intervals) + self.bandwidth_usd
+
+    def bandwidth_between(self, since: float | None, until: float | None) -> float:
+        return sum(usd for at, usd in self.transfers
+                   if (since is None or at >= since) and (until is None or at <= until))
 
     @property
     def running_s(self) -> float:
@@ -95,7 +109,8 @@ class SessionCost:
         return self.intervals[-1].rate_per_hour
 
     def cost_between(self, since: float | None, until: float | None) -> float:
-        return sum(c.cost_usd for i in self.intervals if (c := i.clipped(since, until)) is not None)
+        return sum(c.cost_usd for i in self.intervals if (c := i.clipped(since, until)) is not None) + \
+            self.bandwidth_between(since, until)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -106,36 +121,32 @@ class SessionCost:
             "running_s": round(self.running_s, 3), "stopped_s": round(self.stopped_s, 3),
             "cost_usd": round(self.cost_usd, 6), "accruing_per_hour": round(self.accruing_per_hour, 6),
             "stopped_by": self.extra.get("stopped_by"),
+            "bandwidth_usd": round(self.bandwidth_usd, 6) if self.transfers else None,  # an estimate
         }
 
 
-def split_sessions(records: Sequence[MachineRecord], events: Iterable[Event]) -> list[tuple[MachineRecord, list[Event]]]:
-    """Each ledger row with its own events. Names are reused, so a name's events are cut at each `reserved`
-    (written in the same transaction as the row) and matched to that name's rows in order."""
-    rows_by_name: dict[str, list[MachineRecord]] = defaultdict(list)
-    for record in sorted(records, key=lambda r: r.id):
-        rows_by_name[record.name].append(record)
-    chunks: dict[str, list[list[Event]]] = defaultdict(list)
-    for event in events:
-        name, kind = event[1], event[2]
-        if kind == "reserved" or not chunks[name]:
-            chunks[name].append([])
-        chunks[name][-1].append(event)
-    out = []
-    for name, rows in rows_by_name.items():
-        named = chunks.get(name, [])
-        # Rows written before events were (an older ledger): the oldest rows get no events.
-        offset = max(0, len(rows) - len(named))
-        for index, record in enumerate(rows):
-            chunk = index - offset
-            out.append((record, named[chunk] if 0 <= chunk < len(named) else []))
-    return sorted(out, key=lambda pair: pair[0].id)
-
-
 def _transition(kind: str, data: dict[str, Any]) -> str | None:
-    if kind == "watchdog-ended":
+    if kind == EventKind.WATCHDOG_ENDED:
         return STOPPED if data.get("action") == "stop" else ENDED
     return _TRANSITIONS.get(kind)
+
+
+GB = 1e9
+
+
+def transfers(events: Sequence[Event]) -> tuple[tuple[float, float], ...]:
+    """(when, $) for each transfer cloudsd recorded, priced per GB at the rates in the `created` event; empty
+    where the provider bills no bandwidth per GB."""
+    down = up = None
+    out = []
+    for at, _, kind, data in events:
+        if kind == "created":
+            down, up = data.get("download_usd_per_gb"), data.get("upload_usd_per_gb")
+        elif kind == "models-synced" and isinstance(down, (int, float)) and data.get("bytes_in"):
+            out.append((at, float(data["bytes_in"]) / GB * down))
+        elif kind == "outputs-pulled" and isinstance(up, (int, float)) and data.get("bytes_out"):
+            out.append((at, float(data["bytes_out"]) / GB * up))
+    return tuple(out)
 
 
 def session_cost(record: MachineRecord, events: Sequence[Event], now: float | None = None) -> SessionCost:
@@ -149,14 +160,14 @@ def session_cost(record: MachineRecord, events: Sequence[Event], now: float | No
     stopped_by: str | None = None
     intervals: list[Interval] = []
     for at, _, kind, data in events:
-        if kind == "budget-reached":  # the attached CLI ends the machine next: say why it ended
+        if kind == EventKind.BUDGET_REACHED:  # the attached CLI ends the machine next: say why it ended
             ended_by = f"cloudsd: {data.get('reason', 'budget reached')}"
         target = _transition(kind, data)
         if target is None:
             continue
-        when = float(data["at"]) if kind in ("watchdog-ended", "stopped") and data.get("at") is not None else at
+        when = float(data["at"]) if kind in (EventKind.WATCHDOG_ENDED, EventKind.STOPPED) and data.get("at") is not None else at
         if state is None:
-            if kind == "created":
+            if kind == EventKind.CREATED:
                 state, since, started, last = RUNNING, when, when, when
             continue
         when = max(when, last)
@@ -164,7 +175,7 @@ def session_cost(record: MachineRecord, events: Sequence[Event], now: float | No
             continue
         intervals.append(Interval(since, when, state, rates[state]))
         state, since, last = target, when, when
-        if kind == "watchdog-ended":
+        if kind == EventKind.WATCHDOG_ENDED:
             why = f"the watchdog: {data.get('reason', 'budget reached')}"
             ended_by, stopped_by = (why, stopped_by) if state == ENDED else (None, why)
         elif state == STOPPED:
@@ -180,13 +191,15 @@ def session_cost(record: MachineRecord, events: Sequence[Event], now: float | No
         intervals.append(Interval(since, max(now, since), state, rates[state]))
     return SessionCost(record.id, record.name, record.provider, record.provider_id, record.gpu,
                        record.price_per_hour, record.storage_price_per_hour, started, ended_at, state,
-                       tuple(intervals), ended_by, {"stopped_by": stopped_by} if state == STOPPED else {})
+                       tuple(intervals), ended_by, {"stopped_by": stopped_by} if state == STOPPED else {},
+                       transfers(events))
 
 
-def session_costs(records: Sequence[MachineRecord], events: Iterable[Event],
+def session_costs(sessions: Iterable[tuple[MachineRecord, Sequence[Event]]],
                   now: float | None = None) -> list[SessionCost]:
+    """Each session's cost; `sessions` pairs each ledger row with its own events (`Ledger.sessions()`)."""
     now = time.time() if now is None else now
-    return [session_cost(record, evs, now) for record, evs in split_sessions(records, events)]
+    return [session_cost(record, evs, now) for record, evs in sessions]
 
 
 def to_laptop_time(machine_time: float, offset_s: float) -> float:

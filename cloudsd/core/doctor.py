@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 from cloudsd.core.machines import Providers
 from cloudsd.errors import CloudsdError
-from cloudsd.providers import provider_names
+from cloudsd.providers import KeyedAccount, provider_names
 
 
 @dataclass(frozen=True)
@@ -28,9 +28,9 @@ def check_all(providers: Providers) -> list[Check]:
         except CloudsdError as exc:
             results.append(Check(name, False, "-", str(exc)))
             continue
-        source = getattr(provider, "credential_source", None)
-        last4 = getattr(provider, "key_last4", None)
-        credential = f"{source} (…{last4})" if source and last4 else "-"
+        credential = "-"
+        if isinstance(provider, KeyedAccount) and provider.credential_source and provider.key_last4:
+            credential = f"{provider.credential_source} (…{provider.key_last4})"
         try:
             detail = provider.check()
         except CloudsdError as exc:

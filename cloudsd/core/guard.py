@@ -14,23 +14,22 @@ noticed the end. Anything else is reported as ended or stopped outside cloudsd, 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cloudsd.core.budget import Budget, Deadline, check_new_budget, deadlines, idle_reason, use
-from cloudsd.core.cost import Event, SessionCost, session_cost, split_sessions
-from cloudsd.core.watchdog import Reading, WatchdogSettings, install, machine_config, measure_offset, read
+from cloudsd.core.budget import Budget, Deadline, check_new_budget, deadlines, idle_reason
+from cloudsd.core.cost import Event, session_cost
+from cloudsd.core.watchdog import WatchdogSettings, install, machine_config, measure_offset, read
 from cloudsd.errors import BudgetError, CloudsdError
-from cloudsd.ledger import Ledger, MachineRecord
-from cloudsd.models import MachineStatus
+from cloudsd.ledger import EventKind, Ledger, MachineRecord, Status
 from cloudsd.providers import Provider
-from cloudsd.ssh import Connection
+
+if TYPE_CHECKING:
+    from cloudsd.ssh import Connection  # the type only: reading budgets needs no SSH library
 
 # Events that prove the machine was up at the time they were written.
-ALIVE = ("created", "running", "ready", "attached", "host-key-pinned", "ssh-moved", "resumed", "watchdog-installed",
-         "watchdog-seen")
-SEEN_EVERY_S = 30.0  # how often the attached CLI writes what the watchdog reports into the ledger
+ALIVE = (EventKind.CREATED, EventKind.RUNNING, EventKind.READY, EventKind.ATTACHED, EventKind.HOST_KEY_PINNED,
+         EventKind.SSH_MOVED, EventKind.RESUMED, EventKind.WATCHDOG_INSTALLED, EventKind.WATCHDOG_SEEN)
 
 
 @dataclass(frozen=True)
@@ -45,24 +44,15 @@ class Plan:
     idle_deadline_at: float | None  # the idle deadline the watchdog last reported (laptop clock)
 
 
-def current(ledger: Ledger, name: str) -> tuple[MachineRecord, list[Event]]:
-    """The newest session of `name` with its own events."""
-    records = [r for r in ledger.machines() if r.name == name]
-    pairs = split_sessions(records, ledger.events(name))
-    if not pairs:
-        ledger.get(name)  # raises MachineNotFound with the usual hint
-    return pairs[-1]
-
-
 def plan_of(events: list[Event]) -> Plan | None:
     plan: Plan | None = None
     for at, _, kind, data in events:
-        if kind == "budget":
+        if kind == EventKind.BUDGET:
             plan = Plan(Budget.from_dict(data.get("budget") or {}),
                         tuple(Deadline(**d) for d in data.get("deadlines") or []), at, None, None, None)
-        elif plan is not None and kind in ("watchdog-installed", "watchdog-seen"):
+        elif plan is not None and kind in (EventKind.WATCHDOG_INSTALLED, EventKind.WATCHDOG_SEEN):
             plan = Plan(plan.budget, plan.deadlines, plan.set_at,
-                        at if kind == "watchdog-installed" else plan.watchdog_at,
+                        at if kind == EventKind.WATCHDOG_INSTALLED else plan.watchdog_at,
                         data.get("script") or plan.script,
                         data.get("idle_deadline_at") or plan.idle_deadline_at)
     return plan
@@ -71,7 +61,7 @@ def plan_of(events: list[Event]) -> Plan | None:
 def arm(ledger: Ledger, record: MachineRecord, connection: Connection, provider: Provider, budget: Budget,
         settings: WatchdogSettings, *, now: float | None = None) -> Plan:
     """Check `budget` against what the session has cost, put it into the watchdog on the machine, record it."""
-    record, events = current(ledger, record.name)
+    record, events = ledger.session(record.name)
     now = time.time() if now is None else now
     cost = session_cost(record, events, now)
     started = cost.started_at if cost.started_at is not None else now
@@ -79,19 +69,21 @@ def arm(ledger: Ledger, record: MachineRecord, connection: Connection, provider:
     found = deadlines(budget, started_at=started, now=now, spent_usd=cost.cost_usd,
                       price_per_hour=record.price_per_hour)
     offset, rtt = measure_offset(connection)
-    config = machine_config(provider.name, budget, found, offset, settings, self_stop=provider.supports_self_stop)
+    calls = {action: call.to_dict() for action in ("stop", "terminate")
+             if provider.supports_self_stop and (call := provider.self_stop_call(action)) is not None}
+    config = machine_config(provider.name, budget, found, offset, settings, end_calls=calls or None)
     reading = install(connection, config)
-    ledger.event(record.name, "budget", {"budget": budget.to_dict(), "deadlines": [d.to_dict() for d in found]})
-    ledger.event(record.name, "watchdog-installed", {**reading.to_event(), "rtt_s": round(rtt, 4), "config": config})
-    plan = plan_of(current(ledger, record.name)[1])
+    ledger.event(record.name, EventKind.BUDGET, {"budget": budget.to_dict(), "deadlines": [d.to_dict() for d in found]})
+    ledger.event(record.name, EventKind.WATCHDOG_INSTALLED, {**reading.to_event(), "rtt_s": round(rtt, 4), "config": config})
+    plan = plan_of(ledger.session(record.name)[1])
     assert plan is not None
     return plan
 
 
 def provider_deadline_of(events: list[Event]) -> float | None:
-    """The server-side deadline asked for at create (RunPod `terminateAfter`), from the `created` event."""
+    """The server-side deadline asked for at create (`supports_deadline`), from the `created` event."""
     for _, _, kind, data in events:
-        if kind == "created" and data.get("deadline_at") is not None:
+        if kind == EventKind.CREATED and data.get("deadline_at") is not None:
             return float(data["deadline_at"])
     return None
 
@@ -123,126 +115,13 @@ def attribute(plan: Plan | None, events: list[Event], found: str, noticed_at: fl
             "noticed_at": noticed_at}
 
 
-def reconcile(ledger: Ledger, record: MachineRecord, status: MachineStatus | None, provider: Provider, *,
-              now: float | None = None) -> str:
-    """Record a machine that cloudsd found gone (`status` None) or stopped without having done it itself.
-
-    Returns the note to show: who ended or stopped it, and why.
-    """
-    now = time.time() if now is None else now
-    record, events = current(ledger, record.name)
-    if record.status == "destroying":  # cloudsd itself was ending it; billing already stopped at that call
-        ledger.update(record.name, status="terminated", terminated_at=now, detail="gone (destroyed)", event="gone")
-        return "gone (destroyed)"
-    found = "gone" if status is None else "stopped"
-    estimate = attribute(plan_of(events), events, found, now, self_terminates=provider.supports_self_stop)
-    if found == "gone":
-        note = f"ended by the watchdog: {estimate['reason']}" if estimate else "gone (ended outside cloudsd)"
-        if estimate:
-            ledger.event(record.name, "watchdog-ended", estimate)
-        ledger.update(record.name, status="terminated", terminated_at=estimate["at"] if estimate else now,
-                      detail=note, event="gone", data={"noticed_at": now})
-        return note
-    if estimate:
-        note = f"stopped by the watchdog: {estimate['reason']}"
-        ledger.update(record.name, status="stopped", detail=note, event="watchdog-ended", data=estimate)
-    else:
-        note = "stopped outside cloudsd (by the provider, or in its console)"
-        ledger.update(record.name, status="stopped", detail=note, event="stopped", data={"reason": note})
-    return note
-
-
-def resumed(ledger: Ledger, record: MachineRecord) -> None:
-    """A machine the ledger has as stopped runs again (resumed in the provider's console)."""
-    ledger.update(record.name, status="running", detail="resumed outside cloudsd", event="resumed")
-
-
-@dataclass(frozen=True)
-class GuardView:
-    cost: SessionCost
-    uptime_s: float
-    budget_text: str  # "time 40% · spend 12%", or ""
-    warning: str | None  # set once, when a budget first reaches its warning share
-    reached: Deadline | None  # a time or spend budget used up: end the machine
-    ended: str | None  # the machine stopped or went away: why
-
-
-class BudgetGuard:
-    """What the attached CLI checks every second: cost so far, budget use, the watchdog, the machine."""
-
-    def __init__(self, ledger: Ledger, provider: Provider, name: str,
-                 connection: Callable[[], Connection | None], *, check_every_s: float = 15.0,
-                 read_every_s: float = 15.0, clock: Callable[[], float] = time.time) -> None:
-        self.ledger = ledger
-        self.provider = provider
-        self.name = name
-        self.connection = connection
-        self.check_every_s = check_every_s
-        self.read_every_s = read_every_s
-        self.clock = clock
-        self.warned = False
-        self._checked = self._read = self._seen = clock()
-
-    def tick(self) -> GuardView:
-        now = self.clock()
-        record, events = current(self.ledger, self.name)
-        plan = plan_of(events)
-        cost = session_cost(record, events, now)
-        uptime = now - (cost.started_at or record.created_at)
-        text, warning, reached = "", None, None
-        if plan is not None and cost.started_at is not None:
-            used = use(plan.budget, started_at=cost.started_at, now=now, spent_usd=cost.cost_usd,
-                       price_per_hour=record.price_per_hour)
-            text = " · ".join(f"{label} {share:.0%}" for label, share in
-                              (("time", used.time_share), ("spend", used.spend_share)) if share is not None)
-            if used.share is not None and used.share >= plan.budget.warn_at and not self.warned:
-                self.warned = True
-                warning = (f"{used.share:.0%} of the budget is used ({plan.budget.describe()}); cost so far "
-                           f"${cost.cost_usd:.4f}. At the limit the machine ends without pulling outputs: "
-                           f"`cloudsd down {self.name}` now saves them first")
-            reached = used.reached
-            if plan.script and now - self._read >= self.read_every_s:
-                self._read = now
-                self._note_reading(plan.script, now)
-        ended = None
-        if now - self._checked >= self.check_every_s:
-            self._checked = now
-            ended = self._check(record)
-        return GuardView(cost, uptime, text, warning, reached, ended)
-
-    def _note_reading(self, script: str, now: float) -> None:
-        connection = self.connection()
-        if connection is None or not connection.active:
-            return
-        try:
-            reading: Reading = read(connection, script)
-        except CloudsdError:
-            return
-        if now - self._seen >= SEEN_EVERY_S:
-            self._seen = now
-            self.ledger.event(self.name, "watchdog-seen", reading.to_event())
-
-    def _check(self, record: MachineRecord) -> str | None:
-        if record.status in ("destroying", "terminated"):
-            return f"the machine is {record.status} (`cloudsd down` from elsewhere?)"
-        if not record.provider_id:
-            return None
-        try:
-            info = self.provider.get(record.provider_id)
-        except CloudsdError:
-            return None
-        if info is None or info.status is MachineStatus.STOPPED:
-            return reconcile(self.ledger, record, None if info is None else info.status, self.provider)
-        return None
-
-
 def change_budget(ledger: Ledger, record: MachineRecord, connection: Connection, provider: Provider,
                   changes: dict[str, Any], settings: WatchdogSettings) -> tuple[Plan, list[str]]:
     """`cloudsd budget NAME …` on a running machine: the new budget, refused with numbers if already used up."""
-    if record.status != "running":
+    if record.status is not Status.RUNNING:
         raise BudgetError(f"machine {record.name!r} is {record.status}; budgets apply to running machines.",
                           hint="`cloudsd status` shows its state.")
-    _, events = current(ledger, record.name)
+    _, events = ledger.session(record.name)
     old = plan_of(events)
     merged = {**(old.budget.to_dict() if old else Budget().to_dict()),
               **{k: v for k, v in changes.items() if v is not None}}
@@ -258,7 +137,7 @@ def change_budget(ledger: Ledger, record: MachineRecord, connection: Connection,
 def ensure_watchdog(ledger: Ledger, record: MachineRecord, connection: Connection, provider: Provider,
                     settings: WatchdogSettings) -> str | None:
     """Restart the watchdog of a machine with a budget if it no longer runs; a note for the user, or None."""
-    _, events = current(ledger, record.name)
+    _, events = ledger.session(record.name)
     plan = plan_of(events)
     if plan is None or plan.script is None or not plan.budget.enforced:
         return None

@@ -1,16 +1,22 @@
-"""Providers built from settings, and the shared waits: for a machine to boot, for it to be gone."""
+"""Providers built from settings, and the waits on a provider: for a machine to boot, for it to be gone; the
+ledger row as the provider sees it now. Getting into a machine (SSH, the tunnel, the web UI's health) is
+`core/access.py`, kept apart so that `status`, `cost` and `down` load no SSH library.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import Protocol
 
 from cloudsd.config import Settings
-from cloudsd.errors import ProviderError, ProvisioningError
-from cloudsd.ledger import Ledger, MachineRecord
-from cloudsd.models import MachineInfo, MachineStatus
-from cloudsd.providers import Provider, get_provider
+from cloudsd.core import lifecycle
+from cloudsd.errors import CloudsdError, ProviderError, ProvisioningError, RateLimited
+from cloudsd.ledger import Ledger, MachineRecord, Status
+from cloudsd.machine import MachineInfo, MachineStatus
+from cloudsd.providers import Provider, cloud_names, get_provider
+from cloudsd.sync.progress import NullProgress, Progress
 
 POLL_S = 1.0
 
@@ -22,8 +28,14 @@ class Reporter(Protocol):
 
     def note(self, message: str) -> None: ...
 
+    def transfer(self) -> AbstractContextManager[Progress]:
+        """Progress for a transfer (the models `up --models` pushes); phases pause while it is drawn."""
+        ...
+
 
 class QuietReporter:
+    """A reporter that draws nothing and keeps the lines (tests read them)."""
+
     def __init__(self) -> None:
         self.lines: list[str] = []
 
@@ -32,6 +44,10 @@ class QuietReporter:
 
     def note(self, message: str) -> None:
         self.lines.append(message)
+
+    @contextmanager
+    def transfer(self) -> Iterator[Progress]:
+        yield NullProgress()
 
 
 class Providers:
@@ -45,6 +61,17 @@ class Providers:
         if name not in self._built:
             self._built[name] = get_provider(name, **self.settings.section(name))
         return self._built[name]
+
+    def configured_clouds(self) -> tuple[str, ...]:
+        """The clouds the user has credentials for (so asking them for offers or strays makes sense)."""
+        found = []
+        for name in cloud_names():
+            try:
+                self.get(name)
+            except CloudsdError:
+                continue
+            found.append(name)
+        return tuple(found)
 
     def close(self) -> None:
         for provider in self._built.values():
@@ -60,11 +87,22 @@ def wait_until_running(
     on_change: Callable[[MachineInfo], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> MachineInfo:
-    """Poll `get` until the machine runs with an SSH endpoint; ProvisioningError on failure or timeout."""
+    """Poll `get` until the machine runs with an SSH endpoint; ProvisioningError on failure or timeout.
+    A rate limit never ends the wait: it backs off and keeps polling until the deadline."""
     started = time.monotonic()
     last: MachineInfo | None = None
+    pause = provider.poll_interval_s
     while True:
-        info = provider.get(provider_id)
+        try:
+            info = provider.get(provider_id)
+        except RateLimited as exc:
+            if time.monotonic() - started > deadline_s:
+                raise ProvisioningError(f"{provider.name} machine {provider_id} was not confirmed running after "
+                                        f"{deadline_s:.0f} s: {exc.message}") from None
+            pause = min(pause * 2, 30.0)
+            sleep(pause)
+            continue
+        pause = provider.poll_interval_s
         if info is None:
             raise ProvisioningError(f"{provider.name} machine {provider_id} disappeared while starting.")
         if last is None or (info.status, info.detail) != (last.status, last.detail):
@@ -82,7 +120,7 @@ def wait_until_running(
                 f"{provider.name} machine {provider_id} was not running after {deadline_s:.0f} s "
                 f"(last state: {info.status.value}{': ' + info.detail if info.detail else ''})."
             )
-        sleep(POLL_S)
+        sleep(pause)
 
 
 def destroy_and_confirm(
@@ -110,13 +148,13 @@ def destroy_and_confirm(
                 f"{provider.name} has not confirmed that machine {provider_id} is gone after {deadline_s:.0f} s; "
                 "it may still bill."
             )
-        sleep(POLL_S)
+        sleep(max(POLL_S, provider.poll_interval_s))
 
 
 def refresh_record(ledger: Ledger, providers: Providers, record: MachineRecord) -> MachineRecord:
     """The row after asking the provider: a machine that went away or stopped meanwhile (its watchdog, the
     provider) is recorded as such first, so billing ends when it really did and not when cloudsd looked."""
-    if not record.provider_id or record.status not in ("running", "booting"):
+    if not record.provider_id or record.status not in (Status.RUNNING, Status.BOOTING):
         return record
     provider = providers.get(record.provider)
     try:
@@ -124,28 +162,15 @@ def refresh_record(ledger: Ledger, providers: Providers, record: MachineRecord) 
     except ProviderError:
         return record
     if info is None or info.status is MachineStatus.STOPPED:
-        from cloudsd.core.guard import reconcile
-
-        reconcile(ledger, record, None if info is None else info.status, provider)
+        lifecycle.reconcile(ledger, record, None if info is None else info.status, provider)
         return ledger.get(record.name)
     return record
 
 
-def end_record(ledger: Ledger, providers: Providers, record: MachineRecord, *, reason: str,
-               deadline_s: float = 180.0) -> None:
-    """Destroy the machine behind a ledger row, confirm it is gone, then mark the row terminated.
-
-    A row without a provider id (the create call never answered) is looked up by its label first.
-    """
-    provider = providers.get(record.provider)
-    record = refresh_record(ledger, providers, record)
-    if record.status == "terminated":
-        return
-    ledger.update(record.name, status="destroying", event="destroying", data={"reason": reason})
-    provider_ids = [record.provider_id] if record.provider_id else [
-        m.provider_id for m in provider.list_machines() if m.name == record.name
-    ]
-    for provider_id in provider_ids:
-        destroy_and_confirm(provider, provider_id, deadline_s=deadline_s)
-    ledger.update(record.name, status="terminated", terminated_at=time.time(), detail=reason,
-                  event="terminated", data={"reason": reason})
+def reachable_record(ledger: Ledger, name: str) -> MachineRecord:
+    """The row of a machine cloudsd can SSH into (pinned host key); CloudsdError saying where to look if not."""
+    record = ledger.get(name)
+    if record.status is Status.TERMINATED or not record.ssh_host or not record.host_key:
+        raise CloudsdError(f"machine {name!r} is not reachable ({record.status}).",
+                           hint="`cloudsd status` shows its state.")
+    return record

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from cloudsd.errors import NoCapacity
 from cloudsd.gpus import gpu_matches
-from cloudsd.models import Offer, OfferSpec
+from cloudsd.machine import Offer, OfferSpec
 
 
 def _version(text: str | None) -> tuple[int, ...]:

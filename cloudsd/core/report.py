@@ -16,6 +16,7 @@ from cloudsd.core.cost import Group, SessionCost, group, month_end, month_start,
 from cloudsd.core.machines import Providers
 from cloudsd.errors import CloudsdError
 from cloudsd.ledger import Ledger
+from cloudsd.providers import ReportsBilling
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class ProviderBilling:
     balance_usd: float | None = None
     spend_per_hour: float | None = None
     by_machine: dict[str, float] = field(default_factory=dict)
+    missing: str | None = None  # a figure the provider's API does not give (RunPod v2: no balance)
 
     @property
     def difference_usd(self) -> float | None:
@@ -60,7 +62,7 @@ class ProviderBilling:
                 "billed_usd": None if self.billed_usd is None else round(self.billed_usd, 6),
                 "estimate_usd": round(self.estimate_usd, 6),
                 "difference_usd": None if self.difference_usd is None else round(self.difference_usd, 6),
-                "balance_usd": self.balance_usd, "spend_per_hour": self.spend_per_hour}
+                "balance_usd": self.balance_usd, "spend_per_hour": self.spend_per_hour, "missing": self.missing}
 
 
 @dataclass(frozen=True)
@@ -108,12 +110,13 @@ def build(ledger: Ledger, providers: Providers | None, *, since: float | None = 
           by: str = "session", now: float | None = None) -> CostReport:
     """The report for [since, until] (either open). `providers` None: no provider is asked for its billing."""
     now = time.time() if now is None else now
-    costs = [c for c in session_costs(ledger.machines(), ledger.events(), now) if c.started_at is not None]
+    costs = [c for c in session_costs(ledger.sessions(), now) if c.started_at is not None]
     lines = []
     for cost in costs:
         pieces = [c for i in cost.intervals if (c := i.clipped(since, until)) is not None]
         if pieces:
-            lines.append(Line(cost, sum(p.cost_usd for p in pieces), sum(p.seconds for p in pieces)))
+            lines.append(Line(cost, sum(p.cost_usd for p in pieces) + cost.bandwidth_between(since, until),
+                              sum(p.seconds for p in pieces)))
     billing = _provider_billing(providers, lines, since, until, now) if providers is not None else []
     billed = {(b.provider, pid): amount for b in billing for pid, amount in b.by_machine.items()}
     lines = [Line(line.cost, line.window_cost_usd, line.window_seconds,
@@ -163,14 +166,16 @@ def _provider_billing(providers: Providers, lines: list[Line], since: float | No
             if pid in ids:
                 by_machine[pid] = by_machine.get(pid, 0.0) + float(record.get("amount_usd") or 0.0)
         balance = spend = None
-        account = getattr(provider, "account", None)
-        if callable(account):
+        details: dict[str, Any] = {}
+        if isinstance(provider, ReportsBilling):
             try:
-                details = account()
+                details = provider.account()
             except CloudsdError:
                 details = {}
             balance = details.get("credit_usd") if details.get("credit_usd") is not None else details.get(
                 "balance_usd")  # Vast.ai's spendable money is its credit; RunPod's, its balance
             spend = details.get("spend_usd_per_hour")
-        out.append(ProviderBilling(name, True, None, sum(by_machine.values()), estimate, balance, spend, by_machine))
+        missing = details.get("missing") if isinstance(details.get("missing"), str) else None
+        out.append(ProviderBilling(name, True, None, sum(by_machine.values()), estimate, balance, spend, by_machine,
+                                   missing))
     return out

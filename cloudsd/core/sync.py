@@ -1,6 +1,6 @@
 """Sync for a machine in the ledger: which machine, connect, push models or pull outputs, record it.
 
-`down` calls `save_outputs` before destroying, and `up` sizes the disk with `disk_gb_for`.
+`down` calls `save_outputs` before destroying; `up` sizes the disk with `disk_gb_for` and pushes with `push_to`.
 """
 
 from __future__ import annotations
@@ -11,13 +11,15 @@ from pathlib import Path
 
 from cloudsd import paths
 from cloudsd.config import Settings
+from cloudsd.core.access import reconnect_record
 from cloudsd.errors import CloudsdError, MachineNotFound, SyncError
-from cloudsd.ledger import Ledger, MachineRecord
+from cloudsd.ledger import EventKind, Ledger, MachineRecord, Status
+from cloudsd.ssh import Connection
 from cloudsd.sync.kinds import is_model_file
 from cloudsd.sync.manifest import ModelRequest
-from cloudsd.sync.models import PushSummary
-from cloudsd.sync.outputs import PullSummary
-from cloudsd.sync.progress import Progress
+from cloudsd.sync.models import PushSummary, push_models
+from cloudsd.sync.outputs import PullSummary, pull_outputs
+from cloudsd.sync.progress import NullProgress, Progress
 from cloudsd.ui import profile
 
 CONNECT_DEADLINE_S = 30.0
@@ -58,20 +60,26 @@ def choose_machine(ledger: Ledger, args: list[str]) -> tuple[str, list[str]]:
 
 def running_record(ledger: Ledger, name: str) -> MachineRecord:
     record = ledger.get(name)
-    if record.status != "running" or not record.ssh_host:
+    if record.status is not Status.RUNNING or not record.ssh_host:
         raise CloudsdError(f"machine {name!r} is {record.status}, not running.",
                            hint="`cloudsd status` shows its state; `cloudsd up` starts a new one.")
     return record
 
 
 def sync_models(ledger: Ledger, name: str, requests: list[ModelRequest], progress: Progress) -> PushSummary:
-    from cloudsd.core.deploy import reconnect_record
-    from cloudsd.sync.models import push_models
-
     record = running_record(ledger, name)
     with reconnect_record(record, deadline_s=CONNECT_DEADLINE_S, ledger=ledger) as connection:
-        summary = push_models(connection, profile(record.ui or "a1111"), requests, progress=progress)
-    ledger.event(name, "models-synced", {"results": [[r.remote, r.outcome, r.short_hash] for r in summary.results]})
+        return push_to(ledger, record, connection, requests, progress)
+
+
+def push_to(ledger: Ledger, record: MachineRecord, connection: Connection, requests: list[ModelRequest],
+            progress: Progress) -> PushSummary:
+    """Push models over an open connection and record what is on the machine (`models-synced`)."""
+    summary = push_models(connection, profile(record.ui or "a1111"), requests, progress=progress)
+    fetched = sum(r.size or 0 for r in summary.results if r.outcome == "fetched")  # the machine downloaded these
+    ledger.event(record.name, EventKind.MODELS_SYNCED,
+                 {"results": [[r.remote, r.outcome, r.short_hash] for r in summary.results],
+                  "bytes_in": summary.bytes_sent + fetched})
     return summary
 
 
@@ -80,20 +88,15 @@ def sync_outputs(ledger: Ledger, name: str, dest: Path, progress: Progress) -> P
 
 
 def pull_record_outputs(ledger: Ledger, record: MachineRecord, dest: Path, progress: Progress) -> PullSummary:
-    from cloudsd.core.deploy import reconnect_record
-    from cloudsd.sync.outputs import pull_outputs
-
     with reconnect_record(record, deadline_s=CONNECT_DEADLINE_S, ledger=ledger) as connection:
         summary = pull_outputs(connection, profile(record.ui or "a1111"), dest, progress=progress)
-    ledger.event(record.name, "outputs-pulled", {"dest": str(summary.dest), "pulled": len(summary.pulled),
-                                                 "problems": summary.problems})
+    ledger.event(record.name, EventKind.OUTPUTS_PULLED, {"dest": str(summary.dest), "pulled": len(summary.pulled),
+                                                 "problems": summary.problems, "bytes_out": summary.bytes_pulled})
     return summary
 
 
 def save_outputs(ledger: Ledger, record: MachineRecord, dest: Path) -> PullSummary:
     """Pull and verify every output before the machine is destroyed; SyncError if any could not be saved."""
-    from cloudsd.sync.progress import NullProgress
-
     try:
         summary = pull_record_outputs(ledger, record, dest, NullProgress())
     except CloudsdError as exc:

@@ -16,12 +16,14 @@ import shlex
 import time
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cloudsd.core.budget import Budget, Deadline, idle_reason
 from cloudsd.core.cost import clock_offset, to_laptop_time
 from cloudsd.errors import CloudsdError, SSHError
-from cloudsd.ssh import Connection
+
+if TYPE_CHECKING:
+    from cloudsd.ssh import Connection  # the type only: reading budgets needs no SSH library
 
 IMAGE_PATH = "/opt/cloudsd/watchdog/watchdog.py"  # where an image may carry it
 INSTALL_PATH = "/var/lib/cloudsd/watchdog.py"  # where cloudsd puts it otherwise
@@ -55,11 +57,13 @@ class Reading:
     idle_deadline_at: float | None
     ending: dict[str, Any] | None  # {"action", "reason", "at", …} once it decided to end the machine
     script: str | None = None
+    reported_at: float | None = None  # when the watchdog last wrote its state (it does so every poll)
 
     def to_event(self) -> dict[str, Any]:
         return {"offset_s": round(self.offset_s, 3), "running": self.running,
                 "last_activity_at": self.last_activity_at, "activity_source": self.activity_source,
-                "idle_deadline_at": self.idle_deadline_at, "ending": self.ending, "script": self.script}
+                "idle_deadline_at": self.idle_deadline_at, "ending": self.ending, "script": self.script,
+                "reported_at": self.reported_at}
 
 
 def source() -> str:
@@ -67,10 +71,12 @@ def source() -> str:
 
 
 def machine_config(provider: str, budget: Budget, deadlines: list[Deadline], offset_s: float,
-                   settings: WatchdogSettings, *, self_stop: bool) -> dict[str, Any]:
-    """The watchdog's JSON config: deadlines moved onto the machine's clock. Holds no key of any kind."""
+                   settings: WatchdogSettings, *, end_calls: dict[str, Any] | None) -> dict[str, Any]:
+    """The watchdog's JSON config: deadlines moved onto the machine's clock, and the provider's own requests
+    for ending the machine from inside (None: the watchdog stops PID 1). Holds no key of any kind."""
     return {
-        "provider": provider if self_stop else "local",
+        "provider": provider,
+        "end_calls": end_calls or {},
         "deadlines": [{"at": d.at + offset_s, "reason": d.reason} for d in deadlines],
         "idle_s": budget.idle_s,
         "idle_action": budget.idle_action,
@@ -152,4 +158,5 @@ def _parse(out: str, sent: float, received: float, script: str | None = None) ->
         offset_s=offset, running=bool(data.get("running")), last_activity_at=laptop(state.get("last_activity")),
         activity_source=state.get("activity_source"), idle_deadline_at=laptop(state.get("idle_deadline")),
         ending=ending if isinstance(ending, dict) else None, script=data.get("script") or script,
+        reported_at=laptop(state.get("now")),
     )

@@ -7,19 +7,57 @@ use, so `cloudsd --help` stays fast.
 from __future__ import annotations
 
 import importlib
+import os
 from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cloudsd.errors import ConfigError
 
 if TYPE_CHECKING:
-    from cloudsd.models import CreateRequest, MachineInfo, Offer, OfferSpec
+    from cloudsd.machine import CreateRequest, MachineInfo, Offer, OfferSpec
 
-REGISTRY: dict[str, str] = {
-    "local": "cloudsd.providers.local:LocalProvider",
-    "runpod": "cloudsd.providers.runpod:RunPodProvider",
-    "vastai": "cloudsd.providers.vastai:VastProvider",
+
+@dataclass(frozen=True)
+class Entry:
+    """Where a provider's class lives, and what cloudsd may say about it without importing it."""
+
+    target: str  # "module:Class", imported on first use
+    cloud: bool = True  # rents machines on an account: swept for strays, tried by `--provider auto`
+    listed: bool = True  # offered in `--provider` choices and the config; unlisted ones need ENABLE_ENV
+
+
+# Every list of provider names (flag choices, the config, `auto`, the stray sweep) comes from here.
+REGISTRY: dict[str, Entry] = {
+    "local": Entry("cloudsd.providers.local:LocalProvider", cloud=False),
+    "runpod": Entry("cloudsd.providers.runpod:RunPodProvider"),
+    "vastai": Entry("cloudsd.providers.vastai:VastProvider"),
+    # A machine world in this process: the provider contract and the money rules are tested on it without
+    # Docker or a network. Never offered to users; CLOUDSD_PROVIDERS=memory enables it (tests do).
+    "memory": Entry("cloudsd.providers.memory:MemoryProvider", cloud=False, listed=False),
 }
+ENABLE_ENV = "CLOUDSD_PROVIDERS"  # comma-separated unlisted providers to accept, e.g. "memory"
+
+
+@dataclass(frozen=True)
+class SelfStopCall:
+    """One HTTP request the on-machine watchdog sends to stop or end its own machine, built by the provider so
+    the watchdog knows no vendor. `${NAME}` and `${NAME:-default}` in `url`, `headers` and `body` are filled on
+    the machine from its environment (the provider's machine-scoped key never leaves it). The watchdog follows
+    no redirect and counts the call done only on a status in `ok_statuses` whose JSON body holds every
+    `ok_fields` pair (after the same filling), or on a status in `gone_statuses` (the machine is gone)."""
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: Any = None
+    ok_statuses: tuple[int, ...] = (200,)
+    ok_fields: dict[str, Any] = field(default_factory=dict)
+    gone_statuses: tuple[int, ...] = ()
+    needs_env: tuple[str, ...] = ()  # variables that must be set on the machine
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 class Provider(ABC):
@@ -43,6 +81,7 @@ class Provider(ABC):
     reports_billing: bool = False  # `billing()` says what the provider actually charged, per machine
     ssh_timeout_s: float = 120.0  # how long SSH may take to answer once the provider says running
     boot_timeout_s: float = 600.0  # how long the provider may take to say running (image pulls)
+    poll_interval_s: float = 1.0  # the pace of status polls while waiting (some APIs limit each endpoint)
 
     @abstractmethod
     def offers(self, spec: OfferSpec) -> list[Offer]:
@@ -79,6 +118,11 @@ class Provider(ABC):
         cannot resume it (the host's GPU is taken meanwhile), raise `ResumeRefused`; the disk must be kept."""
         raise NotImplementedError(f"{self.name} cannot start a stopped machine")
 
+    def self_stop_call(self, action: str) -> SelfStopCall | None:
+        """The request that stops (`action` "stop") or ends ("terminate") a machine from inside it with the
+        credential the provider put there. Only where `supports_self_stop`; None elsewhere."""
+        return None
+
     def billing(self, since: float, until: float) -> list[dict[str, Any]]:
         """What the provider charged per machine between two epoch times, as dicts with `provider_id`,
         `amount_usd`, `start` and `end` (epoch seconds or None). Only where `reports_billing`."""
@@ -88,19 +132,59 @@ class Provider(ABC):
         """Release connections. Safe to call more than once."""
 
 
+class Stoppable(ABC):
+    """A provider that can stop a machine and keep its disk (storage still bills)."""
+
+    supports_stop = True
+
+    @abstractmethod
+    def stop(self, provider_id: str) -> None:
+        """Stop the machine, keeping its disk."""
+
+
+class ReportsBilling(ABC):
+    """A provider that says what it charged, per machine, and what the account holds."""
+
+    reports_billing = True
+
+    @abstractmethod
+    def billing(self, since: float, until: float) -> list[dict[str, Any]]:
+        """See `Provider.billing`."""
+
+    @abstractmethod
+    def account(self) -> dict[str, Any]:
+        """The account's money: `balance_usd` or `credit_usd`, and `spend_usd_per_hour`, where known."""
+
+
+class KeyedAccount:
+    """A provider that signs in with an API key; `doctor` shows where the key came from and its last four."""
+
+    credential_source: str
+    key_last4: str
+
+
+def _enabled() -> set[str]:
+    return {n.strip() for n in os.environ.get(ENABLE_ENV, "").split(",") if n.strip()}
+
+
 def provider_names() -> list[str]:
-    return list(REGISTRY)
+    """Every provider a user may name: the listed ones, plus unlisted ones enabled by CLOUDSD_PROVIDERS."""
+    enabled = _enabled()
+    return [name for name, entry in REGISTRY.items() if entry.listed or name in enabled]
+
+
+def cloud_names() -> tuple[str, ...]:
+    """The listed providers that rent machines on an account: `--provider auto` and the stray sweep."""
+    return tuple(name for name, entry in REGISTRY.items() if entry.cloud and entry.listed)
 
 
 def get_provider(name: str, **settings: Any) -> Provider:
     """Import and build the provider called `name` with its settings (keys, base URLs)."""
-    try:
-        target = REGISTRY[name]
-    except KeyError:
+    if name not in provider_names():
         raise ConfigError(
-            f"unknown provider {name!r}", hint=f"Choose one of: {', '.join(REGISTRY)}."
+            f"unknown provider {name!r}", hint=f"Choose one of: {', '.join(provider_names())}."
         ) from None
-    module_name, _, class_name = target.partition(":")
+    module_name, _, class_name = REGISTRY[name].target.partition(":")
     cls = getattr(importlib.import_module(module_name), class_name)
     provider: Provider = cls(**settings)
     return provider

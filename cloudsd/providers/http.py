@@ -17,6 +17,7 @@ import httpx
 
 from cloudsd import __version__
 from cloudsd.errors import CredentialsError, ProviderError, RateLimited
+from cloudsd.providers.credentials import redact
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
@@ -63,6 +64,8 @@ class JsonApi:
         sleep: Callable[[float], None] = time.sleep,
         transport: httpx.BaseTransport | None = None,
         no_retry: Callable[[httpx.Response], bool] | None = None,
+        credential_statuses: frozenset[int] = frozenset({401, 403}),
+        pace: Callable[[httpx.Headers], float | None] | None = None,
     ) -> None:
         self.provider_label = provider_label
         self.key_hint = key_hint  # what to do about a rejected key, e.g. "set RUNPOD_API_KEY …"
@@ -73,6 +76,9 @@ class JsonApi:
         self._sleep = sleep
         self._no_retry = no_retry  # answers that look retryable but are final (a daily quota's 429)
         self._api_key = api_key
+        self._credential_statuses = credential_statuses  # answers that mean "this key is not accepted"
+        self._pace = pace  # seconds to hold the next request, read from an answer's rate-limit headers
+        self._not_before = 0.0  # monotonic time before which no request is sent
         self._client = httpx.Client(
             base_url=base_url.rstrip("/"),
             timeout=timeout,
@@ -92,7 +98,7 @@ class JsonApi:
         self._client.close()
 
     def redact(self, text: str) -> str:
-        return text.replace(self._api_key, "****") if self._api_key else text
+        return redact(text, self._api_key)
 
     def request(
         self,
@@ -104,16 +110,26 @@ class JsonApi:
         idempotent: bool,
         timeout: httpx.Timeout | None = None,
         retry_statuses: frozenset[int] = frozenset(),
+        own_statuses: frozenset[int] = frozenset(),
     ) -> httpx.Response:
         """Send one call; retry it only if `idempotent`. Returns any non-retryable response for the caller.
 
         `retry_statuses` lets a call that is not idempotent still retry answers that prove the server did
-        nothing (a create may retry 429: the rate limiter refused it before the API saw it).
+        nothing (a create may retry 429: the rate limiter refused it before the API saw it). `own_statuses` are
+        returned to the caller even where they would otherwise mean a rejected key (a 403 on one call).
         """
         started = time.monotonic()
         attempt = 0
         while True:
             attempt += 1
+            hold = self._not_before - time.monotonic()
+            if hold > 0:
+                if time.monotonic() - started + hold > self.deadline_s:
+                    raise RateLimited(
+                        f"{self.provider_label} asks cloudsd to wait {hold:.0f} s before the next request.",
+                        hint="Wait a minute and run the command again.",
+                    )
+                self._sleep(hold)
             try:
                 response = self._client.request(
                     method, path, json=json, params=params, timeout=timeout or self._client.timeout
@@ -126,7 +142,11 @@ class JsonApi:
                         hint="Check the network, or the base URL in `cloudsd config show`.",
                     ) from None
                 continue
-            if response.status_code in (401, 403):
+            if self._pace is not None and not (response.status_code == 429 and "Retry-After" in response.headers):
+                wait = self._pace(response.headers)
+                if wait:
+                    self._not_before = time.monotonic() + wait
+            if response.status_code in self._credential_statuses and response.status_code not in own_statuses:
                 raise CredentialsError(
                     f"{self.provider_label} rejected the API key (HTTP {response.status_code}).",
                     hint=self.key_hint,

@@ -16,8 +16,8 @@ import docker.errors
 from docker.types import DeviceRequest
 
 from cloudsd.errors import EngineUnavailable, ImageMissing, ProviderError
-from cloudsd.models import CreateRequest, MachineInfo, MachineStatus, Offer, OfferSpec, SSHEndpoint
-from cloudsd.providers import Provider
+from cloudsd.machine import CreateRequest, MachineInfo, MachineStatus, Offer, OfferSpec, SSHEndpoint
+from cloudsd.providers import Provider, Stoppable
 
 MACHINE_LABEL = "cloudsd.machine"
 HOME_LABEL = "cloudsd.home"  # which CLOUDSD_HOME made the container: two homes on one engine never meet
@@ -48,7 +48,7 @@ def _short(text: str) -> str:
     return text if len(text) < 200 else text[:197] + "..."
 
 
-class LocalProvider(Provider):
+class LocalProvider(Stoppable, Provider):
     name = "local"
     supports_stop = True
     supports_self_stop = False

@@ -19,9 +19,9 @@ from typing import Any
 
 import httpx
 
-from cloudsd.errors import CloudsdError, ConfigError, NoCapacity, ProviderError, RateLimited
-from cloudsd.models import LABEL_PREFIX, CreateRequest, MachineInfo, MachineStatus, Offer, OfferSpec
-from cloudsd.providers import Provider
+from cloudsd.errors import CloudsdError, ConfigError, NoCapacity, ProviderError, RateLimited, ResumeRefused
+from cloudsd.machine import LABEL_PREFIX, CreateRequest, MachineInfo, MachineStatus, Offer, OfferSpec
+from cloudsd.providers import KeyedAccount, Provider, ReportsBilling, SelfStopCall, Stoppable
 from cloudsd.providers.http import ConnectFailed, JsonApi
 from cloudsd.providers.vastai_api import (
     CONSOLE_URL,
@@ -48,11 +48,26 @@ def _is_daily_quota(response: httpx.Response) -> bool:
     return response.status_code == 429 and "search_quota_exceeded" in response.text[:2000]
 
 
+def self_stop_call(action: str) -> SelfStopCall:
+    """With the CONTAINER_API_KEY Vast puts in each instance: `PUT state stopped` or `DELETE`, both answered
+    `{"success": true}`; a 404 means the instance is gone already."""
+    return SelfStopCall(
+        method="DELETE" if action == "terminate" else "PUT",
+        url=f"${{{URL_ENV}:-{DEFAULT_BASE_URL}}}/api/v0/instances/${{CONTAINER_ID}}/",
+        headers={"Authorization": "Bearer ${CONTAINER_API_KEY}", "Content-Type": "application/json"},
+        body={} if action == "terminate" else {"state": "stopped"},
+        ok_statuses=(200,),
+        ok_fields={"success": True},
+        gone_statuses=(404,),
+        needs_env=("CONTAINER_API_KEY", "CONTAINER_ID"),
+    )
+
+
 def _compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-class VastProvider(Provider):
+class VastProvider(Stoppable, ReportsBilling, KeyedAccount, Provider):
     """Vast.ai instances: offers from `bundles`, instances with direct SSH, labels `cloudsd-NAME`."""
 
     name = "vastai"
@@ -61,6 +76,7 @@ class VastProvider(Provider):
     supports_deadline = False
     reports_billing = True
     boot_timeout_s = 900.0  # hosts pull multi-GB images over their own links
+    poll_interval_s = 2.5  # Vast limits each endpoint to a minimum interval and sends no Retry-After
     list_page_size = 25
     recover_settle_s = 2.0  # pause before the second label lookup after an unconfirmed create
 
@@ -76,9 +92,10 @@ class VastProvider(Provider):
         transport: httpx.BaseTransport | None = None,
         **_ignored: Any,
     ) -> None:
-        key, source = resolve_api_key(api_key)
+        credential = resolve_api_key(api_key)
+        key, source = credential.key, credential.source
         self.credential_source = source
-        self.key_last4 = key[-4:]
+        self.key_last4 = credential.last4
         self.base_url = (base_url or os.environ.get(URL_ENV) or DEFAULT_BASE_URL).rstrip("/")
         if not self.base_url.startswith(("https://", "http://")):
             raise ConfigError(f"the Vast.ai base URL {self.base_url!r} is not an http(s) URL.",
@@ -146,6 +163,7 @@ class VastProvider(Provider):
             response, body = self._call(
                 "PUT", f"/api/v0/asks/{offer.offer_id}/", json=create_body(offer, request), idempotent=False,
                 timeout=self._create_timeout, retry_statuses=frozenset({429}),
+                own_statuses=frozenset({403}),  # may mean the offer is not rentable by this account
             )
         except ConnectFailed as exc:
             return self._recover(request, started, f"no answer: {exc.message}")
@@ -161,6 +179,11 @@ class VastProvider(Provider):
         if is_capacity_error(body):
             raise NoCapacity(f"{LABEL} offer {offer.offer_id} is no longer available: {self._why(response, body)}",
                              hint="Choose another offer; `cloudsd up` tries the next cheapest.")
+        if response.status_code == 403:
+            raise ProviderError(
+                f"{LABEL} refused to rent offer {offer.offer_id} to this account (HTTP 403): {self._why(response, body)}",
+                hint="Some offers are open only to some accounts; `cloudsd up` tries the next cheapest. If every "
+                     f"offer is refused, check the key ({self.credential_source}).")
         raise self._fail(f"create from offer {offer.offer_id}", response, body)
 
     def _created(self, provider_id: str, request: CreateRequest) -> str:
@@ -254,6 +277,24 @@ class VastProvider(Provider):
             gone = is_gone_error(response.status_code, body)
             raise self._fail(f"stop of instance {provider_id}", response, body,
                              hint="It no longer exists." if gone else f"Stop or destroy it at {CONSOLE_URL}.")
+
+    def start(self, provider_id: str) -> None:
+        """`PUT state running`. When the host's GPU was rented by someone else meanwhile, Vast refuses (or
+        accepts and leaves the instance "scheduling"): that is ResumeRefused, and the disk is kept."""
+        response, body = self._call("PUT", f"/api/v0/instances/{provider_id}/", json={"state": "running"})
+        if response.is_success and not (isinstance(body, dict) and body.get("success") is False):
+            return
+        if is_gone_error(response.status_code, body):
+            raise self._fail(f"start of instance {provider_id}", response, body, hint="It no longer exists.")
+        if is_capacity_error(body) or response.status_code in (409, 410):
+            raise ResumeRefused(
+                f"{LABEL} cannot resume instance {provider_id} now: {self._why(response, body)}",
+                hint="Its disk is kept (and bills storage). Try `start` again later, or end it with `cloudsd down`.",
+            )
+        raise self._fail(f"start of instance {provider_id}", response, body, hint=f"Start it at {CONSOLE_URL}.")
+
+    def self_stop_call(self, action: str) -> SelfStopCall:
+        return self_stop_call(action)
 
     # -- many machines -------------------------------------------------------------------------------
     def _list_raw(self) -> list[dict[str, Any]]:

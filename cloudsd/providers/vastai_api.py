@@ -12,15 +12,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cloudsd.errors import CredentialsError
 from cloudsd.gpus import canonical_gpu_name
-from cloudsd.models import CreateRequest, MachineInfo, MachineStatus, Offer, OfferSpec, SSHEndpoint
+from cloudsd.machine import CreateRequest, MachineInfo, MachineStatus, Offer, OfferSpec, SSHEndpoint
+from cloudsd.providers.credentials import Credential, KeyFile, plain_file, resolve
 
 PROVIDER = "vastai"
 DEFAULT_BASE_URL = "https://console.vast.ai"
 KEY_ENV = "VAST_API_KEY"
 URL_ENV = "VAST_URL"
-HOURS_PER_MONTH = 730.0
+HOURS_PER_MONTH = 720.0  # Vast's published examples convert $/GB/month at 720 hours
 SEARCH_LIMIT = 500
 RUNTYPE = "ssh_direc ssh_proxy"  # the SDK's spelling: ssh with a direct port, proxy as fallback
 CONSOLE_URL = "https://cloud.vast.ai/instances/"
@@ -41,26 +41,15 @@ def key_files(environ: Mapping[str, str], home: Path) -> list[Path]:
 
 def resolve_api_key(
     explicit: str | None, environ: Mapping[str, str] | None = None, home: Path | None = None
-) -> tuple[str, str]:
-    """(key, where it came from): the argument, then VAST_API_KEY, then vast-cli's key files."""
+) -> Credential:
+    """The key and where it came from: the argument, then VAST_API_KEY, then vast-cli's key files."""
     environ = os.environ if environ is None else environ
     home = Path(environ.get("HOME") or Path.home()) if home is None else home
-    if explicit and explicit.strip():
-        return explicit.strip(), "argument"
-    if environ.get(KEY_ENV, "").strip():
-        return environ[KEY_ENV].strip(), KEY_ENV
     files = key_files(environ, home)
-    for path in files:
-        try:
-            text = path.read_text().strip()
-        except OSError:
-            continue
-        if text:
-            return text.split()[0], str(path)
-    raise CredentialsError(
-        "no Vast.ai API key found.",
-        hint=f"Set {KEY_ENV}, or write the key to {files[0]} "
-        "(copy it from https://cloud.vast.ai/manage-keys/).",
+    return resolve(
+        provider_label="Vast.ai", env_var=KEY_ENV, files=[KeyFile(path, plain_file) for path in files],
+        hint=f"Set {KEY_ENV}, or write the key to {files[0]} (copy it from https://cloud.vast.ai/manage-keys/).",
+        explicit=explicit, environ=environ,
     )
 
 
@@ -135,6 +124,8 @@ def parse_offer(raw: Mapping[str, Any], spec: OfferSpec) -> Offer | None:
         download_mbps=_float(raw.get("inet_down")),
         interruptible=spec.interruptible,
         storage_price_per_hour=storage_per_hour,
+        download_usd_per_gb=_float(raw.get("inet_down_cost")),
+        upload_usd_per_gb=_float(raw.get("inet_up_cost")),
     )
 
 
@@ -268,7 +259,11 @@ def parse_instance(raw: Mapping[str, Any], *, fresh: bool = False) -> MachineInf
 
 
 def storage_per_hour(raw: Mapping[str, Any]) -> float | None:
-    """What a stopped instance bills: `storage_cost` ($/GB/month) x `disk_space` (GB) over a 730-hour month."""
+    """What a stopped instance bills per hour: its own `storage_total_cost` where given, else `storage_cost`
+    ($/GB/month) x `disk_space` (GB) over a 720-hour month."""
+    given = _float(raw.get("storage_total_cost"))
+    if given is not None and given > 0:
+        return round(given, 6)
     per_gb_month, disk_gb = _float(raw.get("storage_cost")), _float(raw.get("disk_space"))
     if per_gb_month is None or disk_gb is None:
         return None
@@ -284,14 +279,15 @@ def parse_account(body: Any) -> dict[str, Any]:
 
 
 def parse_charge(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """One `/api/v0/charges/` row: the instance only in `source` ("instance-<id>"), the label under
+    `metadata.label`, `amount` rounded to 3 decimals, `items` typed gpu/disk/bwd/bwu."""
     source = str(raw.get("source") or "")
-    instance_id = raw.get("instance_id")
-    if instance_id is None and source.startswith("instance-"):
-        instance_id = source.split("-", 1)[1]
+    instance_id = source.split("-", 1)[1] if source.startswith("instance-") else None
+    metadata = raw["metadata"] if isinstance(raw.get("metadata"), dict) else {}
     return {
         "provider": PROVIDER,
-        "provider_id": None if instance_id is None else str(instance_id),
-        "label": raw.get("label"),
+        "provider_id": instance_id,
+        "label": metadata.get("label"),
         "kind": raw.get("type"),
         "start": _float(raw.get("start")),
         "end": _float(raw.get("end")),

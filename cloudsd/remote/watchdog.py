@@ -7,8 +7,9 @@ SSH and starts it detached (`setsid`), so it outlives the SSH connection, the tu
     watchdog.py [--config /etc/cloudsd/watchdog.json]   run (one instance per machine: a lock file)
     watchdog.py --status [--config …]                   print this machine's clock and the watchdog's state
 
-Config (JSON, written by cloudsd, re-read whenever it changes): provider (runpod | vastai | local),
-deadlines [{at, reason}] in this machine's epoch seconds, idle_s, idle_action (stop | terminate),
+Config (JSON, written by cloudsd, re-read whenever it changes): provider (a name, for the log), end_calls
+({"stop": call, "terminate": call}, built by the provider; see `end_machine`), deadlines [{at, reason}] in
+this machine's epoch seconds, idle_s, idle_action (stop | terminate),
 idle_reason, activity_file, gpu_busy_percent, poll_s, env_file, state_file, log_file, lock_file.
 
 Activity, for idle: the web UI's last request (the epoch in `activity_file`, written by the UI), a shell on a
@@ -16,12 +17,12 @@ pty whose terminal was used within the idle window, or GPU use at or above `gpu_
 `nvidia-smi` exists). The tunnel's own pty keeper runs `sleep`, not a shell, so an open tunnel alone is not
 activity. The watchdog sleeps until the next deadline, so it acts within a second of it, not a poll later.
 
-Ending uses the provider's API with the credential the provider gave this machine, read from
-/etc/cloudsd/env: RunPod's pod-scoped RUNPOD_API_KEY with RUNPOD_POD_ID (`podTerminate` / `podStop`), Vast.ai's
-CONTAINER_API_KEY with CONTAINER_ID (DELETE or stop the instance). Never the user's account key: cloudsd
-does not put it on the machine. The local provider has no API and no such credential: the watchdog sends
-SIGTERM to PID 1, which stops the container (the boot entrypoint exits on it). A failed call is retried with
-backoff (1 s doubling to 60 s) until it works.
+Ending sends the request the provider built for it (`end_calls`: method, URL, headers, body, and which answer
+means success), filled in from /etc/cloudsd/env with the credential the provider gave this machine (a key
+scoped to it, never the user's account key: cloudsd does not put that on the machine). This script knows no
+vendor. It follows no redirect, so the key reaches the URL's own host only, and counts success only on the
+documented answer. Without `end_calls` (the local engine: no API, no such credential) it sends SIGTERM to
+PID 1, which stops the container. A failed call is retried with backoff (1 s doubling to 60 s) until it works.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -38,6 +40,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from typing import IO, Any
@@ -51,8 +54,6 @@ DEFAULTS: dict[str, Any] = {
     "env_file": "/etc/cloudsd/env", "state_file": "/run/cloudsd/watchdog-state.json",
     "log_file": "/var/log/cloudsd/watchdog.log", "lock_file": "/run/cloudsd/watchdog.lock",
 }
-RUNPOD_STOP = "mutation Stop($input: PodStopInput!) { podStop(input: $input) { id desiredStatus } }"
-RUNPOD_TERMINATE = "mutation Terminate($input: PodTerminateInput!) { podTerminate(input: $input) }"
 MAX_BACKOFF_S = 60.0
 REISSUE_S = 60.0  # a machine still alive this long after a successful call gets the call again
 
@@ -160,67 +161,74 @@ def gpu_busy(threshold: float) -> bool | None:
 
 
 # -- ending the machine -------------------------------------------------------------------------------------
-def _http(method: str, url: str, body: Any, key: str, timeout: float = 30.0) -> tuple[int, str]:
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is an answer, never followed: the key goes to the URL's own host and nowhere else."""
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def fill(value: Any, env: dict[str, str]) -> Any:
+    """`value` with `${NAME}` / `${NAME:-default}` filled from `env`, through dicts and lists."""
+    if isinstance(value, str):
+        return _VAR.sub(lambda m: env.get(m.group(1)) or (m.group(2) or ""), value)
+    if isinstance(value, dict):
+        return {k: fill(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [fill(v, env) for v in value]
+    return value
+
+
+def send(method: str, url: str, headers: dict[str, str], body: Any, timeout: float = 30.0) -> tuple[int, str]:
+    """One request, no redirects followed (a 3xx comes back as its status)."""
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method=method)
-    request.add_header("Content-Type", "application/json")
-    request.add_header("Authorization", "Bearer " + key)
+    for name, value in headers.items():
+        request.add_header(name, value)
     request.add_header("User-Agent", f"cloudsd-watchdog/{VERSION}")
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - the provider's API
-            return response.status, response.read().decode(errors="replace")
+        with _OPENER.open(request, timeout=timeout) as response:  # noqa: S310 - the provider's API
+            return response.status, response.read(65536).decode(errors="replace")
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode(errors="replace")
+        return exc.code, exc.read(65536).decode(errors="replace")
 
 
 def end_machine(config: dict[str, Any], env: dict[str, str], action: str) -> tuple[bool, str]:
-    """Ask the provider to stop or terminate this machine. Returns (done, detail)."""
-    provider = config.get("provider")
-    if provider == "runpod":
-        key, pod_id = env.get("RUNPOD_API_KEY"), env.get("RUNPOD_POD_ID")
-        if not key or not pod_id:
-            return False, "RUNPOD_API_KEY or RUNPOD_POD_ID is missing from {}".format(config["env_file"])
-        base = (env.get("RUNPOD_API_BASE_URL") or "https://api.runpod.io").rstrip("/")
-        field = "podStop" if action == "stop" else "podTerminate"
-        document = RUNPOD_STOP if action == "stop" else RUNPOD_TERMINATE
-        status, text = _http("POST", base + "/graphql", {"query": document, "variables": {"input": {"podId": pod_id}}},
-                             key)
+    """Stop or terminate this machine with the request the provider gave for `action` (`end_calls`); with
+    none (the local engine: no API, no credential scoped to the machine), stop PID 1. Returns (done, detail).
+    Done only on the documented answer: a status in `ok_statuses` whose JSON holds every `ok_fields` pair, or
+    a status in `gone_statuses`."""
+    call = (config.get("end_calls") or {}).get(action)
+    if not call:
         try:
-            body = json.loads(text)
-        except ValueError:
-            body = None
-        errors = body.get("errors") if isinstance(body, dict) else None
-        if status == 200 and isinstance(body, dict) and not errors:
-            return True, f"{field} accepted (HTTP {status})"
-        if errors and any("not found" in str(e.get("message", "")).lower() for e in errors if isinstance(e, dict)):
-            return True, "the pod is already gone"
-        return False, f"{field} failed (HTTP {status}): {text[:200]}"
-    if provider == "vastai":
-        key, instance = env.get("CONTAINER_API_KEY"), env.get("CONTAINER_ID")
-        if not key or not instance:
-            return False, "CONTAINER_API_KEY or CONTAINER_ID is missing from {}".format(config["env_file"])
-        base = (env.get("VAST_URL") or "https://console.vast.ai").rstrip("/")
-        url = f"{base}/api/v0/instances/{instance}/"
-        if action == "stop":
-            status, text = _http("PUT", url, {"state": "stopped"}, key)
-        else:
-            status, text = _http("DELETE", url, {}, key)
+            os.kill(1, signal.SIGTERM)
+        except OSError as exc:
+            return False, f"could not signal PID 1: {exc}"
+        return True, "sent SIGTERM to PID 1"
+    missing = [name for name in call.get("needs_env") or [] if not env.get(name)]
+    if missing:
+        return False, "{} missing from {}".format(", ".join(missing), config["env_file"])
+    url = fill(call["url"], env)
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
+        return False, f"refusing to send the key to {parts.scheme}://{parts.hostname or '?'}: not a plain API URL"
+    status, text = send(call["method"], url, fill(call.get("headers") or {}, env), fill(call.get("body"), env))
+    if status in (call.get("gone_statuses") or []):
+        return True, f"the machine is already gone (HTTP {status})"
+    if status in (call.get("ok_statuses") or []):
+        wanted = fill(call.get("ok_fields") or {}, env)
         try:
-            body = json.loads(text)
+            answer = json.loads(text) if wanted else {}
         except ValueError:
-            body = None
-        refused = isinstance(body, dict) and body.get("success") is False
-        if 200 <= status < 300 and not refused:
+            answer = None
+        if isinstance(answer, dict) and all(answer.get(k) == v for k, v in wanted.items()):
             return True, f"{action} accepted (HTTP {status})"
-        if status == 404 or "no_such_instance" in text:
-            return True, "the instance is already gone"
-        return False, f"{action} failed (HTTP {status}): {text[:200]}"
-    # local: no API and no credential scoped to the machine; stopping PID 1 stops the container.
-    try:
-        os.kill(1, signal.SIGTERM)
-    except OSError as exc:
-        return False, f"could not signal PID 1: {exc}"
-    return True, "sent SIGTERM to PID 1"
+        return False, f"{action} answered HTTP {status} without the expected answer: {text[:200]}"
+    return False, f"{action} failed (HTTP {status}): {text[:200]}"
 
 
 # -- the loop -----------------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
     def test_boot(fake_runpod): …         # pods are real containers of the testbed image
     def test_api(fake_runpod_api): …      # the same API, pods as records only: no Docker needed
 
-Both set RUNPOD_API_KEY and RUNPOD_API_BASE_URL, so `RunPodProvider()` and the CLI reach the fake.
+Both set RUNPOD_API_KEY and RUNPOD_API_BASE_URL, so `RunPodProvider()` and the CLI reach the fake, and both
+fail the test afterwards if any request went to GraphQL or REST v1, or the fake answered off-schema.
 `fake_runpod` skips with the reason when no Docker engine runs, and fails instead under
 CLOUDSD_REQUIRE_DOCKER=1 (CI, where the environment promises one). Every container is removed afterwards.
 """
@@ -36,6 +37,9 @@ def _serve(fake: FakeRunPod, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeRu
         monkeypatch.setenv("RUNPOD_API_KEY", fake.api_key)
         monkeypatch.setenv("RUNPOD_API_BASE_URL", fake.base_url)
         yield fake
+        # Every test that uses the fake also checks: nothing spoke GraphQL or REST v1, nothing went off-schema.
+        assert not fake.retired_calls, f"requests to retired RunPod APIs: {fake.retired_calls[:3]}"
+        assert not fake.violations, f"the fake answered off-schema: {fake.violations[:3]}"
 
 
 @pytest.fixture

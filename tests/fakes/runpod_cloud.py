@@ -1,6 +1,6 @@
 """The state behind the fake RunPod: a GPU catalog, pods that bill per second, and their real containers.
 
-Transport-free: `runpod_server.py` (GraphQL) and `runpod_rest_v2.py` (REST v2) both drive one `FakeCloud`.
+Transport-free: `runpod_rest_v2.py` (REST v2, served by `runpod_server.py`) drives one `FakeCloud`.
 Billing: a running pod bills `running_rate` (GPU price x count + volume at $0.10/GB/month), a stopped pod bills
 its volume at $0.20/GB/month, a terminated pod nothing; a month is 730 hours.
 """
@@ -19,6 +19,7 @@ CAPACITY_MESSAGE = (
     "There are no longer any instances available with the requested specifications. "
     "Please refresh and try again."
 )
+RESUME_REFUSED_MESSAGE = "There are not enough free GPUs on the host machine to start this pod."
 HOURS_PER_MONTH = 730.0
 VOLUME_RUNNING_USD_PER_GB_MONTH = 0.10
 VOLUME_STOPPED_USD_PER_GB_MONTH = 0.20
@@ -83,7 +84,9 @@ class Faults:
     never_ready: bool = False  # containers never start: runtime stays null
     create_timeout_once: bool = False  # the next create makes the pod, then answers after create_delay_s
     create_delay_s: float = 5.0
-    billing_unavailable: bool = False  # GET /billing/pods answers HTTP 500
+    billing_unavailable: bool = False  # GET /v2/billing/pods answers HTTP 500
+    resume_refused: bool = False  # a `start` finds the host's GPUs taken: 400, the pod stays EXITED
+    rate_limit_exhausted: int = 0  # the next N answers say no request is left in the minute (RateLimit r=0)
 
 
 @dataclass
@@ -110,6 +113,10 @@ class FakePod:
     status_changed_at: float = field(default_factory=time.time)
     billed_usd: float = 0.0
     billed_until: float = field(default_factory=time.monotonic)
+    billed_until_wall: float = field(default_factory=time.time)
+    cuda_version: str | None = None  # the host's
+    # hourly buckets: bucket start (epoch) -> [gpu $, disk $]
+    buckets: dict[int, list[float]] = field(default_factory=dict)
 
     @property
     def running_rate(self) -> float:
@@ -126,14 +133,33 @@ class FakePod:
             return self.volume_gb * VOLUME_STOPPED_USD_PER_GB_MONTH / HOURS_PER_MONTH
         return 0.0
 
+    @property
+    def gpu_rate(self) -> float:
+        return self.gpu_price * self.gpu_count if self.status == "RUNNING" else 0.0
+
     def accrue(self) -> None:
         now = time.monotonic()
-        self.billed_usd += self.rate * max(0.0, now - self.billed_until) / 3600.0
+        seconds = max(0.0, now - self.billed_until)
+        self.billed_usd += self.rate * seconds / 3600.0
         self.billed_until = now
+        gpu_rate, disk_rate = self.gpu_rate, self.rate - self.gpu_rate
+        start, end = self.billed_until_wall, self.billed_until_wall + seconds
+        while start < end:  # split the time at hour boundaries
+            hour = int(start // 3600 * 3600)
+            piece = min(end, hour + 3600) - start
+            bucket = self.buckets.setdefault(hour, [0.0, 0.0])
+            bucket[0] += gpu_rate * piece / 3600.0
+            bucket[1] += disk_rate * piece / 3600.0
+            start += piece
+        self.billed_until_wall = end
 
     @property
     def uptime_s(self) -> int:
         return int(time.time() - self.status_changed_at) if self.status == "RUNNING" else 0
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def new_pod_id() -> str:
@@ -152,7 +178,7 @@ class FakeCloud:
         self.pods: dict[str, FakePod] = {}
         self.lock = threading.RLock()
         self.machine_api_url: str | None = None  # the API base a machine sees (machine_api.py), if it has one
-        self.actions: list[tuple[str, str, str]] = []  # (key scope: "account" or the pod id, mutation, pod id)
+        self.actions: list[tuple[str, str, str]] = []  # (key scope: "account" or the pod id, action, pod id)
 
     # -- billing -------------------------------------------------------------------------------------
     def billed_usd(self, pod_id: str) -> float:
@@ -246,6 +272,10 @@ class FakeCloud:
             )
         return pod
 
+    def record_action(self, scope: str, action: str, pod: FakePod) -> None:
+        with self.lock:
+            self.actions.append((scope, action, pod.id))
+
     def _set_status(self, pod: FakePod, status: str) -> None:
         with self.lock:
             pod.accrue()
@@ -293,19 +323,25 @@ class FakeCloud:
                 pod.stop_after = None
                 self.stop_pod(pod)
 
-    def billing_records(self, pod_id: str | None = None) -> list[dict[str, Any]]:
-        """runpodctl's `GET /billing/pods?grouping=podId`: one record per pod, from its creation until now."""
+    def billing_buckets(self, size_s: int, start: float, end: float, pod_id: str | None) -> list[dict[str, Any]]:
+        """`GET /v2/billing/pods` records: one per pod per bucket of `size_s` (3600 or 86400) in [start, end)."""
         with self.lock:
             pods = [pod for pod in self.pods.values() if pod_id in (None, pod.id)]
+            for pod in pods:
+                pod.accrue()
+            sums: dict[tuple[str, int], list[float]] = {}
+            for pod in pods:
+                for hour, (gpu, disk) in pod.buckets.items():
+                    bucket = int(hour // size_s * size_s)
+                    if start <= bucket < end:
+                        total = sums.setdefault((pod.id, bucket), [0.0, 0.0])
+                        total[0] += gpu
+                        total[1] += disk
         return [
-            {
-                "time": datetime.fromtimestamp(pod.created_at, timezone.utc).isoformat().replace("+00:00", "Z"),
-                "amount": round(self.billed_usd(pod.id), 6),
-                "diskSpaceBilledGb": pod.volume_gb,
-                "podId": pod.id,
-                "gpuTypeId": pod.gpu.id,
-            }
-            for pod in pods
+            {"startTime": _iso(bucket), "endTime": _iso(bucket + size_s), "podId": pid,
+             "totalAmount": round(gpu + disk, 6), "gpuAmount": round(gpu, 6), "cpuAmount": 0.0,
+             "diskAmount": round(disk, 6)}
+            for (pid, bucket), (gpu, disk) in sorted(sums.items(), key=lambda item: (item[0][1], item[0][0]))
         ]
 
     def close(self) -> None:

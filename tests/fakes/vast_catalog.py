@@ -11,7 +11,7 @@ import operator
 from collections.abc import Callable
 from typing import Any
 
-HOURS_PER_MONTH = 730.0
+HOURS_PER_MONTH = 720.0  # as Vast's published examples convert storage_cost
 
 # gpu_name, gpu_ram (MB), num_gpus, dph_base, min_bid, storage_cost, reliability, geolocation, cuda_max_good,
 # inet_down, direct_port_count, verified, disk_space (GB)
@@ -76,6 +76,8 @@ def default_catalog() -> list[dict[str, Any]]:
                 "reliability2": rel,
                 "inet_down": down,
                 "inet_up": round(down * 0.6, 1),
+                "inet_down_cost": round(0.002 + 0.001 * (n % 5), 4),  # $/GB, as Vast bills bandwidth
+                "inet_up_cost": round(0.001 + 0.001 * (n % 3), 4),
                 "cuda_max_good": cuda,
                 "driver_version": "570.133.07" if cuda >= 12.8 else "550.54.15",
                 "disk_space": disk,

@@ -173,6 +173,8 @@ class VastRoutes:
             raise ApiError(400, "invalid_args", "image is required")
         if not isinstance(body.get("env") or {}, dict):
             raise ApiError(400, "invalid_args", "env must be an object of docker options and variables")
+        if self.faults.create_forbidden:
+            raise ApiError(403, "forbidden", f"Offer {ask_id} is not available to this account.")
         with self._lock:
             offer = self._offers.get(int(ask_id))
             if self.faults.capacity_error or offer is None or offer["rented"] or not offer["rentable"]:
@@ -232,6 +234,9 @@ class VastRoutes:
             raise ApiError(400, "invalid_args", "expected {'state': 'running'|'stopped'} or {'label': …}")
         if "label" in body:
             inst.label = None if body["label"] is None else str(body["label"])
+        if state == "running" and inst.intended == "stopped" and self.faults.resume_refused:
+            raise ApiError(400, "insufficient_resources",
+                           "Required resources are not available on this machine: its GPU is rented by another client.")
         if state and state != inst.intended:
             with self._lock:
                 inst.intended = state
@@ -347,13 +352,16 @@ class VastRoutes:
             if total <= 0:
                 continue
             gpu = f"{inst.offer['num_gpus']}x {inst.offer['gpu_name']}"
-            rows.append({
-                "id": inst.id, "type": "instance", "source": f"instance-{inst.id}", "instance_id": inst.id,
-                "label": inst.label, "description": f"Instance {inst.id} ({gpu})", "start": first, "end": last,
-                "amount": round(total, 8),
+            rows.append({  # the shape of Vast's OpenAPI `/api/v0/charges` (github:vast-ai/docs openapi.yaml)
+                "type": "instance", "source": f"instance-{inst.id}",
+                "description": f"Instance {inst.id} Charges ({gpu})", "start": int(first), "end": int(last),
+                "amount": round(total, 3),
+                **({"metadata": {"label": inst.label}} if inst.label else {}),
                 "items": [
-                    {"type": "gpu", "description": f"{gpu} compute", "amount": round(compute, 8)},
-                    {"type": "storage", "description": f"{inst.disk_gb:g} GB disk", "amount": round(total - compute, 8)},
+                    {"start": int(first), "end": int(last), "type": "gpu", "source": None,
+                     "description": f"{gpu} compute", "amount": round(compute, 3)},
+                    {"start": int(first), "end": int(last), "type": "disk", "source": None,
+                     "description": f"{inst.disk_gb:g} GB disk", "amount": round(total - compute, 3)},
                 ],
             })
         return rows
@@ -375,7 +383,7 @@ class VastRoutes:
             raise ApiError(400, "invalid_args", "sdate/edate must be epoch seconds") from None
         rows = self._charge_rows(since, until)
         invoices = [
-            {"type": "charge", "instance_id": r["instance_id"], "amount": r["amount"], "timestamp": r["end"],
+            {"type": "charge", "instance_id": int(r["source"].split("-", 1)[1]), "amount": r["amount"], "timestamp": r["end"],
              "description": r["description"], "start": r["start"], "end": r["end"]}
             for r in rows
         ]

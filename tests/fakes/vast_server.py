@@ -49,6 +49,8 @@ class VastFaults:
     oci_failure: bool = False  # new instances end `exited` with an "OCI runtime create failed" status_msg
     search_quota_exceeded: bool = False  # searches answer the daily-quota 429 (JSON) until switched off
     billing_unavailable: bool = False  # charges and invoices answer HTTP 500
+    create_forbidden: bool = False  # creates answer 403: this offer is not rentable by this account
+    resume_refused: bool = False  # `state: running` on a stopped instance: its host's GPU was rented meanwhile
 
 
 @dataclass
@@ -309,7 +311,8 @@ class FakeVast(VastRoutes):
             "public_ipaddr": "127.0.0.1",
             "ports": {"22/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(port)}]} if port else {},
             "machine_dir_ssh_port": None, "dph_total": round(inst.dph_total, 6), "dph_base": offer["dph_base"],
-            "storage_cost": offer["storage_cost"], "start_date": inst.created_at, "end_date": None,
+            "storage_cost": offer["storage_cost"], "storage_total_cost": round(inst.storage_per_hour, 9),
+            "start_date": inst.created_at, "end_date": None,
             "duration": time.time() - inst.created_at, "gpu_name": offer["gpu_name"],
             "num_gpus": offer["num_gpus"], "gpu_ram": offer["gpu_ram"], "disk_space": inst.disk_gb,
             "is_bid": inst.bid is not None, "min_bid": offer["min_bid"], "geolocation": offer["geolocation"],

@@ -56,6 +56,8 @@ class Offer:
     download_mbps: float | None = None
     interruptible: bool = False
     storage_price_per_hour: float = 0.0  # the part of price_per_hour that still bills while stopped
+    download_usd_per_gb: float | None = None  # bandwidth billed per GB where the provider does (Vast.ai)
+    upload_usd_per_gb: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

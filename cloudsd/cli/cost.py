@@ -1,7 +1,4 @@
-"""`cloudsd cost` and `cloudsd budget`. Only click is imported at the top, so `cloudsd --help` stays fast.
-
-Registered on the command group by one import at the end of `cloudsd/cli/main.py`.
-"""
+"""`cloudsd cost` and `cloudsd budget`. Only click is imported at the top, so `cloudsd --help` stays fast."""
 
 from __future__ import annotations
 
@@ -10,7 +7,7 @@ from typing import Any
 
 import click
 
-from cloudsd.cli.main import cli
+from cloudsd.cli.app import App, pass_app
 from cloudsd.cli.params import POSITIVE_DURATION, SPEND
 
 
@@ -33,13 +30,14 @@ class DateType(click.ParamType):
 DATE = DateType()
 
 
-@cli.command()
+@click.command()
 @click.option("--since", type=DATE, help="From this date (local time), e.g. 2026-05-01.")
 @click.option("--until", type=DATE, help="Up to and including this date, or up to this time.")
 @click.option("--by", type=click.Choice(["session", "provider", "gpu", "day"]), default="session",
               show_default=True, help="One row per session, or totals per provider, GPU or day.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def cost(since: tuple[float, bool] | None, until: tuple[float, bool] | None, by: str, as_json: bool) -> None:
+@pass_app
+def cost(app: App, since: tuple[float, bool] | None, until: tuple[float, bool] | None, by: str, as_json: bool) -> None:
     """What every session cost, what accrues now, and this month's projection.
 
     Figures come from the ledger at the rate locked when each machine was created, per second, with
@@ -47,23 +45,14 @@ def cost(since: tuple[float, bool] | None, until: tuple[float, bool] | None, by:
     beside the estimate with the difference. Example: `cloudsd cost --since 2026-05-01 --by day`.
     """
     from cloudsd.cli import render, render_cost
-    from cloudsd.config import resolve
-    from cloudsd.core.machines import Providers
     from cloudsd.core.report import build
-    from cloudsd.ledger import Ledger
 
     start = since[0] if since else None
     end = None
     if until:
         end = (datetime.fromtimestamp(until[0]) + timedelta(days=1)).timestamp() if until[1] else until[0]
-    ledger = Ledger()
-    providers = Providers(resolve())
-    try:
-        report = build(ledger, providers, since=start, until=end, by=by)
-        attention = {r.name: r.attention for r in ledger.machines() if r.attention}  # shown, never hidden
-    finally:
-        providers.close()
-        ledger.close()
+    report = build(app.ledger, app.providers, since=start, until=end, by=by)
+    attention = {r.name: r.attention for r in app.ledger.machines() if r.attention}  # shown, never hidden
     if as_json:
         render.print_json({**report.to_dict(), "attention": attention})
         return
@@ -79,13 +68,14 @@ def cost(since: tuple[float, bool] | None, until: tuple[float, bool] | None, by:
         render.console().print(line)
 
 
-@cli.command()
+@click.command()
 @click.argument("name")
 @click.option("--max-time", type=POSITIVE_DURATION, help="End it this long after it started, e.g. 3h.")
 @click.option("--max-spend", type=SPEND, help="End it once it has cost this many USD in all.")
 @click.option("--idle-stop", type=POSITIVE_DURATION, help="Stop it after this long with no use.")
 @click.option("--idle-action", type=click.Choice(["stop", "terminate"]), help="What idle does.")
-def budget(name: str, max_time: float | None, max_spend: float | None, idle_stop: float | None,
+@pass_app
+def budget(app: App, name: str, max_time: float | None, max_spend: float | None, idle_stop: float | None,
            idle_action: str | None) -> None:
     """Change the budget of a running machine; its watchdog takes the new one at once.
 
@@ -93,28 +83,18 @@ def budget(name: str, max_time: float | None, max_spend: float | None, idle_stop
     Example: `cloudsd budget mybox --max-spend 5 --idle-stop 20m`.
     """
     from cloudsd.cli import render
-    from cloudsd.config import resolve
-    from cloudsd.core.deploy import reconnect_record
+    from cloudsd.core.access import reconnect_record
     from cloudsd.core.guard import change_budget
-    from cloudsd.core.machines import Providers
     from cloudsd.core.watchdog import WatchdogSettings
-    from cloudsd.ledger import Ledger
 
     changes = {"max_time_s": max_time, "max_spend_usd": max_spend, "idle_s": idle_stop, "idle_action": idle_action}
     if all(v is None for v in changes.values()):
         raise click.UsageError("give at least one of --max-time, --max-spend, --idle-stop, --idle-action")
-    settings = resolve()
-    ledger = Ledger()
-    providers = Providers(settings)
-    try:
-        record = ledger.get(name)
-        provider = providers.get(record.provider)
-        with reconnect_record(record, deadline_s=30) as connection:
-            plan, notes = change_budget(ledger, record, connection, provider, changes,
-                                        WatchdogSettings.from_settings(settings))
-    finally:
-        providers.close()
-        ledger.close()
+    record = app.ledger.get(name)
+    provider = app.providers.get(record.provider)
+    with reconnect_record(record, deadline_s=30) as connection:
+        plan, notes = change_budget(app.ledger, record, connection, provider, changes,
+                                    WatchdogSettings.from_settings(app.settings))
     out = render.console(stderr=True)
     out.print(f"{name}: {plan.budget.describe()}")
     for deadline in plan.deadlines:

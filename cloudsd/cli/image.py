@@ -9,6 +9,8 @@ from typing import Any
 
 import click
 
+from cloudsd.cli.app import App, pass_app
+
 UI_CHOICE = click.Choice(["a1111", "forge", "comfyui", "testbed"])
 CUDA_CHOICE = click.Choice(["12.4", "12.8"])
 
@@ -50,11 +52,10 @@ class _Progress:
         self.status.update(Text(text))
 
 
-def _target(ui: str | None, cuda: str, tag: str | None) -> Any:
+def _target(app: App, ui: str | None, cuda: str, tag: str | None) -> Any:
     from cloudsd import images
-    from cloudsd.config import resolve
 
-    settings = resolve()
+    settings = app.settings
     return images.build_target(ui or settings["ui"], cuda, tag, settings["registry"]), settings
 
 
@@ -63,7 +64,8 @@ def _target(ui: str | None, cuda: str, tag: str | None) -> Any:
 @click.option("--cuda", type=CUDA_CHOICE, default="12.4", show_default=True,
               help="CUDA variant: 12.8 for RTX 50-series and other Blackwell GPUs (host driver >= 570).")
 @click.option("--tag", help="Name for the image (default: the configured registry's name for it).")
-def build(ui: str | None, cuda: str, tag: str | None) -> None:
+@pass_app
+def build(app: App, ui: str | None, cuda: str, tag: str | None) -> None:
     """Build an image from the images/ folder of this checkout and print its size.
 
     The UI images fetch their pinned upstream from GitHub and Python packages from PyPI while building;
@@ -71,7 +73,7 @@ def build(ui: str | None, cuda: str, tag: str | None) -> None:
     """
     from cloudsd import images
 
-    target, settings = _target(ui, cuda, tag)
+    target, settings = _target(app, ui, cuda, tag)
     with _Progress() as progress:
         built = images.build(target, allow_pull=settings["image_pull"] != "never", on_progress=progress)
     click.echo(f"built {built.tag} ({images.human_size(built.size_bytes)}, {built.image_id[:19]})")
@@ -81,14 +83,15 @@ def build(ui: str | None, cuda: str, tag: str | None) -> None:
 @click.option("--ui", type=UI_CHOICE, help="Which image (default: the configured ui).")
 @click.option("--cuda", type=CUDA_CHOICE, default="12.4", show_default=True, help="CUDA variant.")
 @click.option("--tag", help="The image to push (default: the configured registry's name for it).")
-def push(ui: str | None, cuda: str, tag: str | None) -> None:
+@pass_app
+def push(app: App, ui: str | None, cuda: str, tag: str | None) -> None:
     """Push an image to its registry with the engine's stored login (`docker login ghcr.io` first).
 
     Example: `cloudsd image push --ui a1111 --cuda 12.8`.
     """
     from cloudsd import images
 
-    target, _ = _target(ui, cuda, tag)
+    target, _ = _target(app, ui, cuda, tag)
     with _Progress() as progress:
         images.push(target.tag, on_progress=progress)
     click.echo(f"pushed {target.tag}")

@@ -1,0 +1,48 @@
+"""`tunnel`: SSH and the web UI tunnel back to a machine that runs, and its watchdog if it stopped running."""
+
+from __future__ import annotations
+
+from cloudsd.core import lifecycle
+from cloudsd.core.access import Session, open_tunnel, reconnect_record, wait_for_ui
+from cloudsd.core.guard import ensure_watchdog
+from cloudsd.core.machines import Providers, Reporter
+from cloudsd.core.watchdog import WatchdogSettings
+from cloudsd.errors import CloudsdError
+from cloudsd.ledger import Ledger, Status
+from cloudsd.ui import profile
+
+
+def attach(name: str, port: int | None, ledger: Ledger, providers: Providers, reporter: Reporter,
+           *, ssh_timeout_s: float = 60.0) -> Session:
+    """Reopen SSH and the web UI tunnel to a machine that runs."""
+    record = ledger.get(name)
+    if not record.active or record.status is Status.TERMINATED:
+        raise CloudsdError(f"machine {name!r} is {record.status}.", hint="Start a new one with `cloudsd up`.")
+    provider = providers.get(record.provider)
+    if record.provider_id:
+        info = provider.get(record.provider_id)
+        if info is None:
+            lifecycle.gone(ledger, name, "gone (found by tunnel)")
+            raise CloudsdError(f"machine {name!r} no longer exists at {provider.name}.",
+                               hint="Start a new one with `cloudsd up`.")
+        if info.ssh and (info.ssh.host, info.ssh.port) != (record.ssh_host, record.ssh_port):
+            lifecycle.ssh_moved(ledger, name, info.ssh)
+            record = ledger.get(name)
+    ui = profile(record.ui or "a1111")
+    reporter.phase("ssh", f"connecting to {record.ssh_user}@{record.ssh_host}:{record.ssh_port}")
+    connection = reconnect_record(record, deadline_s=ssh_timeout_s, ledger=ledger)
+    try:
+        forward = open_tunnel(record, connection, port or record.local_port or 7860)
+        reporter.phase("web UI", f"checking {ui.title} at {forward.url}")
+        wait_for_ui(forward.local_port, ui, deadline_s=60, on_wait=lambda why: reporter.phase("web UI", why))
+    except BaseException:
+        connection.close()
+        raise
+    lifecycle.attached(ledger, name, forward.local_port, forward.url)
+    return Session(ledger.get(name), connection, forward, ui)
+
+
+def rearm(ledger: Ledger, providers: Providers, session: Session, watchdog: WatchdogSettings) -> str | None:
+    """A machine with a budget whose watchdog no longer runs (a restart, a resume) gets it back; a note or None."""
+    return ensure_watchdog(ledger, session.record, session.connection, providers.get(session.record.provider),
+                           watchdog)
