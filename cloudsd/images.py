@@ -372,6 +372,7 @@ def install_ui(connection: Any, ui: str, cuda: str, *, deadline_s: float, on_pro
 def _install_choice(choice: ImageChoice, options: Any, reason: str, on_progress: Progress) -> ImageChoice:
     from cloudsd.ui_install import stock_image
 
+    images_dir()  # the install script is sent from images/: a ConfigError now, before anything is rented
     stock = getattr(options, "stock_image", None) or stock_image(choice.cuda or DEFAULT_CUDA)
     if choice.way == "engine":
         on_progress(f"looking for {stock}")

@@ -75,3 +75,13 @@ def test_the_setting_resolves_from_flag_env_and_default(monkeypatch: pytest.Monk
     monkeypatch.setenv("CLOUDSD_IMAGE_SOURCE", "sometimes")
     with pytest.raises(Exception, match="sometimes"):
         resolve()
+
+
+def test_install_needs_the_images_folder_before_anything_is_rented(registry: FakeRegistry, tmp_path: object,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from cloudsd.errors import ConfigError
+
+    monkeypatch.setenv("CLOUDSD_IMAGES_DIR", str(tmp_path))  # no install scripts there
+    with pytest.raises(ConfigError, match="no cloudsd images/ folder"):
+        machine_image(options("install"), "comfyui", "RTX 5090", on_local_engine=False)
+    assert registry.requests == []  # refused before even asking a registry

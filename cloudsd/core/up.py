@@ -216,7 +216,8 @@ def _up_on(offer: Offer, name: str, ui: UIProfile, options: UpOptions, ledger: L
     except BaseException as exc:
         lifecycle.not_created(ledger, name, f"not created: {str(exc) or type(exc).__name__}")
         raise
-    cuda = highest_cuda(options.spec.cuda, image_cuda(image))  # the host's driver must run the image
+    # the host's driver must run the image (a stock image to install into: the CUDA of the UI's PyTorch pins)
+    cuda = highest_cuda(options.spec.cuda, choice.cuda if choice.install else image_cuda(image))
     deadline_at = (provider_deadline(options.budget, now=time.time(), price_per_hour=offer.price_per_hour)
                    if provider.supports_deadline else None)  # the provider's own backstop behind the watchdog
     request = CreateRequest(name=name, image=image, public_key=pair.public_line,
