@@ -369,6 +369,20 @@ def install_ui(connection: Any, ui: str, cuda: str, *, deadline_s: float, on_pro
     wait_for_install(connection, ui, cuda, images_dir(), deadline_s=deadline_s, on_progress=on_progress, env=env)
 
 
+def resume_installed_ui(connection: Any, ui: str, *, deadline_s: float, on_progress: Progress = _quiet) -> bool:
+    """On a machine whose UI was installed on boot (a stock image: nothing of cloudsd starts it when the machine
+    starts again): run the install again, which finds its steps done (or finishes an interrupted one) and
+    starts the UI unless it runs. False, doing nothing, on any other machine."""
+    from cloudsd.ui_install import installed_here, start_install, wait_for_install
+
+    if not installed_here(connection, ui):
+        return False
+    on_progress(f"{ui} was installed on this machine's first boot: checking it and starting it")
+    start_install(connection, ui, None, images_dir())
+    wait_for_install(connection, ui, None, images_dir(), deadline_s=deadline_s, on_progress=on_progress)
+    return True
+
+
 def _install_choice(choice: ImageChoice, options: Any, reason: str, on_progress: Progress) -> ImageChoice:
     from cloudsd.ui_install import stock_image
 

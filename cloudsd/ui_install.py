@@ -69,10 +69,12 @@ def setup_payload(flavor: str, images: Path) -> bytes:
     return buffer.getvalue()
 
 
-def start_command(flavor: str, cuda: str, env: dict[str, str] | None = None) -> str:
-    """The shell command that unpacks the payload (on stdin) and starts the install, detached, unless one runs."""
+def start_command(flavor: str, cuda: str | None, env: dict[str, str] | None = None) -> str:
+    """The shell command that unpacks the payload (on stdin) and starts the install, detached, unless one runs.
+    No `cuda`: the one the machine's earlier install was for."""
     root = install_root(flavor)
-    assigns = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted({"CUDA": cuda, **(env or {})}.items()))
+    values = {**({"CUDA": cuda} if cuda else {}), **(env or {})}
+    assigns = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(values.items()))
     return (f"set -e; mkdir -p {SETUP_DIR} {root}/install-state; tar -xzf - -C {SETUP_DIR}; "
             f"if flock -n {root}/install-state/lock true; then : >{root}/install-state/progress; "
             f"{assigns} setsid nohup bash {SETUP_DIR}/ui/install-on-boot {flavor} "
@@ -132,7 +134,12 @@ def parse_progress(output: str) -> InstallProgress:
     return InstallProgress(n, of, words[2], words[3], " ".join(detail.split())[:160], running)
 
 
-def start_install(connection: Runner, flavor: str, cuda: str, images: Path,
+def installed_here(connection: Runner, flavor: str) -> bool:
+    """Whether this machine's UI was installed on boot (an install ran here, finished or not)."""
+    return connection.run(f"test -d {install_root(flavor)}/install-state", timeout_s=30)[0] == 0
+
+
+def start_install(connection: Runner, flavor: str, cuda: str | None, images: Path,
                   env: dict[str, str] | None = None) -> None:
     code, _out, err = connection.run(start_command(flavor, cuda, env), timeout_s=120,
                                      stdin=setup_payload(flavor, images))
@@ -141,7 +148,7 @@ def start_install(connection: Runner, flavor: str, cuda: str, images: Path,
                                 hint="The image needs bash, tar, flock and a writable /workspace.")
 
 
-def wait_for_install(connection: Runner, flavor: str, cuda: str, images: Path, *, deadline_s: float,
+def wait_for_install(connection: Runner, flavor: str, cuda: str | None, images: Path, *, deadline_s: float,
                      on_progress: Callable[[str], None], env: dict[str, str] | None = None,
                      poll_s: float = POLL_S, clock: Callable[[], float] = time.monotonic,
                      sleep: Callable[[float], None] = time.sleep) -> InstallProgress:

@@ -198,7 +198,8 @@ def test_up_installs_the_ui_on_a_stock_image_and_waits_for_it(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """`cloudsd up --image-source install` on the local engine: the machine runs a stand-in stock image, the
     install is an `up` phase that `up` waits for, then the UI answers through the tunnel."""
-    from tests.cli_helpers import cloudsd, cloudsd_json, free_port
+    from tests.cli_helpers import cloudsd, cloudsd_json, free_port, interrupt, start, wait_for_line, wait_http
+    from tests.fixtures_local import own_machines
     from tests.support.standin_upstream import build_stock_standin
 
     tag = f"cloudsd-test-stock-standin:{uuid.uuid4().hex[:10]}"
@@ -220,6 +221,22 @@ def test_up_installs_the_ui_on_a_stock_image_and_waits_for_it(
         assert [(r["name"], r["live"]) for r in cloudsd_json("status")] == [("inst", "running")]
         shown = cloudsd("ssh", "inst", "--", "cat", f"{STATE}/progress")
         assert shown.stdout.split()[-3:] == ["4/4", "requirements", "done"]
+
+        # The machine stops and starts again: the stock image starts only sshd; `tunnel` finds the install
+        # on /workspace done and starts the UI from it.
+        (container,) = own_machines(docker_client, "inst")
+        container.restart(timeout=2)  # type: ignore[attr-defined]
+        assert cloudsd("ssh", "inst", "--", "curl", "-sf", "http://127.0.0.1:8188/system_stats").returncode != 0
+        tunnel_port = free_port()
+        tunnel = start("tunnel", "inst", "--port", str(tunnel_port))
+        try:
+            wait_for_line(tunnel, "inst:")
+            assert b"comfyui_version" in wait_http(f"http://127.0.0.1:{tunnel_port}/system_stats")
+        finally:
+            interrupt(tunnel)
+        shown = cloudsd("ssh", "inst", "--", "cat", f"{STATE}/progress")
+        assert [" ".join(line.split()[1:]) for line in shown.stdout.splitlines()] == [
+            "1/4 venv skip", "2/4 torch skip", "3/4 clone skip", "4/4 requirements skip"]
     finally:
         cloudsd("down", "inst", "--yes")
         subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)

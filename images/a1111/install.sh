@@ -10,7 +10,8 @@
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=../ui/install-steps.sh
 . "$here/install-steps.sh" 2>/dev/null || . "$here/../ui/install-steps.sh" || exit 1
-: "${CUDA:=12.4}"
+# CUDA: 12.4 or 12.8; by default the one an earlier run installed for (a machine started again), else 12.4.
+: "${CUDA:=$(cat "$STATE/cuda" 2>/dev/null || echo 12.4)}"
 STEPS="venv torch clone packages launch"
 INPUTS="A1111_REPO A1111_COMMIT CLIP_PACKAGE OPENCLIP_PACKAGE STABLE_DIFFUSION_REPO STABLE_DIFFUSION_XL_REPO"
 

@@ -66,6 +66,7 @@ run_steps() {
     [ "${#wanted[@]}" -gt 0 ] || read -r -a wanted <<<"$STEPS"
     total=$(wc -w <<<"$STEPS")
     mkdir -p "$STATE" || return 1
+    printf '%s\n' "$CUDA" >"$STATE/cuda"
     exec 9>>"$STATE/lock"
     flock -n 9 || { echo "cloudsd-install: another install runs; waiting for it" >&2 && flock 9; }
     for step in $STEPS; do
