@@ -369,7 +369,8 @@ def install_ui(connection: Any, ui: str, cuda: str, *, deadline_s: float, on_pro
     wait_for_install(connection, ui, cuda, images_dir(), deadline_s=deadline_s, on_progress=on_progress, env=env)
 
 
-def resume_installed_ui(connection: Any, ui: str, *, deadline_s: float, on_progress: Progress = _quiet) -> bool:
+def resume_installed_ui(connection: Any, ui: str, *, deadline_s: float = 5400.0,
+                        on_progress: Progress = _quiet) -> bool:
     """On a machine whose UI was installed on boot (a stock image: nothing of cloudsd starts it when the machine
     starts again): run the install again, which finds its steps done (or finishes an interrupted one) and
     starts the UI unless it runs. False, doing nothing, on any other machine."""
