@@ -237,6 +237,13 @@ def test_up_installs_the_ui_on_a_stock_image_and_waits_for_it(
         shown = cloudsd("ssh", "inst", "--", "cat", f"{STATE}/progress")
         assert [" ".join(line.split()[1:]) for line in shown.stdout.splitlines()] == [
             "1/4 venv skip", "2/4 torch skip", "3/4 clone skip", "4/4 requirements skip"]
+
+        # `cloudsd stop` and `cloudsd start`: the same, through `start`.
+        cloudsd("stop", "inst", check=True)
+        result = cloudsd("start", "inst", "--detach", check=True)
+        assert "install (" in result.stderr and "inst is ready again" in result.stderr
+        stats = cloudsd("ssh", "inst", "--", "curl", "-sf", "http://127.0.0.1:8188/system_stats")
+        assert "comfyui_version" in stats.stdout, stats.stderr
     finally:
         cloudsd("down", "inst", "--yes")
         subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
