@@ -16,6 +16,7 @@ from cloudsd.errors import CloudsdError, ProviderError, ProvisioningError, RateL
 from cloudsd.ledger import Ledger, MachineRecord, Status
 from cloudsd.machine import MachineInfo, MachineStatus
 from cloudsd.providers import Provider, cloud_names, get_provider
+from cloudsd.providers.credentials import has_key
 from cloudsd.sync.progress import NullProgress, Progress
 
 POLL_S = 1.0
@@ -63,9 +64,12 @@ class Providers:
         return self._built[name]
 
     def configured_clouds(self) -> tuple[str, ...]:
-        """The clouds the user has credentials for (so asking them for offers or strays makes sense)."""
+        """The clouds the user has credentials for (so asking them for offers or strays makes sense). A cloud
+        without a key is passed over before its module (and httpx) is imported: `status` stays fast."""
         found = []
         for name in cloud_names():
+            if not has_key(name, self.settings.section(name).get("api_key")):
+                continue
             try:
                 self.get(name)
             except CloudsdError:
