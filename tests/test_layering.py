@@ -158,8 +158,8 @@ def _status_loads(home: Path, modules: tuple[str, ...]) -> tuple[str, set[str]]:
     return lines[0], set(filter(None, lines[-1].removeprefix("MODULES=").split(",")))
 
 
-STATUS_HEAVY = ("httpx", "yaml", "rich", "docker", "paramiko", "importlib.resources", "cloudsd.providers.runpod",
-                "cloudsd.providers.vastai", "cloudsd.providers.local")
+STATUS_HEAVY = ("httpx", "yaml", "rich", "docker", "paramiko", "importlib.resources", "cloudsd.core.lifecycle",
+                "cloudsd.providers.runpod", "cloudsd.providers.vastai", "cloudsd.providers.local")
 
 
 def test_status_with_no_machines_keys_or_config_loads_no_vendor_module_yaml_or_rich(tmp_path: Path) -> None:

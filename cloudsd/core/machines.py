@@ -11,7 +11,6 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Protocol
 
 from cloudsd.config import Settings
-from cloudsd.core import lifecycle
 from cloudsd.errors import CloudsdError, ProviderError, ProvisioningError, RateLimited
 from cloudsd.ledger import Ledger, MachineRecord, Status
 from cloudsd.machine import MachineInfo, MachineStatus
@@ -158,6 +157,10 @@ def destroy_and_confirm(
 def refresh_record(ledger: Ledger, providers: Providers, record: MachineRecord) -> MachineRecord:
     """The row after asking the provider: a machine that went away or stopped meanwhile (its watchdog, the
     provider) is recorded as such first, so billing ends when it really did and not when cloudsd looked."""
+    # Reconciling (and the budget rules behind it) loads here, not with `Providers`, which `status` needs
+    # on an empty ledger too.
+    from cloudsd.core import lifecycle
+
     if not record.provider_id or record.status not in (Status.RUNNING, Status.BOOTING):
         return record
     provider = providers.get(record.provider)
