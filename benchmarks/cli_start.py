@@ -7,6 +7,12 @@ warm for all), and prints median and p90 wall time, the difference of the median
 medians of `cloudsd --help` and `cloudsd status` are within the goal. `status` runs with an empty
 CLOUDSD_HOME and HOME and no provider keys in the environment: an empty ledger and no cloud to ask, the
 case where nothing but start-up is measured. Writes benchmarks/results/cli_start.json.
+
+What is measured is the install behind `--python`: the project's .venv holds an editable install, whose
+import finder (`__editable___cloudsd_…_finder`, loaded by `site` in every run of that interpreter, `python -c
+pass` included) costs time a regular `pip install .` does not; the run says which kind it measured, and the
+load average before and after. PYTHONDONTWRITEBYTECODE is dropped from the runs' environment: a user's
+Python caches bytecode, and without the cache every run of an editable install compiles cloudsd anew.
 """
 
 from __future__ import annotations
@@ -43,6 +49,14 @@ def empty_home_env(env: dict[str, str], home: Path) -> dict[str, str]:
     return {**clean, "CLOUDSD_HOME": str(home / "cloudsd"), "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config")}
 
 
+def install_kind(python: str) -> str:
+    """"editable" when `python` finds cloudsd through an editable install's finder, else "regular"."""
+    code = ("import glob, site, sys; dirs = site.getsitepackages() + [site.getusersitepackages()]; "
+            "print('editable' if any(glob.glob(d + '/__editable__*cloudsd*') for d in dirs) else 'regular')")
+    result = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    return result.stdout.strip() or "unknown"
+
+
 def time_once(cmd: list[str], env: dict[str, str]) -> float:
     started = time.perf_counter()
     result = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, timeout=RUN_TIMEOUT_S)
@@ -71,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
 
     env = dict(os.environ)
     env.pop("PYTHONSTARTUP", None)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # the warm-up writes the bytecode cache, as any first run does
+    kind = install_kind(args.python)
+    load_before = os.getloadavg()
     home = Path(tempfile.mkdtemp(prefix="cloudsd-start-"))
     status_env = empty_home_env(env, home)
     commands = {
@@ -85,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, (cmd, cmd_env) in commands.items():
             samples[name].append(time_once(cmd, cmd_env))
 
+    load_after = os.getloadavg()
     stats = {name: summary(values) for name, values in samples.items()}
     base = stats["python -c pass"]
     overhead = {name: stats[name]["median_s"] - base["median_s"] for name in ("cloudsd --help", "cloudsd status")}
@@ -94,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         [name, f"{s['median_s'] * 1000:.1f}", f"{s['p90_s'] * 1000:.1f}", f"{s['min_s'] * 1000:.1f}"]
         for name, s in stats.items()
     ]
-    print(f"{runs} runs each, wall time in ms")
+    print(f"{runs} runs each, wall time in ms; {kind} install ({args.python}); load average "
+          f"{load_before[0]:.1f} before, {load_after[0]:.1f} after")
     print(table(["command", "median", "p90", "min"], rows))
     for name, extra in overhead.items():
         print(f"{name} minus python -c pass (medians): {extra * 1000:.1f} ms")
@@ -106,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
             "benchmark": "cli_start",
             "machine": machine_info(),
             "runs": runs,
+            "install": kind,
+            "python": args.python,
+            "load_average": {"before": load_before, "after": load_after},
             "commands": {name: " ".join(Path(c).name if i == 0 else c for i, c in enumerate(cmd))
                          for name, (cmd, _) in commands.items()},
             "results": stats,
