@@ -55,6 +55,20 @@ CREATE TABLE IF NOT EXISTS events (
     data      TEXT NOT NULL DEFAULT '{}',
     record_id INTEGER
 );
+CREATE TABLE IF NOT EXISTS volumes (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    name            TEXT NOT NULL,
+    provider        TEXT NOT NULL,
+    provider_id     TEXT,
+    placement       TEXT,
+    region          TEXT,
+    size_gb         REAL NOT NULL DEFAULT 0,
+    price_per_gb_month REAL NOT NULL DEFAULT 0,
+    created_at      REAL NOT NULL,
+    deleted_at      REAL,
+    status          TEXT NOT NULL,
+    attached_to     TEXT
+);
 CREATE INDEX IF NOT EXISTS events_machine ON events(machine, at);
 CREATE INDEX IF NOT EXISTS machines_name ON machines(name, id);
 """
@@ -106,6 +120,16 @@ class EventKind(_Word):
     WATCHDOG_ENDED = "watchdog-ended"
     MODELS_SYNCED = "models-synced"
     OUTPUTS_PULLED = "outputs-pulled"
+    RESUME_REFUSED = "resume-refused"  # `cloudsd start`: the host could not take the machine back
+    GENERATED = "generated"  # a `cloudsd generate` run: pictures, seconds, sampling steps
+
+
+class VolumeStatus(_Word):
+    """A volume row's status. Every one but DELETED may still bill."""
+
+    CREATING = "creating"  # reserved, the create call not answered yet
+    READY = "ready"
+    DELETED = "deleted"
 
 
 # Statuses of a ledger row that may still bill.
@@ -201,6 +225,37 @@ def _record(row: tuple[Any, ...]) -> MachineRecord:
     if damaged:
         values["detail"] = f"{UNREADABLE}unreadable ledger values {', '.join(damaged)}; " + values["detail"]
     return MachineRecord(**values)
+@dataclass(frozen=True)
+class VolumeRecord:
+    """One volume from the moment it was asked for until the provider confirmed it deleted. `attached_to` is the
+    machine that last mounted it (in use while that machine's row is active)."""
+
+    id: int
+    name: str
+    provider: str
+    provider_id: str | None
+    placement: str | None
+    region: str | None
+    size_gb: float
+    price_per_gb_month: float
+    created_at: float
+    deleted_at: float | None
+    status: str  # a VolumeStatus
+    attached_to: str | None
+
+    @property
+    def active(self) -> bool:
+        """May still bill: everything but deleted."""
+        return self.status != VolumeStatus.DELETED
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+_VOLUME_COLUMNS = [f.name for f in fields(VolumeRecord)]
+_NEWEST_VOLUME = "id = (SELECT max(id) FROM volumes WHERE name = ?)"
+
+
 # The newest session of a name: names are reused once a machine is gone, and old sessions stay for the cost report.
 _NEWEST = "id = (SELECT max(id) FROM machines WHERE name = ?)"
 
@@ -211,6 +266,12 @@ def _refuse_taken(name: str, row: tuple[Any, ...] | None) -> None:
             f"a machine named {name!r} already exists ({row[0]}).",
             hint=f"Use it (`cloudsd tunnel {name}`), end it (`cloudsd down {name}`), or pick another name.",
         )
+
+
+def _refuse_volume_taken(name: str, row: tuple[Any, ...] | None) -> None:
+    if row and row[0] != VolumeStatus.DELETED:
+        raise CloudsdError(f"a volume named {name!r} already exists ({row[0]}).",
+                           hint="`cloudsd volume ls` lists them; pick another name.")
 
 
 def _table_columns() -> dict[str, list[tuple[str, str]]]:
@@ -362,6 +423,41 @@ class Ledger:
             sql += " WHERE status IS NOT 'terminated'"
         sql += " ORDER BY id"
         return [_record(row) for row in self._db.execute(sql, params).fetchall()]
+
+    # -- volumes ------------------------------------------------------------------------------------
+    def check_volume_free(self, name: str) -> None:
+        _refuse_volume_taken(name, self._db.execute(f"SELECT status FROM volumes WHERE {_NEWEST_VOLUME}",
+                                                    (name,)).fetchone())
+
+    def reserve_volume(self, name: str, provider: str, size_gb: float, region: str | None) -> None:
+        """Claim a volume name before asking a provider, so nothing that bills exists without a record."""
+        with self._tx() as db:
+            _refuse_volume_taken(name, db.execute(f"SELECT status FROM volumes WHERE {_NEWEST_VOLUME}",
+                                                  (name,)).fetchone())
+            db.execute("INSERT INTO volumes (name, provider, size_gb, region, created_at, status) "
+                       "VALUES (?, ?, ?, ?, ?, ?)",
+                       (name, provider, size_gb, region, time.time(), VolumeStatus.CREATING))
+
+    def update_volume(self, name: str, **values: Any) -> None:
+        unknown = set(values) - set(_VOLUME_COLUMNS) | ({"id", "name"} & set(values))
+        if unknown:
+            raise ValueError(f"unknown volume columns {unknown}")
+        with self._tx() as db:
+            assignments = ", ".join(f"{k} = ?" for k in values)
+            db.execute(f"UPDATE volumes SET {assignments} WHERE {_NEWEST_VOLUME}", (*values.values(), name))
+
+    def volume(self, name: str) -> VolumeRecord | None:
+        """The newest volume of that name that has not been deleted, or None."""
+        row = self._db.execute(f"SELECT {', '.join(_VOLUME_COLUMNS)} FROM volumes WHERE {_NEWEST_VOLUME}",
+                               (name,)).fetchone()
+        record = VolumeRecord(*row) if row else None
+        return record if record and record.active else None
+
+    def volumes(self, *, active_only: bool = False) -> list[VolumeRecord]:
+        sql = f"SELECT {', '.join(_VOLUME_COLUMNS)} FROM volumes"
+        if active_only:
+            sql += f" WHERE status != '{VolumeStatus.DELETED}'"
+        return [VolumeRecord(*row) for row in self._db.execute(sql + " ORDER BY id").fetchall()]
 
     # -- events --------------------------------------------------------------------------------------
     def event(self, name: str, kind: EventKind, data: dict[str, Any] | None = None) -> None:

@@ -58,6 +58,7 @@ class Offer:
     storage_price_per_hour: float = 0.0  # the part of price_per_hour that still bills while stopped
     download_usd_per_gb: float | None = None  # bandwidth billed per GB where the provider does (Vast.ai)
     upload_usd_per_gb: float | None = None
+    host_id: str | None = None  # the physical host, where the provider names it (a volume on one host needs it)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,6 +87,7 @@ class CreateRequest:
     cuda: str | None = None  # minimum host CUDA version the image needs, where the provider filters at create
     deadline_at: float | None = None  # epoch seconds; the provider ends the machine then, where it can
     onstart: str | None = None  # shell run at boot where the provider replaces the entrypoint (Vast ssh modes)
+    volume_id: str | None = None  # the provider's id of a volume to mount at /workspace (`supports_volumes`)
 
     @property
     def label(self) -> str:

@@ -23,6 +23,9 @@ OPERATIONS = {
     "/v2/pods/{id}": ["parameters", "get", "delete"],
     "/v2/pods/{id}/action": ["parameters", "post"],
     "/v2/billing/pods": ["get"],
+    "/v2/network-volumes": ["get", "post"],
+    "/v2/network-volumes/{id}": ["parameters", "get", "delete"],
+    "/v2/billing/network-volumes": ["get"],
 }
 DROP = {"examples", "example", "x-codeSamples", "x-enum-varnames"}
 

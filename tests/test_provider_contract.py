@@ -113,3 +113,24 @@ def test_unknown_ids_are_gone_not_errors(subject: Subject) -> None:
     unknown: Any = "999999" if subject.provider.name == "vastai" else "doesnotexist0"
     assert subject.provider.get(unknown) is None
     subject.provider.destroy(unknown)
+
+
+def test_volumes_where_supported(subject: Subject) -> None:
+    """A volume: created with cloudsd's label, listed, offers placed where it lives, delete safe to repeat."""
+    from cloudsd.volumes import VolumeRequest
+
+    provider = subject.provider
+    if not provider.supports_volumes:
+        with pytest.raises(NotImplementedError):
+            provider.create_volume(VolumeRequest("contract-vol", 10))
+        return
+    info = provider.create_volume(VolumeRequest("contract-vol", 10))
+    try:
+        assert info.name == "contract-vol" and info.provider == provider.name and info.placement
+        assert [v.provider_id for v in provider.list_volumes() if v.name == "contract-vol"] == [info.provider_id]
+        placed = provider.volume_offers(OfferSpec(disk_gb=20), info)
+        assert placed and all(o.provider == provider.name for o in placed)
+    finally:
+        provider.delete_volume(info.provider_id)
+    provider.delete_volume(info.provider_id)  # quiet when already gone
+    assert [v for v in provider.list_volumes() if v.name == "contract-vol"] == []

@@ -25,7 +25,8 @@ def test_the_schema_file_says_where_it_came_from_and_covers_each_call() -> None:
     assert document["components"]["schemas"]["PodStatus"]["enum"] == [
         "PROVISIONING", "STARTING", "RUNNING", "EXITED", "ERROR", "TERMINATED"]
     assert set(document["paths"]) == {"/v2/catalog/gpus", "/v2/pods", "/v2/pods/{id}", "/v2/pods/{id}/action",
-                                      "/v2/billing/pods"}
+                                      "/v2/billing/pods", "/v2/network-volumes", "/v2/network-volumes/{id}",
+                                      "/v2/billing/network-volumes"}
 
 
 def test_every_answer_of_a_session_fits_the_documented_schema(fake_runpod_api: FakeRunPod) -> None:

@@ -207,7 +207,8 @@ def test_txt2img_png_info_and_save_only_when_asked(make_ui: Any, tmp_path: Path)
     ui = make_ui()
     request = {"prompt": "a red fox", "seed": 1234, "steps": 4}
     result = ui.json("POST", "/sdapi/v1/txt2img", request)
-    assert result["parameters"] == request
+    assert result["parameters"].items() >= request.items()  # the request with every default filled in
+    assert (result["parameters"]["cfg_scale"], result["parameters"]["save_images"]) == (7.0, False)
     info = json.loads(result["info"])
     assert (info["seed"], info["prompt"], info["sd_model_hash"]) == (1234, "a red fox", sha256_of(model)[:10])
     png = base64.b64decode(result["images"][0])
@@ -285,14 +286,31 @@ def test_activity_file_records_last_request(make_ui: Any) -> None:
 
 
 def comfy_graph(ckpt: str, prefix: str = "ComfyUI") -> dict[str, Any]:
+    """ComfyUI's default workflow in API format (as "Save (API Format)" writes it)."""
     return {
+        "3": {"class_type": "KSampler", "inputs": {"seed": 42, "steps": 4, "cfg": 8, "sampler_name": "euler",
+                                                   "scheduler": "normal", "denoise": 1, "model": ["4", 0],
+                                                   "positive": ["6", 0], "negative": ["7", 0],
+                                                   "latent_image": ["5", 0]}},
         "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
-        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a castle", "clip": ["4", 1]}},
         "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 512, "batch_size": 1}},
-        "3": {"class_type": "KSampler", "inputs": {"seed": 42, "steps": 4, "model": ["4", 0]}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a castle", "clip": ["4", 1]}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "text, watermark", "clip": ["4", 1]}},
         "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
         "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": prefix}},
     }
+
+
+def wait_history(ui: Any, prompt_id: str, deadline_s: float = 20.0) -> dict[str, Any]:
+    import time
+
+    started = time.monotonic()
+    while time.monotonic() - started < deadline_s:
+        history = ui.json("GET", f"/history/{prompt_id}")
+        if history:
+            return dict(history[prompt_id])
+        time.sleep(0.02)
+    raise AssertionError(f"prompt {prompt_id} never finished")
 
 
 def test_comfyui_stats_models_and_rescan_on_mtime(make_ui: Any) -> None:
@@ -337,11 +355,13 @@ def test_comfyui_prompt_history_and_view(make_ui: Any) -> None:
     assert second["number"] == queued["number"] + 1
 
     out = ui.data_dir / "output"
+    entry = wait_history(ui, queued["prompt_id"])
+    wait_history(ui, second["prompt_id"])
     assert sorted(p.name for p in out.iterdir()) == ["ComfyUI_00001_.png", "ComfyUI_00002_.png"]
-    history = ui.json("GET", f"/history/{queued['prompt_id']}")
-    image = history[queued["prompt_id"]]["outputs"]["9"]["images"][0]
+    image = entry["outputs"]["9"]["images"][0]
     assert image == {"filename": "ComfyUI_00001_.png", "subfolder": "", "type": "output"}
-    assert history[queued["prompt_id"]]["status"]["completed"] is True
+    assert entry["status"]["completed"] is True and entry["status"]["status_str"] == "success"
+    assert [m[0] for m in entry["status"]["messages"]] == ["execution_start", "execution_success"]
     assert ui.json("GET", "/history/unknown") == {}
 
     status, headers, body = ui.request("GET", "/view?filename=ComfyUI_00001_.png&subfolder=&type=output")

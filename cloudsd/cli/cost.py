@@ -46,15 +46,17 @@ def cost(app: App, since: tuple[float, bool] | None, until: tuple[float, bool] |
     """
     from cloudsd.cli import render, render_cost
     from cloudsd.core.report import build
+    from cloudsd.core.volumes import cost_lines
 
     start = since[0] if since else None
     end = None
     if until:
         end = (datetime.fromtimestamp(until[0]) + timedelta(days=1)).timestamp() if until[1] else until[0]
     report = build(app.ledger, app.providers, since=start, until=end, by=by)
+    volumes = cost_lines(app.ledger, app.providers, since=start, until=end, now=report.now)
     attention = {r.name: r.attention for r in app.ledger.machines() if r.attention}  # shown, never hidden
     if as_json:
-        render.print_json({**report.to_dict(), "attention": attention})
+        render.print_json({**report.to_dict(), "attention": attention, "volumes": [v.to_dict() for v in volumes]})
         return
     for name, why in attention.items():
         render.console().print(f"{name}: {why}")
@@ -64,7 +66,7 @@ def cost(app: App, since: tuple[float, bool] | None, until: tuple[float, bool] |
         render.print_table(render_cost.sessions_table(report, render.console().width))
     else:
         render.print_table(render_cost.groups_table(report))
-    for line in render_cost.summary_lines(report):
+    for line in [*render_cost.summary_lines(report), *render_cost.volume_lines(volumes)]:
         render.console().print(line)
 
 

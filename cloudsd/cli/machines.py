@@ -8,6 +8,7 @@ commands), so `cloudsd --help` stays fast.
 from __future__ import annotations
 
 import sys
+import time
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -82,20 +83,22 @@ def _choice_settings(choice: dict[str, Any]) -> dict[str, Any]:
 @click.option("--models", multiple=True, metavar="PATH|REF",
               help="Models to put on the machine once it is ready (repeatable; as for `cloudsd sync models`).")
 @click.option("--manifest", type=click.Path(exists=True, dir_okay=False), help="A models.yaml to sync once ready.")
+@click.option("--volume", metavar="NAME", help="Mount this volume at /workspace (models on it are not sent again).")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask before renting a machine that costs money.")
 @click.option("--json", "as_json", is_flag=True, help="Print the machine record as JSON.")
 @pass_app
 def up(app: App, name: str | None, provider: str | None, image: str | None, ui: str | None, port: int | None,
        choice: dict[str, Any], detach: bool, keep_on_failure: bool | None, max_time: float | None,
        max_spend: float | None, idle_stop: float | None, idle_action: str | None, models: tuple[str, ...],
-       manifest: str | None, yes: bool, as_json: bool) -> None:
+       manifest: str | None, volume: str | None, yes: bool, as_json: bool) -> None:
     """Start a machine with the web UI and tunnel it to http://127.0.0.1:PORT.
 
     Attached by default: the tunnel stays up with a status line until Ctrl-C, which detaches and leaves
     the machine running. Example: `cloudsd up mybox --provider vastai --gpu 'RTX 4090' --max-price 0.5`.
     With `--max-time 2h --idle-stop 30m` a watchdog on the machine ends it even with the laptop closed.
     With `--models` or `--manifest`, the disk is sized for the models (unless --disk) and they are synced
-    once the machine is ready.
+    once the machine is ready. With `--volume NAME` the machine is placed where the volume lives and mounts it at
+    /workspace: models already on it are not sent again.
     """
     from cloudsd.cli import render
     from cloudsd.cli.progress import LiveReporter
@@ -107,9 +110,13 @@ def up(app: App, name: str | None, provider: str | None, image: str | None, ui: 
 
     flags = {"provider": provider, "image": image, "ui": ui, "port": port, "keep_on_failure": keep_on_failure,
              "max_time": max_time, "max_spend": max_spend, "idle_stop": idle_stop, "idle_action": idle_action}
+    if volume:
+        from cloudsd.core.volumes import provider_for
+
+        flags["provider"] = provider_for(app.ledger, volume, provider)
     settings = app.configure({**flags, **_choice_settings(choice)})
     requests = model_requests(list(models), manifest)  # a bad path or reference fails before renting
-    options = UpOptions.from_settings(settings, name, spec=spec_from(settings, choice))
+    options = UpOptions.from_settings(settings, name, spec=spec_from(settings, choice), volume=volume)
 
     def confirm(offer: Offer) -> bool:
         if yes or offer.price_per_hour == 0:
@@ -204,9 +211,10 @@ def final_cost(ledger: Ledger, name: str) -> str:
               show_default=True, help="Which providers to ask.")
 @offer_options
 @click.option("--limit", type=LIMIT, default=20, show_default=True, help="How many offers to show.")
+@click.option("--volume", metavar="NAME", help="Only offers a machine using this volume can start from.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_app
-def offers(app: App, provider: str, choice: dict[str, Any], limit: int, as_json: bool) -> None:
+def offers(app: App, provider: str, choice: dict[str, Any], limit: int, volume: str | None, as_json: bool) -> None:
     """Live offers from every configured provider, cheapest first, total $/h with storage for --disk.
 
     Example: `cloudsd offers --gpu 'RTX 4090' --gpu 'RTX 3090' --max-price 0.6 --disk 60`.
@@ -218,7 +226,12 @@ def offers(app: App, provider: str, choice: dict[str, Any], limit: int, as_json:
 
     settings = app.configure(_choice_settings(choice))
     spec = spec_from(settings, choice)
-    if provider == "all":
+    if volume:
+        from cloudsd.core.volumes import offers_for, provider_for
+
+        provider_for(app.ledger, volume, provider)
+        found = offers_for(app.ledger, app.providers, volume, spec)
+    elif provider == "all":
         names = app.providers.configured_clouds()
         if not names:
             raise CloudsdError(
@@ -228,7 +241,9 @@ def offers(app: App, provider: str, choice: dict[str, Any], limit: int, as_json:
                      "`cloudsd offers --provider local` shows this computer.")
     else:
         names = (provider,)
-    chosen = select(gather_offers(app.providers, names, spec), spec)[:limit]
+    if not volume:
+        found = gather_offers(app.providers, names, spec)
+    chosen = select(found, spec)[:limit]
     if as_json:
         render.print_json([o.to_dict() for o in chosen])
     else:
@@ -263,12 +278,21 @@ def status(app: App, as_json: bool) -> None:
     if as_json:
         click.echo(_json(r.to_dict() for r in rows))
         return
-    if not rows:
+    from cloudsd.core.volumes import listing, volume_clouds
+
+    volumes = listing(app.ledger, app.providers, time.time(), sweep=volume_clouds(app.providers.configured_clouds()))
+    if not rows and not volumes:  # the first thing a new user sees, without loading rich for it
         click.echo("No machines. Start one with `cloudsd up`.")
         return
     from cloudsd.cli import render
 
+    volume_lines = render.volume_status_lines(v.to_dict() for v in volumes)
+    if not rows:
+        click.echo("\n".join(["No machines. Start one with `cloudsd up`.", *volume_lines]))
+        return
     render.print_table(render.status_table(rows, render.console().width))
+    for line in volume_lines:
+        render.console().print(line)
     for row in rows:
         if row.stray:
             what = "storage " if row.live == "stopped" else ""
@@ -387,6 +411,10 @@ def down(app: App, names: tuple[str, ...], all_: bool, yes: bool, no_outputs: bo
             results.append((row.name, "stray destroyed"))
     for name, outcome in results:
         out.print(f"{name}: {outcome}" + (f" · {final_cost(ledger, name)}" if "stray" not in outcome else ""))
+    from cloudsd.core.volumes import reminders
+
+    for line in reminders(ledger, [name for name, _ in results], time.time()):
+        out.print(line)
     left = [name for name, outcome in results if outcome.startswith(NOT_ENDED)]
     if left:
         raise CloudsdError(f"{', '.join(left)} not ended (see above).", hint="They may still bill.")

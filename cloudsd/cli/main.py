@@ -72,14 +72,18 @@ COMMANDS = {
     "cost": "cost:cost",
     "doctor": "machines:doctor",
     "down": "machines:down",
+    "generate": "generate:generate_cmd",
     "image": "image:image",
     "init": "settings:init",
     "offers": "machines:offers",
     "ssh": "machines:ssh",
+    "start": "resume:start_cmd",
     "status": "machines:status",
+    "stop": "resume:stop_cmd",
     "sync": "sync:sync",
     "tunnel": "machines:tunnel",
     "up": "machines:up",
+    "volume": "volume:volume",
 }
 
 
@@ -115,6 +119,8 @@ def cli(ctx: click.Context) -> None:
     cloudsd up                 start a machine, tunnel the web UI to 127.0.0.1
     cloudsd status             what runs, what it costs
     cloudsd tunnel NAME        reattach the tunnel
+    cloudsd generate NAME "…"  pictures from the terminal, through the machine's UI
+    cloudsd stop NAME          stop for the night, keeping the disk (start NAME resumes)
     cloudsd down NAME          end the machine and confirm it is gone
 
     Config, keys and the ledger live in $CLOUDSD_HOME (default ~/.cloudsd).

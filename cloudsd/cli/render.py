@@ -81,6 +81,22 @@ def money(usd: float | None, digits: int = 2) -> str:
     return "-" if usd is None else f"${usd:,.{digits}f}"
 
 
+def volume_status_lines(rows: Iterable[dict[str, Any]]) -> list[str]:
+    """`status`: one line per volume (`VolumeRow.to_dict()`), what it accrues and this month so far."""
+    lines = []
+    for row in rows:
+        name = row["name"] or row["provider_id"]
+        where = f"{row['provider']}, {row['size_gb']:g} GB" if row["size_gb"] is not None else row["provider"]
+        used = f", used by {row['used_by']}" if row["used_by"] else ""
+        if row["stray"]:
+            lines.append(f"stray volume {name} ({where}) bills {money(row['per_month_usd'])}/month: {row['note']}")
+            continue
+        note = f"; {row['note']}" if row["note"] else ""
+        lines.append(f"volume {name} ({where}) {money(row['per_month_usd'])}/month, "
+                     f"{money(row['month_to_date_usd'], 4)} this month{used}{note}")
+    return lines
+
+
 def settings_table(settings: Any) -> Table:
     table = Table(title=f"settings (file: {settings.file})")
     table.add_column("key")

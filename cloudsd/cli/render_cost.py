@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -86,4 +87,16 @@ def summary_lines(report: Any) -> list[str]:
     for line in stopped:
         lines.append(f"{line.cost.name} is stopped and still bills storage {money(line.cost.storage_price_per_hour, 4)}"
                      f"/h: end it with `cloudsd down {line.cost.name}`")
+    return lines
+
+
+def volume_lines(volumes: Iterable[Any]) -> list[str]:
+    """One line per volume (`core.volumes.VolumeLine`): storage bills per GB-month whether or not it is used."""
+    lines = []
+    for v in volumes:
+        billed = "" if v.billed_usd is None else f", {v.record.provider} billed {money(v.billed_usd, 4)}"
+        gone = " (deleted)" if not v.record.active else ""
+        lines.append(f"volume {v.record.name}{gone} on {v.record.provider}, {v.record.size_gb:g} GB at "
+                     f"{money(v.cost.per_month_usd)}/month: {money(v.window_usd, 4)} in this period, "
+                     f"{money(v.cost.month_to_date_usd, 4)} this month{billed}")
     return lines

@@ -42,6 +42,7 @@ class Plan:
     watchdog_at: float | None  # when the watchdog was (last) installed with this budget
     script: str | None  # where the watchdog runs on the machine
     idle_deadline_at: float | None  # the idle deadline the watchdog last reported (laptop clock)
+    time_from: float | None = None  # a time budget counts from here (a `cloudsd start`); None: from the create
 
 
 def plan_of(events: list[Event]) -> Plan | None:
@@ -49,22 +50,27 @@ def plan_of(events: list[Event]) -> Plan | None:
     for at, _, kind, data in events:
         if kind == EventKind.BUDGET:
             plan = Plan(Budget.from_dict(data.get("budget") or {}),
-                        tuple(Deadline(**d) for d in data.get("deadlines") or []), at, None, None, None)
+                        tuple(Deadline(**d) for d in data.get("deadlines") or []), at, None, None, None,
+                        data.get("time_from"))
         elif plan is not None and kind in (EventKind.WATCHDOG_INSTALLED, EventKind.WATCHDOG_SEEN):
             plan = Plan(plan.budget, plan.deadlines, plan.set_at,
                         at if kind == EventKind.WATCHDOG_INSTALLED else plan.watchdog_at,
                         data.get("script") or plan.script,
-                        data.get("idle_deadline_at") or plan.idle_deadline_at)
+                        data.get("idle_deadline_at") or plan.idle_deadline_at, plan.time_from)
     return plan
 
 
 def arm(ledger: Ledger, record: MachineRecord, connection: Connection, provider: Provider, budget: Budget,
-        settings: WatchdogSettings, *, now: float | None = None) -> Plan:
-    """Check `budget` against what the session has cost, put it into the watchdog on the machine, record it."""
+        settings: WatchdogSettings, *, now: float | None = None, time_from: float | None = None) -> Plan:
+    """Check `budget` against what the session has cost, put it into the watchdog on the machine, record it.
+    `time_from` (a `cloudsd start`) makes a time budget count from then instead of from the create; a plan
+    re-armed later keeps it."""
     record, events = ledger.session(record.name)
     now = time.time() if now is None else now
     cost = session_cost(record, events, now)
-    started = cost.started_at if cost.started_at is not None else now
+    old = plan_of(events)
+    time_from = time_from if time_from is not None else (old.time_from if old else None)
+    started = time_from or (cost.started_at if cost.started_at is not None else now)
     check_new_budget(budget, started_at=started, now=now, spent_usd=cost.cost_usd)
     found = deadlines(budget, started_at=started, now=now, spent_usd=cost.cost_usd,
                       price_per_hour=record.price_per_hour)
@@ -73,7 +79,8 @@ def arm(ledger: Ledger, record: MachineRecord, connection: Connection, provider:
              if provider.supports_self_stop and (call := provider.self_stop_call(action)) is not None}
     config = machine_config(provider.name, budget, found, offset, settings, end_calls=calls or None)
     reading = install(connection, config)
-    ledger.event(record.name, EventKind.BUDGET, {"budget": budget.to_dict(), "deadlines": [d.to_dict() for d in found]})
+    ledger.event(record.name, EventKind.BUDGET, {"budget": budget.to_dict(), "deadlines": [d.to_dict() for d in found],
+                                                 "time_from": time_from})
     ledger.event(record.name, EventKind.WATCHDOG_INSTALLED, {**reading.to_event(), "rtt_s": round(rtt, 4), "config": config})
     plan = plan_of(ledger.session(record.name)[1])
     assert plan is not None

@@ -64,7 +64,7 @@ class BudgetGuard:
         uptime = now - (cost.started_at or record.created_at)
         text, warning, reached = "", None, None
         if plan is not None and cost.started_at is not None:
-            used = use(plan.budget, started_at=cost.started_at, now=now, spent_usd=cost.cost_usd,
+            used = use(plan.budget, started_at=plan.time_from or cost.started_at, now=now, spent_usd=cost.cost_usd,
                        price_per_hour=record.price_per_hour)
             text = " · ".join(f"{label} {share:.0%}" for label, share in
                               (("time", used.time_share), ("spend", used.spend_share)) if share is not None)

@@ -80,6 +80,23 @@ def resumed(ledger: Ledger, record: MachineRecord) -> None:
     ledger.update(record.name, status=Status.RUNNING, detail="resumed outside cloudsd", event=EventKind.RESUMED)
 
 
+def stopped(ledger: Ledger, name: str) -> None:
+    """`cloudsd stop` stopped it; from here it bills storage only."""
+    ledger.update(name, status=Status.STOPPED, detail="stopped with `cloudsd stop`", event=EventKind.STOPPED,
+                  data={"reason": "cloudsd stop"})
+
+
+def started(ledger: Ledger, name: str, ssh: SSHEndpoint) -> None:
+    """`cloudsd start` resumed it (SSH may have moved); from here it bills the running rate again."""
+    ledger.update(name, status=Status.RUNNING, detail="", ssh_host=ssh.host, ssh_port=ssh.port, ssh_user=ssh.user,
+                  event=EventKind.RESUMED, data={"ssh": str(ssh), "by": "cloudsd start"})
+
+
+def resume_refused(ledger: Ledger, name: str, reason: str) -> None:
+    """The provider could not resume it; it stays stopped, with its disk."""
+    ledger.event(name, EventKind.RESUME_REFUSED, {"reason": reason})
+
+
 def budget_reached(ledger: Ledger, name: str, reason: str, at: float) -> None:
     """The attached CLI is about to end the machine for its budget (the reason the cost report shows)."""
     ledger.event(name, EventKind.BUDGET_REACHED, {"reason": reason, "at": at})

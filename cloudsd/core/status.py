@@ -56,13 +56,15 @@ def _row(record: MachineRecord, live: str, cost: SessionCost, note: str = "",
 
     if cost.state == "stopped" and record.storage_price_per_hour:
         note = (f"{note + '; ' if note else ''}still bills storage ${record.storage_price_per_hour:.4f}/h: "
-                f"end it with `cloudsd down {record.name}`")
+                f"resume it with `cloudsd start {record.name}`, end it with `cloudsd down {record.name}`")
+    elif cost.state == "stopped":
+        note = f"{note + '; ' if note else ''}resume it with `cloudsd start {record.name}`"
     if record.attention:  # a row this version cannot read whole is shown, and says so
         note = f"{record.attention}{'; ' + note if note else ''}"
     share, warn = None, False
     plan = plan_of(events or [])
     if plan is not None and cost.started_at is not None and cost.state != "ended":
-        share = use(plan.budget, started_at=cost.started_at, now=now, spent_usd=cost.cost_usd,
+        share = use(plan.budget, started_at=plan.time_from or cost.started_at, now=now, spent_usd=cost.cost_usd,
                     price_per_hour=record.price_per_hour).share
         warn = share is not None and share >= plan.budget.warn_at
     return StatusRow(

@@ -179,8 +179,8 @@ def _save_outputs_first(ledger: Ledger, record: MachineRecord, dest: Path, repor
     try:
         if record.status is Status.STOPPED:
             # No SSH into a stopped machine: say so at once instead of waiting out an SSH timeout.
-            raise CloudsdError(f"it is stopped; its disk still holds them (and bills storage): start it again "
-                               f"from {record.provider}'s console to save them")
+            raise CloudsdError(f"it is stopped; its disk still holds them (and bills storage): "
+                               f"`cloudsd start {record.name} --detach` first to save them")
         summary = save_outputs(ledger, record, dest)
     except Exception as exc:  # with --force nothing here may keep a billing machine alive, not even a bug
         if not force:

@@ -16,7 +16,7 @@ from typing import Any
 
 from cloudsd import keys
 from cloudsd.config import Settings
-from cloudsd.core import lifecycle
+from cloudsd.core import lifecycle, volumes
 from cloudsd.core import offers as offer_choice
 from cloudsd.core.access import Session, open_tunnel, wait_for_ui
 from cloudsd.core.budget import Budget, check_new_budget, provider_deadline
@@ -58,6 +58,7 @@ class UpOptions:
     budget: Budget = field(default_factory=Budget)  # time, spend and idle limits, enforced on the machine too
     watchdog: WatchdogSettings = field(default_factory=WatchdogSettings)
     disk_chosen: bool = False  # --disk was given: models do not resize it
+    volume: str | None = None  # a cloudsd volume to mount at /workspace; the machine is placed where it lives
 
     @classmethod
     def from_settings(cls, settings: Settings, name: str | None, **overrides: Any) -> UpOptions:
@@ -138,7 +139,7 @@ def up(options: UpOptions, ledger: Ledger, providers: Providers, reporter: Repor
 
 
 def _sized_for(options: UpOptions, models: list[ModelRequest], reporter: Reporter) -> UpOptions:
-    if not models or options.disk_chosen:
+    if not models or options.disk_chosen or options.volume:  # with a volume, models land on the volume
         return options
     disk_gb, notes = disk_gb_for(models)
     if disk_gb <= options.spec.disk_gb:
@@ -174,8 +175,11 @@ def _start(options: UpOptions, ledger: Ledger, providers: Providers, reporter: R
     ledger.check_free(name)  # a name in use is refused before offers are asked for (reserve() decides races)
     check_new_budget(options.budget, started_at=time.time(), now=time.time(), spent_usd=0.0)  # before renting
     reporter.phase("offers", f"asking {', '.join(options.providers)} for live offers")
-    candidates = offer_choice.select(gather_offers(providers, options.providers, options.spec, reporter),
-                                     options.spec)
+    if options.volume:
+        volumes.check_unused(ledger, options.volume)
+    found = (volumes.offers_for(ledger, providers, options.volume, options.spec) if options.volume
+             else gather_offers(providers, options.providers, options.spec, reporter))
+    candidates = offer_choice.select(found, options.spec)
     if confirm is not None and not confirm(candidates[0]):
         raise CloudsdError("nothing was rented.")
     failures: list[str] = []
@@ -214,13 +218,16 @@ def _up_on(offer: Offer, name: str, ui: UIProfile, options: UpOptions, ledger: L
     request = CreateRequest(name=name, image=image, public_key=pair.public_line,
                             env={"CLOUDSD_MACHINE": name, **ui.machine_env(), **options.env},
                             disk_gb=options.spec.disk_gb, cuda=cuda, onstart="/opt/cloudsd/boot/entrypoint.sh",
-                            deadline_at=deadline_at)
+                            deadline_at=deadline_at,
+                            volume_id=volumes.needed(ledger, options.volume).provider_id if options.volume else None)
     reporter.phase("creating", f"{provider.name}: {offer.gpu_name} at ${offer.price_per_hour:.3f}/h")
     if offer.gpu_count == 0:
         reporter.note(f"no GPU: {ui.title} runs in CPU mode (slow)")
     with ended_unless_ready(ledger, providers, name, keep_on_failure=options.keep_on_failure,
                             reporter=reporter) as attempt:
         provider_id = attempt.provider_id = provider.create(offer, request)
+        if options.volume:
+            volumes.attach(ledger, options.volume, name)
         lifecycle.created(ledger, name, provider_id, offer, deadline_at)
         if provider.bills_money:
             reporter.note(f"{provider.name} machine {provider_id} is billing ${offer.price_per_hour:.3f}/h; "

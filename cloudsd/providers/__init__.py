@@ -16,6 +16,7 @@ from cloudsd.errors import ConfigError
 
 if TYPE_CHECKING:
     from cloudsd.machine import CreateRequest, MachineInfo, Offer, OfferSpec
+    from cloudsd.volumes import VolumeInfo, VolumeRequest
 
 
 @dataclass(frozen=True)
@@ -74,11 +75,14 @@ class Provider(ABC):
     name: str = ""
     # Capabilities, as attributes: the core never asks "is this vastai?".
     supports_stop: bool = False  # can stop a machine and keep its disk (storage still bills)
+    stop_keeps: str = "its disk"  # what a stop keeps, as `cloudsd stop` says it ("/workspace (…)" on RunPod)
     supports_self_stop: bool = False  # a credential scoped to the machine lets it end itself
     supports_deadline: bool = False  # the provider itself can end the machine at a time set at create
     bills_money: bool = True  # the local engine costs nothing
     prepares_images: bool = False  # the image must be on this computer's engine first (the core pulls or builds it)
     reports_billing: bool = False  # `billing()` says what the provider actually charged, per machine
+    supports_volumes: bool = False  # storage that outlives a machine: `create_volume`, `CreateRequest.volume_id`
+    reports_volume_billing: bool = False  # `volume_billing()` says what each volume was charged
     ssh_timeout_s: float = 120.0  # how long SSH may take to answer once the provider says running
     boot_timeout_s: float = 600.0  # how long the provider may take to say running (image pulls)
     poll_interval_s: float = 1.0  # the pace of status polls while waiting (some APIs limit each endpoint)
@@ -127,6 +131,29 @@ class Provider(ABC):
         """What the provider charged per machine between two epoch times, as dicts with `provider_id`,
         `amount_usd`, `start` and `end` (epoch seconds or None). Only where `reports_billing`."""
         raise NotImplementedError(f"{self.name} does not report billing")
+
+    # -- volumes (only where `supports_volumes`) ----------------------------------------------------
+    def create_volume(self, request: VolumeRequest) -> VolumeInfo:
+        """Create a volume labelled `cloudsd-NAME`; return as soon as the provider has given an id. It bills per
+        GB-month from now until `delete_volume`, whether or not a machine uses it."""
+        raise NotImplementedError(f"{self.name} has no volumes")
+
+    def list_volumes(self) -> list[VolumeInfo]:
+        """Every volume on the account labelled `cloudsd-…`, with the machines using each."""
+        raise NotImplementedError(f"{self.name} has no volumes")
+
+    def delete_volume(self, provider_id: str) -> None:
+        """Delete a volume and its data. Safe to repeat; quiet when already gone. The provider refuses while a
+        machine uses it (ProviderError)."""
+        raise NotImplementedError(f"{self.name} has no volumes")
+
+    def volume_billing(self, since: float, until: float) -> dict[str, float]:
+        """What the provider charged per volume id between two epoch times. Only where `reports_volume_billing`."""
+        raise NotImplementedError(f"{self.name} does not report volume billing")
+
+    def volume_offers(self, spec: OfferSpec, volume: VolumeInfo) -> list[Offer]:
+        """Live offers a machine using `volume` can be started from: those placed where the volume lives."""
+        return [offer for offer in self.offers(spec) if offer.region == volume.placement]
 
     def close(self) -> None:  # noqa: B027 - optional hook, most providers hold nothing to release
         """Release connections. Safe to call more than once."""
@@ -178,13 +205,17 @@ def cloud_names() -> tuple[str, ...]:
     return tuple(name for name, entry in REGISTRY.items() if entry.cloud and entry.listed)
 
 
-def get_provider(name: str, **settings: Any) -> Provider:
-    """Import and build the provider called `name` with its settings (keys, base URLs)."""
+def provider_class(name: str) -> type[Provider]:
+    """The class of the provider called `name`, imported but not built: its capabilities, without a key."""
     if name not in provider_names():
         raise ConfigError(
             f"unknown provider {name!r}", hint=f"Choose one of: {', '.join(provider_names())}."
         ) from None
     module_name, _, class_name = REGISTRY[name].target.partition(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    provider: Provider = cls(**settings)
-    return provider
+    cls: type[Provider] = getattr(importlib.import_module(module_name), class_name)
+    return cls
+
+
+def get_provider(name: str, **settings: Any) -> Provider:
+    """Import and build the provider called `name` with its settings (keys, base URLs)."""
+    return provider_class(name)(**settings)

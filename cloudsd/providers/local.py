@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from dataclasses import replace
 from typing import Any
 
 import docker
 import docker.errors
 from docker.types import DeviceRequest
 
-from cloudsd.errors import EngineUnavailable, ImageMissing, ProviderError
+from cloudsd.errors import EngineUnavailable, ImageMissing, ProviderError, ResumeRefused
 from cloudsd.machine import CreateRequest, MachineInfo, MachineStatus, Offer, OfferSpec, SSHEndpoint
 from cloudsd.providers import Provider, Stoppable
+from cloudsd.volumes import MOUNT_PATH, VolumeInfo, VolumeRequest
 
 MACHINE_LABEL = "cloudsd.machine"
+VOLUME_LABEL = "cloudsd.volume"  # a named Docker volume cloudsd made; its value is the `cloudsd-NAME` label
+HERE = "this computer"
 HOME_LABEL = "cloudsd.home"  # which CLOUDSD_HOME made the container: two homes on one engine never meet
 
 
@@ -55,6 +59,7 @@ class LocalProvider(Stoppable, Provider):
     supports_deadline = False
     bills_money = False
     prepares_images = True
+    supports_volumes = True  # named Docker volumes
     ssh_timeout_s = 60.0
     boot_timeout_s = 120.0
 
@@ -106,7 +111,7 @@ class LocalProvider(Stoppable, Provider):
     def offers(self, spec: OfferSpec) -> list[Offer]:
         gpu, count, vram = self._gpu()
         return [Offer(provider=self.name, offer_id="local", gpu_name=gpu, gpu_count=count, vram_gb=vram,
-                      price_per_hour=0.0, disk_gb=spec.disk_gb, reliability=None, region="this computer")]
+                      price_per_hour=0.0, disk_gb=spec.disk_gb, reliability=None, region=HERE)]
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def create(self, offer: Offer, request: CreateRequest) -> str:
@@ -126,6 +131,8 @@ class LocalProvider(Stoppable, Provider):
             kwargs["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
         if self.network:
             kwargs["network"] = self.network
+        if request.volume_id:  # first mount of an empty volume copies the image's /workspace into it
+            kwargs["volumes"] = {request.volume_id: {"bind": MOUNT_PATH, "mode": "rw"}}
         container_name = f"{request.label}-{home_tag()}"
         try:
             container = self.client.containers.run(
@@ -212,6 +219,19 @@ class LocalProvider(Stoppable, Provider):
         if container is not None:
             container.stop(timeout=10)
 
+    def start(self, provider_id: str) -> None:
+        """`docker start`: the same container and filesystem; sshd gets a new 127.0.0.1 port."""
+        container = self._container(provider_id)
+        if container is None:
+            raise ProviderError(f"container {provider_id[:12]} is no longer on the local engine.",
+                                hint="Start a new machine with `cloudsd up`.")
+        try:
+            container.start()
+        except docker.errors.APIError as exc:
+            raise ResumeRefused(f"the engine would not start it again ({_short(str(exc))})") from None
+        except docker.errors.DockerException as exc:
+            raise _engine_error(exc) from None
+
     def list_machines(self) -> list[MachineInfo]:
         try:
             containers = self.client.containers.list(
@@ -225,3 +245,44 @@ class LocalProvider(Stoppable, Provider):
         if container is None:
             return ""
         return str(container.logs(tail=lines).decode(errors="replace"))
+
+    # -- volumes -------------------------------------------------------------------------------------
+    def create_volume(self, request: VolumeRequest) -> VolumeInfo:
+        try:
+            volume = self.client.volumes.create(
+                name=f"{request.label}-{home_tag()}", labels={VOLUME_LABEL: request.label, HOME_LABEL: home_tag()})
+        except docker.errors.DockerException as exc:
+            raise _engine_error(exc) from None
+        return replace(self._volume_info(volume, {}), size_gb=float(request.size_gb))
+
+    def _volume_info(self, volume: Any, users: dict[str, list[str]]) -> VolumeInfo:
+        labels = volume.attrs.get("Labels") or {}
+        # The engine does not cap a named volume; the size asked for is the user's own budget of space.
+        return VolumeInfo(provider=self.name, provider_id=volume.name, label=labels.get(VOLUME_LABEL),
+                          size_gb=0.0, placement=HERE, price_per_gb_month=0.0,
+                          used_by=tuple(users.get(volume.name, ())), region=HERE)
+
+    def list_volumes(self) -> list[VolumeInfo]:
+        try:
+            volumes = self.client.volumes.list(filters={"label": [VOLUME_LABEL, f"{HOME_LABEL}={home_tag()}"]})
+            users: dict[str, list[str]] = {}
+            for container in self.client.containers.list(all=True, filters={"label": [MACHINE_LABEL]}):
+                for mount in container.attrs.get("Mounts") or []:
+                    if mount.get("Type") == "volume":
+                        users.setdefault(mount.get("Name"), []).append(container.id)
+        except docker.errors.DockerException as exc:
+            raise _engine_error(exc) from None
+        return [self._volume_info(v, users) for v in volumes]
+
+    def delete_volume(self, provider_id: str) -> None:
+        try:
+            self.client.volumes.get(provider_id).remove()
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:
+                raise ProviderError(f"the Docker engine refused to delete volume {provider_id}: a container "
+                                    "uses it.", hint="End the machine that uses it first.") from None
+            raise _engine_error(exc) from None
+        except docker.errors.DockerException as exc:
+            raise _engine_error(exc) from None

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -51,6 +52,8 @@ from cloudsd.providers.runpod_api import (
     rate_limit_wait_s,
     resume_error,
 )
+from cloudsd.providers.runpod_volumes import RunPodVolumes, in_stock_at, network_mount
+from cloudsd.volumes import VolumeInfo
 
 KEY_ENV = "RUNPOD_API_KEY"
 URL_ENV = "RUNPOD_API_BASE_URL"
@@ -228,9 +231,12 @@ def self_stop_call(action: str) -> SelfStopCall:
 
 
 # -- the provider ----------------------------------------------------------------------------------
-class RunPodProvider(Stoppable, ReportsBilling, KeyedAccount, Provider):
+class RunPodProvider(RunPodVolumes, Stoppable, ReportsBilling, KeyedAccount, Provider):
     name = "runpod"
+    supports_volumes = True  # network volumes: in one data center, where every pod that mounts one must run
+    reports_volume_billing = True
     supports_stop = True  # the volume (/workspace) survives; the container disk does not
+    stop_keeps = "/workspace (models, outputs; the container disk is lost)"
     supports_self_stop = True  # each pod gets a RUNPOD_API_KEY scoped to itself
     supports_deadline = False  # v2 has no terminateAfter: the watchdog is the deadline
     reports_billing = True
@@ -301,6 +307,13 @@ class RunPodProvider(Stoppable, ReportsBilling, KeyedAccount, Provider):
             cuda=request.cuda,
             create_id=create_id,
         )
+        if request.volume_id:  # the network volume at /workspace instead of a volume disk, in its data center
+            volume = self._api.network_volume(request.volume_id)
+            if volume is None:
+                raise ProviderError(f"RunPod has no network volume {request.volume_id}.",
+                                    hint="`cloudsd volume ls` shows what the account holds.")
+            body["mounts"] = network_mount(request.volume_id)
+            body["dataCenterIds"] = [str(volume.get("dataCenter"))]
         try:
             pod = self._api.create(body, self.create_timeout_s)
         except (ConnectFailed, GatewayError) as exc:
@@ -321,6 +334,17 @@ class RunPodProvider(Stoppable, ReportsBilling, KeyedAccount, Provider):
         except RunPodApiError as exc:
             raise create_error(exc, offer.offer_id) from None
         return str(pod["id"])
+
+    def volume_offers(self, spec: OfferSpec, volume: VolumeInfo) -> list[Offer]:
+        """Offers of GPU types with stock in the volume's data center (the catalog's `dataCenters`)."""
+        if spec.interruptible:
+            return []
+        offers: list[Offer] = []
+        for cloud in CLOUDS:
+            rows = [g for g in self._api.gpu_types(cloud, spec.gpu_count, spec.cuda)
+                    if in_stock_at(g, volume.placement)]
+            offers += [replace(o, region=volume.placement) for o in offers_from_catalog(cloud, rows, spec)]
+        return sorted(offers, key=lambda o: (o.price_per_hour, o.gpu_name, o.offer_id))
 
     def _find_created(self, label: str, create_id: str) -> str | None:
         named = [pod for pod in self._api.pods() if pod.get("name") == label and pod.get("status") != "TERMINATED"]

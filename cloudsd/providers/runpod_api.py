@@ -247,6 +247,48 @@ class RestV2:
         return totals if isinstance(totals, dict) else {}
 
 
+    # -- network volumes (runpod_volumes.py has the bodies and parsers) --------------------------------
+    def network_volumes(self) -> list[dict[str, Any]]:
+        _, body = self._call("GET", "/v2/network-volumes", "network volume list")
+        volumes = body.get("networkVolumes") if isinstance(body, dict) else None
+        return [v for v in volumes or [] if isinstance(v, dict)]
+
+    def network_volume(self, volume_id: str) -> dict[str, Any] | None:
+        try:
+            _, body = self._call("GET", f"/v2/network-volumes/{_path_id(volume_id)}",
+                                 f"lookup of network volume {volume_id}")
+        except RunPodApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return body if isinstance(body, dict) else None
+
+    def create_network_volume(self, body: dict[str, Any]) -> dict[str, Any]:
+        _, volume = self._call("POST", "/v2/network-volumes", "network volume create", json=body,
+                               idempotent=False, ok=(201,))
+        if not isinstance(volume, dict) or not volume.get("id"):
+            raise ProviderError("RunPod accepted the network volume create but returned no id.")
+        return volume
+
+    def delete_network_volume(self, volume_id: str) -> bool:
+        """True once deleted, False when RunPod does not know it (404: gone already)."""
+        try:
+            self._call("DELETE", f"/v2/network-volumes/{_path_id(volume_id)}", f"delete of network volume {volume_id}",
+                       ok=(204,))
+        except RunPodApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    def billing_network_volumes(self, since: float, until: float) -> list[dict[str, Any]]:
+        """`GET /v2/billing/network-volumes` in hourly buckets, one record per volume per bucket."""
+        params = {"bucketSize": "hour", "startTime": iso_utc(since), "endTime": iso_utc(until)}
+        _, body = self._call("GET", "/v2/billing/network-volumes", "network volume billing", params=params)
+        records = body.get("records") if isinstance(body, dict) else None
+        return [r for r in records or [] if isinstance(r, dict)]
+
+
 def _path_id(pod_id: str) -> str:
     """Pod ids are letters and digits; anything else is refused here rather than pasted into a path."""
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", str(pod_id)):

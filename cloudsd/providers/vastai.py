@@ -39,6 +39,7 @@ from cloudsd.providers.vastai_api import (
     parse_offers,
     search_body,
 )
+from cloudsd.providers.vastai_volumes import VastVolumes, volume_info
 
 LABEL = "Vast.ai"
 GATEWAY_STATUSES = frozenset({502, 503, 504})
@@ -67,7 +68,7 @@ def _compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-class VastProvider(Stoppable, ReportsBilling, KeyedAccount, Provider):
+class VastProvider(VastVolumes, Stoppable, ReportsBilling, KeyedAccount, Provider):
     """Vast.ai instances: offers from `bundles`, instances with direct SSH, labels `cloudsd-NAME`."""
 
     name = "vastai"
@@ -75,6 +76,8 @@ class VastProvider(Stoppable, ReportsBilling, KeyedAccount, Provider):
     supports_self_stop = True  # CONTAINER_API_KEY + CONTAINER_ID inside the machine can stop/destroy it
     supports_deadline = False
     reports_billing = True
+    supports_volumes = True  # local volumes: on one machine, mounted by instances on that machine only
+    reports_volume_billing = True
     boot_timeout_s = 900.0  # hosts pull multi-GB images over their own links
     poll_interval_s = 2.5  # Vast limits each endpoint to a minimum interval and sends no Retry-After
     list_page_size = 25
@@ -159,9 +162,12 @@ class VastProvider(Stoppable, ReportsBilling, KeyedAccount, Provider):
     # -- create --------------------------------------------------------------------------------------
     def create(self, offer: Offer, request: CreateRequest) -> str:
         started = time.time()
+        payload = create_body(offer, request)
+        if request.volume_id:
+            payload["volume_info"] = volume_info(request.volume_id)
         try:
             response, body = self._call(
-                "PUT", f"/api/v0/asks/{offer.offer_id}/", json=create_body(offer, request), idempotent=False,
+                "PUT", f"/api/v0/asks/{offer.offer_id}/", json=payload, idempotent=False,
                 timeout=self._create_timeout, retry_statuses=frozenset({429}),
                 own_statuses=frozenset({403}),  # may mean the offer is not rentable by this account
             )

@@ -104,6 +104,7 @@ def parse_offer(raw: Mapping[str, Any], spec: OfferSpec) -> Offer | None:
         storage_price_per_hour=storage_per_hour,
         download_usd_per_gb=_float(raw.get("inet_down_cost")),
         upload_usd_per_gb=_float(raw.get("inet_up_cost")),
+        host_id=None if raw.get("machine_id") is None else str(raw["machine_id"]),
     )
 
 
@@ -271,4 +272,5 @@ def parse_charge(raw: Mapping[str, Any]) -> dict[str, Any]:
         "end": _float(raw.get("end")),
         "amount_usd": _float(raw.get("amount")) or 0.0,
         "description": raw.get("description") or "",
+        "volume_id": source.split("-", 1)[1] if source.startswith("volume-") else None,  # a volume's storage
     }

@@ -210,3 +210,15 @@ def _save_record(dest: Path, record: dict[str, Pulled]) -> None:
     files = {rel: {"size": p.size, "mtime_ns": p.mtime_ns, "local": p.local} for rel, p in sorted(record.items())}
     tmp.write_text(json.dumps({"version": 1, "files": files}, indent=1))
     os.replace(tmp, path)
+
+
+def record_pulled(dest: Path, entries: dict[str, tuple[int, int, str]]) -> None:
+    """Note files that reached DEST another way (`cloudsd generate` saves pictures as they finish) as pulled:
+    {name on the machine: (size, mtime_ns there, name under DEST)}, so `pull_outputs` never fetches them."""
+    if not entries:
+        return
+    dest = dest.expanduser().absolute()
+    record = _load_record(dest)
+    for rel, (size, mtime_ns, local) in entries.items():
+        record[rel] = Pulled(size, mtime_ns, local)
+    _save_record(dest, record)

@@ -107,9 +107,20 @@ install_keys() {
     [ "$added" = 0 ] || log "added $added key(s) to $AUTHORIZED_KEYS"
 }
 
+# The host keys are kept on the persistent volume too: a provider whose stop drops the container disk
+# (RunPod keeps only /workspace) brings the machine back with the same keys, so the key cloudsd pinned at
+# `up` still matches after `cloudsd start`.
+HOST_KEYS_KEPT=${CLOUDSD_HOST_KEYS_DIR:-/workspace/.cloudsd/ssh-host-keys}
+
 ensure_host_keys() {
+    if ! compgen -G '/etc/ssh/ssh_host_*_key' >/dev/null && compgen -G "$HOST_KEYS_KEPT/ssh_host_*_key" >/dev/null; then
+        cp -p "$HOST_KEYS_KEPT"/ssh_host_* /etc/ssh/ && log "restored SSH host keys from $HOST_KEYS_KEPT"
+    fi
     if ! compgen -G '/etc/ssh/ssh_host_*_key' >/dev/null; then
         ssh-keygen -A >/dev/null && log "generated SSH host keys"
+    fi
+    if [ -d "${HOST_KEYS_KEPT%/*/*}" ] && ! compgen -G "$HOST_KEYS_KEPT/ssh_host_*_key" >/dev/null; then
+        (umask 077 && mkdir -p "$HOST_KEYS_KEPT" && cp -p /etc/ssh/ssh_host_* "$HOST_KEYS_KEPT"/) 2>/dev/null || true
     fi
     mkdir -p /run/sshd
     chmod 0755 /run/sshd

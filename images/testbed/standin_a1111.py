@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import importlib.util
 import json
 import os
-import random
 import re
 import sys
 import threading
@@ -17,18 +15,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from standin_a1111_jobs import A1111Jobs
 from standin_common import (
     A1111_FOLDERS,
     HTTPError,
     Reply,
     Route,
     html_reply,
-    image_size,
     json_reply,
     memory_stats,
     next_counter,
     parse_json,
-    png_image,
     write_new_file,
 )
 
@@ -221,19 +218,16 @@ class A1111App:
             ("GET", "/sdapi/v1/loras"): lambda q, b: json_reply(self.loras),
             ("GET", "/sdapi/v1/sd-vae"): lambda q, b: json_reply(self.vaes),
             ("GET", "/sdapi/v1/embeddings"): self.embeddings,
-            ("GET", "/sdapi/v1/samplers"): lambda q, b: json_reply(
-                [{"name": n, "aliases": [], "options": {}} for n in ("DPM++ 2M", "Euler a", "Euler")]
-            ),
             ("POST", "/sdapi/v1/refresh-checkpoints"): self.refresh_checkpoints,
             ("POST", "/sdapi/v1/refresh-loras"): self.refresh_loras,
             ("POST", "/sdapi/v1/refresh-vae"): self.refresh_vae,
             ("GET", "/sdapi/v1/options"): lambda q, b: json_reply(self.options),
             ("POST", "/sdapi/v1/options"): self.set_options,
-            ("GET", "/sdapi/v1/progress"): lambda q, b: json_reply(PROGRESS_IDLE),
             ("GET", "/sdapi/v1/memory"): lambda q, b: json_reply(memory_stats()),
-            ("POST", "/sdapi/v1/txt2img"): self.txt2img,
             ("GET", "/sdapi/v1/cmd-flags"): lambda q, b: json_reply(self.cmd_flags),
         }
+        self.jobs = A1111Jobs(self)  # txt2img, img2img, progress, interrupt and the lists they check against
+        self.routes.update(self.jobs.routes())
         if not api:  # without --api, A1111 serves only the web UI and /internal/*
             self.routes = {k: v for k, v in self.routes.items() if not k[1].startswith("/sdapi/")}
 
@@ -299,62 +293,8 @@ class A1111App:
         self.options.update(update)
         return json_reply(None)
 
-    def txt2img(self, query: dict[str, list[str]], body: bytes) -> Reply:
-        req = parse_json(body)
-        prompt, negative = str(req.get("prompt", "")), str(req.get("negative_prompt", ""))
-        seed = int(req.get("seed", -1))
-        if seed == -1:
-            seed = random.randrange(2**32)
-        count = max(1, min(int(req.get("batch_size", 1)) * int(req.get("n_iter", 1)), 8))
-        width, height = int(req.get("width", 512)), int(req.get("height", 512))
-        steps, cfg = int(req.get("steps", 20)), float(req.get("cfg_scale", 7.0))
-        sampler = str(req.get("sampler_name") or "DPM++ 2M")
-        wanted = (req.get("override_settings") or {}).get("sd_model_checkpoint") or self.options[
-            "sd_model_checkpoint"
-        ]
-        model = self.find_checkpoint(wanted) or {}
-        model_name, model_hash = model.get("model_name"), model.get("hash")
-        seeds = [seed + i for i in range(count)]
-        infotexts = []
-        for s in seeds:
-            parts = [f"Steps: {steps}", f"Sampler: {sampler}", f"CFG scale: {cfg:g}", f"Seed: {s}"]
-            parts.append(f"Size: {width}x{height}")
-            if model_hash:
-                parts += [f"Model hash: {model_hash}", f"Model: {model_name}"]
-            lines = [prompt] + ([f"Negative prompt: {negative}"] if negative else []) + [", ".join(parts)]
-            infotexts.append("\n".join(lines))
-        images = [
-            png_image(*image_size(req), f"{prompt}\x00{s}", {"parameters": text})
-            for s, text in zip(seeds, infotexts, strict=True)
-        ]
-        save = bool(req.get("save_images", False))
-        p = types.SimpleNamespace(
-            is_api=True, prompt=prompt, seeds=seeds, do_not_save_samples=not save, do_not_save_grid=not save
-        )
-        for script in self.scripts:
-            script.process(p)
-        if not p.do_not_save_samples:
-            self._save(images, seeds)
-        info = {
-            "prompt": prompt,
-            "all_prompts": [prompt] * count,
-            "negative_prompt": negative,
-            "seed": seed,
-            "all_seeds": seeds,
-            "width": width,
-            "height": height,
-            "sampler_name": sampler,
-            "steps": steps,
-            "cfg_scale": cfg,
-            "sd_model_name": model_name,
-            "sd_model_hash": model_hash,
-            "infotexts": infotexts,
-        }
-        sent = [base64.b64encode(png).decode() for png in images] if req.get("send_images", True) else []
-        return json_reply({"images": sent, "parameters": req, "info": json.dumps(info)})
-
-    def _save(self, images: list[bytes], seeds: list[int]) -> None:
-        folder = self.data_dir / "outputs" / "txt2img-images" / datetime.now().strftime("%Y-%m-%d")
+    def _save(self, images: list[bytes], seeds: list[int], kind: str = "txt2img-images") -> None:
+        folder = self.data_dir / "outputs" / kind / datetime.now().strftime("%Y-%m-%d")
         folder.mkdir(parents=True, exist_ok=True)
         with self.lock:
             for png, seed in zip(images, seeds, strict=True):
@@ -364,21 +304,3 @@ class A1111App:
     def handle(self, method: str, path: str, query: dict[str, list[str]], body: bytes) -> Reply | None:
         route = self.routes.get((method, path))
         return route(query, body) if route else None
-
-
-PROGRESS_IDLE = {
-    "progress": 0.0,
-    "eta_relative": 0.0,
-    "state": {
-        "skipped": False,
-        "interrupted": False,
-        "job": "",
-        "job_count": 0,
-        "job_timestamp": "0",
-        "job_no": 0,
-        "sampling_step": 0,
-        "sampling_steps": 0,
-    },
-    "current_image": None,
-    "textinfo": None,
-}

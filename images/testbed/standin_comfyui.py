@@ -2,49 +2,27 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
 import threading
-import uuid
 from pathlib import Path
 from typing import Any
 
+from standin_comfy_jobs import ComfyJobs
 from standin_common import (
     COMFYUI_FOLDERS,
     VRAM_TOTAL,
     HTTPError,
     Reply,
     html_reply,
-    image_size,
     json_reply,
     memory_stats,
     next_counter,
-    parse_json,
-    png_image,
     write_new_file,
 )
 
 COMFY_MODEL_EXTS = (".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft")
-
-
-def _node(
-    name: str, category: str, required: dict[str, Any], outputs: list[str], out_node: bool = False
-) -> dict[str, Any]:
-    return {
-        "input": {"required": required},
-        "input_order": {"required": list(required)},
-        "output": outputs,
-        "output_is_list": [False] * len(outputs),
-        "output_name": outputs,
-        "name": name,
-        "display_name": name,
-        "description": "",
-        "python_module": "nodes",
-        "category": category,
-        "output_node": out_node,
-    }
 
 
 class ComfyApp:
@@ -64,6 +42,7 @@ class ComfyApp:
         self._listings: dict[str, tuple[list[str], dict[str, float]]] = {}
         self.history: dict[str, dict[str, Any]] = {}
         self.number = 0
+        self.jobs = ComfyJobs(self)  # /prompt validation, the queue and its worker, /interrupt, /upload/image
 
     def list_folder(self, folder: str) -> list[str]:
         root = self.folders[folder]
@@ -85,149 +64,11 @@ class ComfyApp:
         return names
 
     def object_info(self) -> dict[str, Any]:
-        lists = {
-            f: self.list_folder(f) for f in ("checkpoints", "loras", "vae", "controlnet", "upscale_models")
-        }
-        strength = ["FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01}]
-        nodes = [
-            _node(
-                "CheckpointLoaderSimple",
-                "loaders",
-                {"ckpt_name": [lists["checkpoints"]]},
-                ["MODEL", "CLIP", "VAE"],
-            ),
-            _node(
-                "LoraLoader",
-                "loaders",
-                {
-                    "model": ["MODEL"],
-                    "clip": ["CLIP"],
-                    "lora_name": [lists["loras"]],
-                    "strength_model": strength,
-                    "strength_clip": strength,
-                },
-                ["MODEL", "CLIP"],
-            ),
-            _node("VAELoader", "loaders", {"vae_name": [lists["vae"]]}, ["VAE"]),
-            _node(
-                "ControlNetLoader", "loaders", {"control_net_name": [lists["controlnet"]]}, ["CONTROL_NET"]
-            ),
-            _node(
-                "UpscaleModelLoader", "loaders", {"model_name": [lists["upscale_models"]]}, ["UPSCALE_MODEL"]
-            ),
-            _node(
-                "CLIPTextEncode",
-                "conditioning",
-                {"text": ["STRING", {"multiline": True}], "clip": ["CLIP"]},
-                ["CONDITIONING"],
-            ),
-            _node(
-                "EmptyLatentImage",
-                "latent",
-                {
-                    "width": ["INT", {"default": 512}],
-                    "height": ["INT", {"default": 512}],
-                    "batch_size": ["INT", {"default": 1}],
-                },
-                ["LATENT"],
-            ),
-            _node(
-                "KSampler",
-                "sampling",
-                {
-                    "model": ["MODEL"],
-                    "seed": ["INT", {"default": 0}],
-                    "steps": ["INT", {"default": 20}],
-                    "positive": ["CONDITIONING"],
-                    "negative": ["CONDITIONING"],
-                    "latent_image": ["LATENT"],
-                },
-                ["LATENT"],
-            ),
-            _node("VAEDecode", "latent", {"samples": ["LATENT"], "vae": ["VAE"]}, ["IMAGE"]),
-            _node(
-                "SaveImage",
-                "image",
-                {"images": ["IMAGE"], "filename_prefix": ["STRING", {"default": "ComfyUI"}]},
-                [],
-                True,
-            ),
-        ]
-        return {n["name"]: n for n in nodes}
+        return self.jobs.object_info()
 
-    def validate(self, graph: dict[str, Any]) -> dict[str, Any]:
-        checks = {
-            "CheckpointLoaderSimple": ("ckpt_name", "checkpoints"),
-            "LoraLoader": ("lora_name", "loras"),
-            "VAELoader": ("vae_name", "vae"),
-        }
-        errors: dict[str, Any] = {}
-        for node_id, node in graph.items():
-            check = checks.get(node.get("class_type", "")) if isinstance(node, dict) else None
-            if check is None:
-                continue
-            field, folder = check
-            value = (node.get("inputs") or {}).get(field)
-            choices = self.list_folder(folder)
-            if value not in choices:
-                error = {
-                    "type": "value_not_in_list",
-                    "message": "Value not in list",
-                    "details": f"{field}: '{value}' not in {choices}",
-                    "extra_info": {"input_name": field, "received_value": value},
-                }
-                errors[node_id] = {
-                    "errors": [error],
-                    "dependent_outputs": [],
-                    "class_type": node["class_type"],
-                }
-        return errors
-
-    def prompt(self, query: dict[str, list[str]], body: bytes) -> Reply:
-        data = parse_json(body)
-        graph = data.get("prompt")
-        if not isinstance(graph, dict):
-            error = {"type": "no_prompt", "message": "No prompt provided", "details": "", "extra_info": {}}
-            return json_reply({"error": error, "node_errors": {}}, 400)
-        savers = {
-            k: n for k, n in graph.items() if isinstance(n, dict) and n.get("class_type") == "SaveImage"
-        }
-        if not savers:
-            error = {
-                "type": "prompt_no_outputs",
-                "message": "Prompt has no outputs",
-                "details": "",
-                "extra_info": {},
-            }
-            return json_reply({"error": error, "node_errors": []}, 400)
-        node_errors = self.validate(graph)
-        if node_errors:
-            error = {
-                "type": "prompt_outputs_failed_validation",
-                "message": "Prompt outputs failed validation",
-                "details": "",
-                "extra_info": {},
-            }
-            return json_reply({"error": error, "node_errors": node_errors}, 400)
-        inputs = [n.get("inputs") or {} for n in graph.values() if isinstance(n, dict)]
-        text = "\n".join(str(i["text"]) for i in inputs if isinstance(i.get("text"), str))
-        seed = next(
-            (i.get("seed", i.get("noise_seed")) for i in inputs if "seed" in i or "noise_seed" in i), 0
-        )
-        size = next((i for i in inputs if "width" in i and "height" in i), {})
-        png = png_image(*image_size(size), f"{text}\x00{seed}", {"prompt": json.dumps(graph)})
-        outputs = {node_id: {"images": [self._save(png, n)]} for node_id, n in savers.items()}
-        prompt_id = str(data.get("prompt_id") or uuid.uuid4())
-        with self.lock:
-            number = self.number
-            self.number += 1
-            self.history[prompt_id] = {
-                "prompt": [number, prompt_id, graph, {"client_id": data.get("client_id")}, list(savers)],
-                "outputs": outputs,
-                "status": {"status_str": "success", "completed": True, "messages": []},
-                "meta": {k: {"node_id": k, "display_node": k} for k in savers},
-            }
-        return json_reply({"prompt_id": prompt_id, "number": number, "node_errors": {}})
+    def websocket(self, handler: Any, query: dict[str, list[str]]) -> None:
+        """GET /ws: the WebSocket that carries progress and execution messages."""
+        self.jobs.websocket(handler, query)
 
     def _save(self, png: bytes, node: dict[str, Any]) -> dict[str, str]:
         prefix = str((node.get("inputs") or {}).get("filename_prefix") or "ComfyUI")
@@ -327,15 +168,11 @@ class ComfyApp:
                 with self.lock:
                     entry = self.history.get(prompt_id)
                 return json_reply({prompt_id: entry} if entry else {})
-            if path == "/queue":
-                return json_reply({"queue_running": [], "queue_pending": []})
             if path == "/view":
                 return self.view(query, body)
             if path == "/embeddings":
                 return json_reply([os.path.splitext(n)[0] for n in self.list_folder("embeddings")])
-        if method == "POST" and path == "/prompt":
-            return self.prompt(query, body)
-        return None
+        return self.jobs.handle(method, path, query, body)
 
 
 def _mtime(path: str) -> float:

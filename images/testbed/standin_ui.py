@@ -160,6 +160,10 @@ class Handler(BaseHTTPRequestHandler):
                 return self._bench_bytes(query, head)
             if url.path == "/bench/small" and method == "GET":
                 return self._bench_small(head)
+            if url.path == "/ws" and "websocket" in self.headers.get("Upgrade", "").lower():
+                websocket = getattr(self.server.app, "websocket", None)  # ComfyUI's /ws
+                if websocket is not None:
+                    return websocket(self, query)
             reply = self.server.app.handle(method, url.path, query, body)
             if reply is None:
                 reply = json_reply({"detail": "Not Found"}, 404)

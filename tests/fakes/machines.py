@@ -53,6 +53,7 @@ class _Box:
     never_ready: bool
     entrypoint: list[str] | None = None
     host_port: int | None = None
+    volumes: dict[str, dict[str, str]] = field(default_factory=dict)  # named volumes: {name: {bind, mode}}
     container_id: str | None = None
     removed: bool = False
     error: str | None = None
@@ -97,6 +98,7 @@ class FakeMachines:
         image: str | None = None,
         entrypoint: list[str] | None = None,
         host_port: int | None = None,
+        volumes: dict[str, dict[str, str]] | None = None,
     ) -> None:
         """Start the machine's container in the background; returns at once.
 
@@ -104,7 +106,7 @@ class FakeMachines:
         127.0.0.1 port for sshd (a fake that must tell the machine its own port, as VAST_TCP_PORT_22 does);
         by default the engine picks one.
         """
-        box = _Box(machine_id, dict(env), boot_delay_s, never_ready, entrypoint, host_port)
+        box = _Box(machine_id, dict(env), boot_delay_s, never_ready, entrypoint, host_port, dict(volumes or {}))
         with self._lock:
             self._boxes[machine_id] = box
         threading.Thread(target=self._run, args=(box, image or self.image), daemon=True).start()
@@ -126,7 +128,7 @@ class FakeMachines:
                     labels={"cloudsd.fake": self.owner, "cloudsd.fake.machine": box.machine_id},
                     ports={"22/tcp": ("127.0.0.1", box.host_port)},
                     network=self.network,
-                    volumes=self._volumes(),
+                    volumes={**self._volumes(), **box.volumes},
                     entrypoint=box.entrypoint,
                 )
                 box.container_id = container.id

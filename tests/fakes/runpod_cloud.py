@@ -115,6 +115,9 @@ class FakePod:
     billed_until: float = field(default_factory=time.monotonic)
     billed_until_wall: float = field(default_factory=time.time)
     cuda_version: str | None = None  # the host's
+    network_volume: str | None = None  # the network volume mounted (mounts.network), its id
+    network_path: str = ""
+    extra_volumes: dict[str, dict[str, str]] = field(default_factory=dict)  # named Docker volumes to mount
     # hourly buckets: bucket start (epoch) -> [gpu $, disk $]
     buckets: dict[int, list[float]] = field(default_factory=dict)
 
@@ -268,7 +271,8 @@ class FakeCloud:
             self.pods[pod.id] = pod
         if self.machines is not None:
             self.machines.boot(
-                pod.id, machine_env, boot_delay_s=self.faults.boot_delay_s, never_ready=self.faults.never_ready
+                pod.id, machine_env, boot_delay_s=self.faults.boot_delay_s, never_ready=self.faults.never_ready,
+                volumes=pod.extra_volumes,
             )
         return pod
 

@@ -32,6 +32,7 @@ from tests.fakes.runpod_cloud import (
     FakeCloud,
     FakePod,
 )
+from tests.fakes.runpod_volumes import CLOUD_DATA_CENTER, NetworkVolumeRoutes
 
 SCHEMA_FILE = Path(__file__).with_name("runpod_v2_schema.json")
 ROOT = "urn:runpod-v2"
@@ -167,7 +168,7 @@ def _epoch(value: str) -> float:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
-class RestV2:
+class RestV2(NetworkVolumeRoutes):
     """The routes. `handle` returns (status, payload or None); the server adds headers and validates."""
 
     def __init__(self, cloud: FakeCloud, proxy_port: int) -> None:
@@ -192,6 +193,9 @@ class RestV2:
             return self._create(body)
         if route == ("get", "/v2/billing/pods"):
             return self._billing(q)
+        answer = self.volume_routes(route, op.params, q, body)
+        if answer is not None:
+            return answer
         pod = self.cloud.find(op.params["id"])
         if pod is None:
             return 404, problem(404, "resource not found")
@@ -255,13 +259,17 @@ class RestV2:
         if not hosts:
             return 400, problem(400, CAPACITY_MESSAGE)
         persistent = mounts.get("persistent") or {}
+        network_volume, network_path, refused = self.placement(body, cloud)
+        if refused is not None:
+            return refused
         try:
             pod = self.cloud.create_pod(
                 name=body["name"], image=body["image"], gpu_type_id=gpu["id"], gpu_count=gpu.get("count", 1),
                 cloud_type=cloud, bid_per_gpu=None, env=dict(body.get("env") or {}),
                 volume_gb=persistent.get("size") or 0, volume_mount_path=persistent.get("path") or "",
                 container_disk_gb=body.get("disk") or 50, ports=",".join(body.get("ports") or []),
-                cuda_version=max(hosts, key=_version),
+                cuda_version=max(hosts, key=_version), network_volume=network_volume,
+                network_path=network_path or "", extra_volumes=self.volume_mounts(network_volume, network_path),
             )
         except CloudError as exc:
             return 400, problem(400, exc.message)
@@ -303,9 +311,11 @@ class RestV2:
             "id": pod.id, "name": pod.name, "image": pod.image, "args": "", "disk": pod.container_disk_gb,
             "ports": [p for p in pod.ports.split(",") if p], "env": dict(pod.env), "registry": None,
             "status": status, "actions": list(ACTIONS[status]),
-            "mounts": {"persistent": {"size": pod.volume_gb, "path": pod.volume_mount_path}} if pod.volume_gb else {},
+            "mounts": ({"network": [{"volumeId": pod.network_volume, "path": pod.network_path}]} if pod.network_volume
+                       else {"persistent": {"size": pod.volume_gb, "path": pod.volume_mount_path}} if pod.volume_gb
+                       else {}),
             "gpu": {"id": pod.gpu.id, "count": pod.gpu_count}, "cloud": pod.cloud,
-            "dataCenterId": "US-TX-3" if pod.cloud == "SECURE" else "CA-MTL-1", "cudaVersion": pod.cuda_version,
+            "dataCenterId": CLOUD_DATA_CENTER[pod.cloud], "cudaVersion": pod.cuda_version,
             "ssh": {
                 "proxy": {"host": "127.0.0.1", "port": self.proxy_port, "username": username,
                           "command": f"ssh {username}@127.0.0.1 -p {self.proxy_port}"},

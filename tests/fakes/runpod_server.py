@@ -169,6 +169,7 @@ class FakeRunPod:
             self._server.server_close()
         self._proxy.close()
         self.cloud.close()
+        self.v2.remove_all_volumes()
         if self.machine_api is not None:
             self.machine_api.stop()
 

@@ -78,6 +78,7 @@ class VastInstance:
     keys_installed: int = 0
     destroyed_at: float | None = None
     segments: list[list[Any]] = field(default_factory=list)  # [kind, start, end | None, $/h]
+    volume: tuple[int, str] | None = None  # (volume id, mount path) from the create's volume_info
 
     @property
     def storage_per_hour(self) -> float:
@@ -182,9 +183,11 @@ class VastRoutes:
             disk = body.get("disk")
             if disk is not None and float(disk) > float(offer["disk_space"]):
                 raise ApiError(400, "invalid_args", f"disk {disk} GB exceeds the {offer['disk_space']} GB available")
+            volume = self._volume_for_create(offer, body)
             price = body.get("price")
             low_bid = price is not None and float(price) < float(offer["min_bid"])
             inst = self._new_instance(offer, body)
+            inst.volume = volume
             if self.faults.create_errors_but_creates or low_bid:
                 inst.intended, inst.backed = "stopped", False
                 inst.switch("stopped", time.time())
@@ -238,10 +241,12 @@ class VastRoutes:
             raise ApiError(400, "insufficient_resources",
                            "Required resources are not available on this machine: its GPU is rented by another client.")
         if state and state != inst.intended:
+            waiting = state == "running" and inst.id in self.hosts_taken
             with self._lock:
                 inst.intended = state
-                inst.switch(state, time.time())
-            if inst.backed:
+                if not waiting:  # a start the host cannot honour waits in "scheduling", billing only storage
+                    inst.switch(state, time.time())
+            if inst.backed and not waiting:
                 (self.machines.stop if state == "stopped" else self.machines.start)(str(inst.id))
         return 200, {"success": True}
 
@@ -364,7 +369,7 @@ class VastRoutes:
                      "description": f"{inst.disk_gb:g} GB disk", "amount": round(total - compute, 3)},
                 ],
             })
-        return rows
+        return rows + self._volume_charge_rows(since, until)
 
     def _api_charges(self, *, query: dict[str, str], body: dict[str, Any]) -> tuple[int, Any]:
         day = (_json_param(query, "select_filters", {}) or {}).get("day") or {}

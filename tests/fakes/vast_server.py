@@ -31,6 +31,7 @@ from .machine_api import MACHINE_API_URL, MachineApi
 from .machines import TEST_IMAGE, FakeMachines
 from .vast_catalog import default_catalog
 from .vast_routes import OCI_FAILURE, ROUTES, ApiError, VastInstance, VastRoutes
+from .vast_volumes import VastVolumes
 
 __all__ = ["FakeVast", "VastFaults", "RecordedRequest", "VastInstance", "OCI_FAILURE", "ssh_init_script"]
 
@@ -89,7 +90,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class FakeVast(VastRoutes):
+class FakeVast(VastVolumes, VastRoutes):
     """A fake Vast.ai on 127.0.0.1. `start()`/`stop()`, or use it as a context manager."""
 
     def __init__(
@@ -114,6 +115,9 @@ class FakeVast(VastRoutes):
         self.catalog = catalog if catalog is not None else default_catalog()
         self._offers = {int(o["id"]): o for o in self.catalog}
         self._instances: dict[int, VastInstance] = {}
+        # Stopped instances whose host's GPU someone else rented meanwhile: a start waits in "scheduling"
+        # (vast-cli: a start stuck in scheduling for over 30 s means the host lacks resources).
+        self.hosts_taken: set[int] = set()
         self._next_id = 11_000_000
         self._results: dict[str, tuple[str, int, str]] = {}
         self._lock = threading.RLock()
@@ -148,6 +152,7 @@ class FakeVast(VastRoutes):
             self._server = None
         if self._machines_obj is not None:
             self._machines_obj.remove_all()
+            self._remove_all_volumes()
         if self.machine_api is not None:
             self.machine_api.stop()
             self.machine_api = None
@@ -254,7 +259,7 @@ class FakeVast(VastRoutes):
         try:
             self.machines.boot(
                 str(inst.id), env, boot_delay_s=self.faults.boot_delay_s, entrypoint=entrypoint,
-                host_port=inst.host_port,
+                host_port=inst.host_port, volumes=self._volume_mounts(inst.volume),
             )
         except Exception as exc:  # no engine: the instance fails as on a broken host
             inst.backed, inst.failure = False, f"Error response from daemon: {exc}"
@@ -276,6 +281,8 @@ class FakeVast(VastRoutes):
         state = self.machines.state(machine)
         if inst.intended == "stopped":
             return ("running", "stopping", None) if state == "running" else ("stopped", "Instance stopped", None)
+        if inst.id in self.hosts_taken and state != "running":
+            return "scheduling", "Waiting for resources: the GPU on this host is in use", None
         if state == "pending":
             return "loading", f"Pulling image {inst.image}", None
         if state == "running":
