@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -57,13 +58,17 @@ def install_kind(python: str) -> str:
     return result.stdout.strip() or "unknown"
 
 
-def time_once(cmd: list[str], env: dict[str, str]) -> float:
+def time_once(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall seconds, and the child's CPU seconds (user + system), which other load on the machine disturbs
+    much less than wall time."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     result = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, timeout=RUN_TIMEOUT_S)
     elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} exited {result.returncode}: {result.stderr.decode(errors='replace')}")
-    return elapsed
+    return elapsed, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def summary(samples: list[float]) -> dict[str, float]:
@@ -96,11 +101,14 @@ def main(argv: list[str] | None = None) -> int:
         "cloudsd status": (cloudsd_command(args.python, "status"), status_env),
     }
     samples: dict[str, list[float]] = {name: [] for name in commands}
+    cpu_samples: dict[str, list[float]] = {name: [] for name in commands}
     for cmd, cmd_env in commands.values():
         time_once(cmd, cmd_env)  # warm-up, untimed
     for _ in range(runs):
         for name, (cmd, cmd_env) in commands.items():
-            samples[name].append(time_once(cmd, cmd_env))
+            wall, cpu = time_once(cmd, cmd_env)
+            samples[name].append(wall)
+            cpu_samples[name].append(cpu)
 
     load_after = os.getloadavg()
     stats = {name: summary(values) for name, values in samples.items()}
@@ -108,13 +116,15 @@ def main(argv: list[str] | None = None) -> int:
     overhead = {name: stats[name]["median_s"] - base["median_s"] for name in ("cloudsd --help", "cloudsd status")}
     met = {name: stats[name]["median_s"] <= args.goal for name in overhead}
 
+    cpu_median = {name: statistics.median(values) for name, values in cpu_samples.items()}
     rows = [
-        [name, f"{s['median_s'] * 1000:.1f}", f"{s['p90_s'] * 1000:.1f}", f"{s['min_s'] * 1000:.1f}"]
+        [name, f"{s['median_s'] * 1000:.1f}", f"{s['p90_s'] * 1000:.1f}", f"{s['min_s'] * 1000:.1f}",
+         f"{cpu_median[name] * 1000:.1f}"]
         for name, s in stats.items()
     ]
-    print(f"{runs} runs each, wall time in ms; {kind} install ({args.python}); load average "
+    print(f"{runs} runs each, ms; {kind} install ({args.python}); load average "
           f"{load_before[0]:.1f} before, {load_after[0]:.1f} after")
-    print(table(["command", "median", "p90", "min"], rows))
+    print(table(["command", "median", "p90", "min", "CPU median"], rows))
     for name, extra in overhead.items():
         print(f"{name} minus python -c pass (medians): {extra * 1000:.1f} ms")
         print(f"goal: median of {name} <= {args.goal * 1000:.0f} ms: {'met' if met[name] else 'MISSED'}")
@@ -132,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
                          for name, (cmd, _) in commands.items()},
             "results": stats,
             "samples_s": samples,
+            "cpu_median_s": cpu_median,
+            "cpu_samples_s": cpu_samples,
             "overhead_median_s": overhead,
             "goal": {"median_s_max": args.goal, "met": met},
             "cwd": str(REPO_ROOT),
