@@ -6,21 +6,17 @@ The file is YAML with sections (`timeouts:`, `local:` …); a setting's key is i
 
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from cloudsd import paths, values
 from cloudsd.durations import parse_duration
 from cloudsd.errors import ConfigError
 from cloudsd.providers import provider_names
 from cloudsd.ui import DEFAULT_REGISTRY
-from cloudsd.yamlfile import compose_file, construct
 
 
 def _to_positive_duration(value: Any) -> float:
@@ -204,6 +200,8 @@ class Settings(Mapping[str, Any]):
 
 
 def suggest(key: str) -> str:
+    import difflib  # only a mistake needs it; every command resolves the settings
+
     close = difflib.get_close_matches(key, list(BY_KEY), n=1, cutoff=0.5)
     return f" Did you mean {close[0]!r}?" if close else f" Valid keys: {', '.join(BY_KEY)}."
 
@@ -218,7 +216,20 @@ def _convert(setting: Setting, raw: Any, where: str) -> Any:
 
 
 def read_file(path: Path) -> dict[str, tuple[Any, int]]:
-    """The file's settings as {dotted key: (raw value, line)}; raises ConfigError with file:line."""
+    """The file's settings as {dotted key: (raw value, line)}; raises ConfigError with file:line.
+
+    Every command resolves the settings and most users have no file: without one, the YAML library is not
+    even loaded (it is a good part of `cloudsd status`'s start-up)."""
+    try:
+        path.stat()
+    except FileNotFoundError:
+        return {}
+    except OSError:
+        pass  # compose_file says what is wrong with it, in its words
+    import yaml
+
+    from cloudsd.yamlfile import compose_file
+
     root = compose_file(path, missing_ok=True)
     if root is None:
         return {}
@@ -230,6 +241,10 @@ def read_file(path: Path) -> dict[str, tuple[Any, int]]:
 
 
 def _walk(path: Path, node: Any, prefix: str, out: dict[str, tuple[Any, int]]) -> None:
+    import yaml  # loaded by read_file already: a name lookup
+
+    from cloudsd.yamlfile import construct
+
     sections = {k.split(".")[0] for k in BY_KEY if "." in k}
     for key_node, value_node in node.value:
         line = key_node.start_mark.line + 1

@@ -283,10 +283,14 @@ def status(app: App, as_json: bool) -> None:
     if as_json:
         click.echo(_json(r.to_dict() for r in rows))
         return
-    from cloudsd.cli import render
     from cloudsd.core.volumes import listing, volume_clouds
 
     volumes = listing(app.ledger, app.providers, time.time(), sweep=volume_clouds(app.providers.configured_clouds()))
+    if not rows and not volumes:  # the first thing a new user sees, without loading rich for it
+        click.echo("No machines. Start one with `cloudsd up`.")
+        return
+    from cloudsd.cli import render
+
     volume_lines = render.volume_status_lines(v.to_dict() for v in volumes)
     if not rows:
         click.echo("\n".join(["No machines. Start one with `cloudsd up`.", *volume_lines]))
