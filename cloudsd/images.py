@@ -54,9 +54,12 @@ class BuiltImage:
 def images_dir() -> Path:
     """The build context: `images/` of the checkout cloudsd runs from, or $CLOUDSD_IMAGES_DIR."""
     explicit = os.environ.get("CLOUDSD_IMAGES_DIR")
-    where = Path(explicit) if explicit else Path(__file__).resolve().parents[1] / "images"
-    if (where / "boot" / "entrypoint.sh").is_file() and (where / "ui" / "start").is_file():
-        return where
+    # A checkout has images/ beside the package; an installed wheel carries it as cloudsd/images_data.
+    candidates = [Path(explicit)] if explicit else [Path(__file__).resolve().parents[1] / "images",
+                                                    Path(__file__).parent / "images_data"]
+    for where in candidates:
+        if (where / "boot" / "entrypoint.sh").is_file() and (where / "ui" / "start").is_file():
+            return where
     raise ConfigError(
         f"no cloudsd images/ folder at {where}: images are built from a checkout of the cloudsd repository.",
         hint="Install cloudsd from a checkout (`pip install -e .`), or set CLOUDSD_IMAGES_DIR to its images/ folder.")
