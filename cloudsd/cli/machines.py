@@ -158,29 +158,36 @@ def up(app: App, name: str | None, provider: str | None, image: str | None, ui: 
 
 def _hold(app: App, session: Any) -> None:
     """Draw the attached status line while core holds the machine, then say how it ended."""
-    from rich.text import Text
-
     from cloudsd.cli import render
-    from cloudsd.cli.progress import LiveReporter
-    from cloudsd.core.hold import HoldLine, hold
+    from cloudsd.core.hold import HoldEnd, HoldLine, hold
 
     record = session.record
     out = render.console(stderr=True)
-    with out.status("") as line:
-        def on_tick(view: HoldLine) -> None:
-            text = render.status_line(record.name, view.uptime_s, record.price_per_hour, session.url,
-                                      cost_usd=view.cost_usd, budget=view.budget_text)
-            if view.warning:
-                out.print(render.styled(("warning:", "yellow"), f" {view.warning}"))
-            if not view.ssh_healthy:
-                text += " · SSH dropped, reconnecting on next request"
-            line.update(Text(text))
+    try:  # "ready" is on the screen: a Ctrl-C from now on detaches, even before the first tick
+        from rich.text import Text
 
-        def announce(text: str) -> None:
-            line.stop()
-            out.print(text)
+        from cloudsd.cli.progress import LiveReporter
 
-        end = hold(session, app.ledger, app.providers, on_tick, announce, LiveReporter)
+        status = out.status("")
+    except KeyboardInterrupt:
+        session.close()
+        end = HoldEnd("detached")
+    else:
+        with status as line:
+            def on_tick(view: HoldLine) -> None:
+                text = render.status_line(record.name, view.uptime_s, record.price_per_hour, session.url,
+                                          cost_usd=view.cost_usd, budget=view.budget_text)
+                if view.warning:
+                    out.print(render.styled(("warning:", "yellow"), f" {view.warning}"))
+                if not view.ssh_healthy:
+                    text += " · SSH dropped, reconnecting on next request"
+                line.update(Text(text))
+
+            def announce(text: str) -> None:
+                line.stop()
+                out.print(text)
+
+            end = hold(session, app.ledger, app.providers, on_tick, announce, LiveReporter)
     if end.how == "budget":
         out.print(f"{record.name}: destroyed · {final_cost(app.ledger, record.name)}")
     elif end.how == "ended":
