@@ -7,12 +7,19 @@ warm for all), and prints median and p90 wall time, the difference of the median
 medians of `cloudsd --help` and `cloudsd status` are within the goal. `status` runs with an empty
 CLOUDSD_HOME and HOME and no provider keys in the environment: an empty ledger and no cloud to ask, the
 case where nothing but start-up is measured. Writes benchmarks/results/cli_start.json.
+
+What is measured is the install behind `--python`: the project's .venv holds an editable install, whose
+import finder (`__editable___cloudsd_…_finder`, loaded by `site` in every run of that interpreter, `python -c
+pass` included) costs time a regular `pip install .` does not; the run says which kind it measured, and the
+load average before and after. PYTHONDONTWRITEBYTECODE is dropped from the runs' environment: a user's
+Python caches bytecode, and without the cache every run of an editable install compiles cloudsd anew.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -43,13 +50,25 @@ def empty_home_env(env: dict[str, str], home: Path) -> dict[str, str]:
     return {**clean, "CLOUDSD_HOME": str(home / "cloudsd"), "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config")}
 
 
-def time_once(cmd: list[str], env: dict[str, str]) -> float:
+def install_kind(python: str) -> str:
+    """"editable" when `python` finds cloudsd through an editable install's finder, else "regular"."""
+    code = ("import glob, site, sys; dirs = site.getsitepackages() + [site.getusersitepackages()]; "
+            "print('editable' if any(glob.glob(d + '/__editable__*cloudsd*') for d in dirs) else 'regular')")
+    result = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    return result.stdout.strip() or "unknown"
+
+
+def time_once(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall seconds, and the child's CPU seconds (user + system), which other load on the machine disturbs
+    much less than wall time."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     result = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, timeout=RUN_TIMEOUT_S)
     elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} exited {result.returncode}: {result.stderr.decode(errors='replace')}")
-    return elapsed
+    return elapsed, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def summary(samples: list[float]) -> dict[str, float]:
@@ -71,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
 
     env = dict(os.environ)
     env.pop("PYTHONSTARTUP", None)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # the warm-up writes the bytecode cache, as any first run does
+    kind = install_kind(args.python)
+    load_before = os.getloadavg()
     home = Path(tempfile.mkdtemp(prefix="cloudsd-start-"))
     status_env = empty_home_env(env, home)
     commands = {
@@ -79,23 +101,30 @@ def main(argv: list[str] | None = None) -> int:
         "cloudsd status": (cloudsd_command(args.python, "status"), status_env),
     }
     samples: dict[str, list[float]] = {name: [] for name in commands}
+    cpu_samples: dict[str, list[float]] = {name: [] for name in commands}
     for cmd, cmd_env in commands.values():
         time_once(cmd, cmd_env)  # warm-up, untimed
     for _ in range(runs):
         for name, (cmd, cmd_env) in commands.items():
-            samples[name].append(time_once(cmd, cmd_env))
+            wall, cpu = time_once(cmd, cmd_env)
+            samples[name].append(wall)
+            cpu_samples[name].append(cpu)
 
+    load_after = os.getloadavg()
     stats = {name: summary(values) for name, values in samples.items()}
     base = stats["python -c pass"]
     overhead = {name: stats[name]["median_s"] - base["median_s"] for name in ("cloudsd --help", "cloudsd status")}
     met = {name: stats[name]["median_s"] <= args.goal for name in overhead}
 
+    cpu_median = {name: statistics.median(values) for name, values in cpu_samples.items()}
     rows = [
-        [name, f"{s['median_s'] * 1000:.1f}", f"{s['p90_s'] * 1000:.1f}", f"{s['min_s'] * 1000:.1f}"]
+        [name, f"{s['median_s'] * 1000:.1f}", f"{s['p90_s'] * 1000:.1f}", f"{s['min_s'] * 1000:.1f}",
+         f"{cpu_median[name] * 1000:.1f}"]
         for name, s in stats.items()
     ]
-    print(f"{runs} runs each, wall time in ms")
-    print(table(["command", "median", "p90", "min"], rows))
+    print(f"{runs} runs each, ms; {kind} install ({args.python}); load average "
+          f"{load_before[0]:.1f} before, {load_after[0]:.1f} after")
+    print(table(["command", "median", "p90", "min", "CPU median"], rows))
     for name, extra in overhead.items():
         print(f"{name} minus python -c pass (medians): {extra * 1000:.1f} ms")
         print(f"goal: median of {name} <= {args.goal * 1000:.0f} ms: {'met' if met[name] else 'MISSED'}")
@@ -106,10 +135,15 @@ def main(argv: list[str] | None = None) -> int:
             "benchmark": "cli_start",
             "machine": machine_info(),
             "runs": runs,
+            "install": kind,
+            "python": args.python,
+            "load_average": {"before": load_before, "after": load_after},
             "commands": {name: " ".join(Path(c).name if i == 0 else c for i, c in enumerate(cmd))
                          for name, (cmd, _) in commands.items()},
             "results": stats,
             "samples_s": samples,
+            "cpu_median_s": cpu_median,
+            "cpu_samples_s": cpu_samples,
             "overhead_median_s": overhead,
             "goal": {"median_s_max": args.goal, "met": met},
             "cwd": str(REPO_ROOT),

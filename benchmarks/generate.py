@@ -14,10 +14,15 @@ times each:
 - generate: `cloudsd generate NAME PROMPT --count N` as a user runs it (its own process, its own SSH
   connection and tunnel, name checks, the progress bar, the index written at the end).
 
-Both make the same pictures (same prompt, seeds, 20 steps, 512x512). Reported: median wall time of each,
-the overhead of generate over plain (goal: at most 5 %), and for generate the time from start to the first
-picture on disk and the median gap between pictures (as each finishes, not all at the end). JSON:
-`results/generate.json`.
+- baseline (with `--baseline SRC`): the same `cloudsd generate` from another source tree (e.g. main's:
+  `git archive main cloudsd | tar -x -C /tmp/base`), in the same rounds: an A/B beside the same plain runs.
+
+Both make the same pictures (same prompt, seeds, 20 steps, 512x512). Python caches bytecode as in a user's
+install (under a temporary PYTHONPYCACHEPREFIX; a PYTHONDONTWRITEBYTECODE in the environment would have every
+run compile cloudsd's modules again, 60-90 ms on an idle machine), and one unmeasured run of each variant comes
+first. Reported: median wall time of each, the overhead of generate over plain (goal: at most 5 %), and for
+generate the time from start to the first picture on disk, the median gap between pictures (as each finishes,
+not all at the end) and the time from the last picture to its exit. JSON: `results/generate.json`.
 """
 
 from __future__ import annotations
@@ -114,10 +119,13 @@ def plain_comfyui(port: int, count: int, dest: Path, ckpt: str) -> list[float]:
     return arrivals
 
 
-def run_generate(name: str, count: int, env: dict[str, str], workdir: Path) -> tuple[float, list[float]]:
+def run_generate(name: str, count: int, env: dict[str, str], workdir: Path,
+                 src: Path | None = None) -> tuple[float, list[float]]:
     """`cloudsd generate` as a process; (wall s, each picture's arrival s as its line appears)."""
     argv = [sys.executable, "-m", "cloudsd", "generate", name, PROMPT, "--count", str(count), "--steps", str(STEPS),
             "--seed", str(SEED), "--size", "512x512", "--sampler", "DPM++ 2M"]
+    if src is not None:  # PYTHONPATH comes before the editable install's finder
+        env = {**env, "PYTHONPATH": str(src)}
     started = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=workdir)
     assert proc.stderr is not None
@@ -149,7 +157,10 @@ def bench_ui(ui: str, args: argparse.Namespace, env: dict[str, str], workdir: Pa
             if "http://127.0.0.1:" in line:
                 port = int(re.search(r"127\.0\.0\.1:(\d+)", line).group(1))  # type: ignore[union-attr]
                 break
-        samples: dict[str, list[Any]] = {"plain": [], "generate": []}
+        variants = {"generate": None, **({"baseline": args.baseline} if args.baseline else {})}
+        for src in variants.values():  # warm-up: bytecode compiled, the UI's first job done
+            run_generate(name, 1, env, workdir, src)
+        samples: dict[str, list[Any]] = {"plain": [], **{v: [] for v in variants}}
         for round_ in range(args.repeat):
             print(f"  {ui} round {round_ + 1}/{args.repeat}", flush=True)
             dest = workdir / f"plain-{ui}-{round_}"
@@ -157,7 +168,8 @@ def bench_ui(ui: str, args: argparse.Namespace, env: dict[str, str], workdir: Pa
             arrivals = (plain_a1111(port, args.pictures, dest) if ui == "a1111"
                         else plain_comfyui(port, args.pictures, dest, ckpt.name))
             samples["plain"].append((time.perf_counter() - started, arrivals))
-            samples["generate"].append(run_generate(name, args.pictures, env, workdir))
+            for variant, src in variants.items():
+                samples[variant].append(run_generate(name, args.pictures, env, workdir, src))
     finally:
         tunnel.send_signal(signal.SIGINT)
         try:
@@ -169,7 +181,16 @@ def bench_ui(ui: str, args: argparse.Namespace, env: dict[str, str], workdir: Pa
     gen = statistics.median(s[0] for s in samples["generate"])
     gaps = [b - a for _, arr in samples["generate"] for a, b in zip(arr, arr[1:], strict=False)]
     first = statistics.median(arr[0] for _, arr in samples["generate"])
-    return {"plain_s": plain, "generate_s": gen, "overhead": gen / plain - 1.0, "first_picture_s": first,
+    def after_last(variant: str) -> float:  # from the last picture on disk to the process's exit
+        return statistics.median(wall - arr[-1] for wall, arr in samples[variant])
+
+    extra = {"after_last_s": after_last("generate")}
+    if "baseline" in samples:
+        base = statistics.median(s[0] for s in samples["baseline"])
+        extra |= {"baseline_s": base, "baseline_overhead": base / plain - 1.0,
+                  "baseline_first_picture_s": statistics.median(arr[0] for _, arr in samples["baseline"]),
+                  "baseline_after_last_s": after_last("baseline")}
+    return {"plain_s": plain, "generate_s": gen, "overhead": gen / plain - 1.0, "first_picture_s": first, **extra,
             "median_gap_s": statistics.median(gaps) if gaps else None,
             "per_picture_plain_s": plain / args.pictures,
             "samples": {k: [{"wall_s": w, "arrivals_s": a} for w, a in v] for k, v in samples.items()}}
@@ -183,10 +204,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step-s", type=float, default=0.05, help="stand-in seconds per step at 512x512")
     parser.add_argument("--image", default=TESTBED_IMAGE)
     parser.add_argument("--goal", type=float, default=0.05)
+    parser.add_argument("--baseline", type=Path, help="source tree of another cloudsd to run beside (A/B)")
     args = parser.parse_args(argv)
     require([], args.image)
     workdir = Path(tempfile.mkdtemp(prefix="cloudsd-bench-generate-"))
-    env = {**os.environ, "CLOUDSD_HOME": str(workdir / "home"), "CLOUDSD_IMAGE": args.image,
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"},
+           "PYTHONPYCACHEPREFIX": str(workdir / "pycache"), "CLOUDSD_HOME": str(workdir / "home"), "CLOUDSD_IMAGE": args.image,
            "CLOUDSD_LOCAL_NETWORK": "cloudsd-test", "CLOUDSD_LOCAL_GPUS": "none", "CLOUDSD_IMAGE_PULL": "never"}
     load_before = os.getloadavg()
     results = {}
@@ -200,10 +223,18 @@ def main(argv: list[str] | None = None) -> int:
              f"{r['median_gap_s']:.2f}", f"{r['per_picture_plain_s']:.2f}"] for ui, r in results.items()]
     print("\n" + table(["ui", "plain s", "generate s", "overhead", f"<= {args.goal:.0%}", "first picture s",
                         "gap s", "plain s/picture"], rows))
+    if args.baseline:
+        print("\n" + table(["ui", "baseline s", "overhead", "first picture s", "after last s", "generate s",
+                            "overhead", "first picture s", "after last s"],
+                           [[ui, f"{r['baseline_s']:.2f}", f"{r['baseline_overhead']:+.1%}",
+                             f"{r['baseline_first_picture_s']:.2f}", f"{r['baseline_after_last_s']:.2f}",
+                             f"{r['generate_s']:.2f}", f"{r['overhead']:+.1%}", f"{r['first_picture_s']:.2f}",
+                             f"{r['after_last_s']:.2f}"] for ui, r in results.items()]))
     out = write_json("generate.json", {"benchmark": "generate", "machine": machine_info(),
                                        "loadavg_before": list(load_before), "loadavg_after": list(os.getloadavg()),
-                                       "options": vars(args), "results": results})
-    print(f"\nwrote {out}")
+                                       "options": {**vars(args), "baseline": str(args.baseline or "") or None},
+                                       "results": results})
+    print(f"\nload average before {load_before[0]:.1f}, after {os.getloadavg()[0]:.1f}\nwrote {out}")
     return 0
 
 

@@ -6,21 +6,17 @@ The file is YAML with sections (`timeouts:`, `local:` …); a setting's key is i
 
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from cloudsd import paths, values
 from cloudsd.durations import parse_duration
 from cloudsd.errors import ConfigError
 from cloudsd.providers import provider_names
 from cloudsd.ui import DEFAULT_REGISTRY
-from cloudsd.yamlfile import compose_file, construct
 
 
 def _to_positive_duration(value: Any) -> float:
@@ -105,6 +101,12 @@ SETTINGS: tuple[Setting, ...] = (
             "where cloudsd's own images are pulled from and `cloudsd image push` sends them"),
     Setting("image_pull", "auto", _choice("auto", "never"), "CLOUDSD_IMAGE_PULL",
             "pull a missing image onto the local engine: auto (names with a registry host only) or never"),
+    Setting("image_source", "auto", _choice("auto", "prebuilt", "install"), "CLOUDSD_IMAGE_SOURCE",
+            "how a cloud machine gets the web UI: prebuilt (cloudsd's image, refused if it cannot be pulled), "
+            "install (on first boot of a stock CUDA + PyTorch image, into /workspace) or auto (prebuilt when pullable)"),
+    Setting("stock_image", None, _to_str, "CLOUDSD_STOCK_IMAGE",
+            "the stock CUDA + PyTorch image a UI is installed into (none: runpod/pytorch for the CUDA the GPU needs)",
+            optional=True),
     Setting("ui", "a1111", _choice("a1111", "forge", "comfyui"), "CLOUDSD_UI", "which web UI the image runs"),
     Setting("port", 7860, _to_port, "CLOUDSD_PORT", "local port for the web UI (the next free one if busy)"),
     Setting("disk_gb", 40, values.disk_gb, "CLOUDSD_DISK_GB", "disk for the machine, GB"),
@@ -134,6 +136,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("timeouts.resume", 90.0, _to_positive_duration, "CLOUDSD_RESUME_TIMEOUT",
             "how long `cloudsd start` waits for the host to give a stopped machine its GPU back"),
     Setting("timeouts.ui", 600.0, _to_positive_duration, "CLOUDSD_UI_TIMEOUT", "how long the web UI may take to answer"),
+    Setting("timeouts.install", 5400.0, _to_positive_duration, "CLOUDSD_INSTALL_TIMEOUT",
+            "how long installing the web UI on first boot may take (PyTorch and the UI's packages: several GB)"),
     # `cloudsd generate` defaults, so a user's usual settings are one line (flags override them).
     Setting("generate.negative", "", _to_str, None, "negative prompt"),
     Setting("generate.checkpoint", None, _to_str, None, "checkpoint by name or A1111 short hash (none: the loaded one)",
@@ -196,6 +200,8 @@ class Settings(Mapping[str, Any]):
 
 
 def suggest(key: str) -> str:
+    import difflib  # only a mistake needs it; every command resolves the settings
+
     close = difflib.get_close_matches(key, list(BY_KEY), n=1, cutoff=0.5)
     return f" Did you mean {close[0]!r}?" if close else f" Valid keys: {', '.join(BY_KEY)}."
 
@@ -210,7 +216,20 @@ def _convert(setting: Setting, raw: Any, where: str) -> Any:
 
 
 def read_file(path: Path) -> dict[str, tuple[Any, int]]:
-    """The file's settings as {dotted key: (raw value, line)}; raises ConfigError with file:line."""
+    """The file's settings as {dotted key: (raw value, line)}; raises ConfigError with file:line.
+
+    Every command resolves the settings and most users have no file: without one, the YAML library is not
+    even loaded (it is a good part of `cloudsd status`'s start-up)."""
+    try:
+        path.stat()
+    except FileNotFoundError:
+        return {}
+    except OSError:
+        pass  # compose_file says what is wrong with it, in its words
+    import yaml
+
+    from cloudsd.yamlfile import compose_file
+
     root = compose_file(path, missing_ok=True)
     if root is None:
         return {}
@@ -222,6 +241,10 @@ def read_file(path: Path) -> dict[str, tuple[Any, int]]:
 
 
 def _walk(path: Path, node: Any, prefix: str, out: dict[str, tuple[Any, int]]) -> None:
+    import yaml  # loaded by read_file already: a name lookup
+
+    from cloudsd.yamlfile import construct
+
     sections = {k.split(".")[0] for k in BY_KEY if "." in k}
     for key_node, value_node in node.value:
         line = key_node.start_mark.line + 1

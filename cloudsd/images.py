@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +54,12 @@ class BuiltImage:
 def images_dir() -> Path:
     """The build context: `images/` of the checkout cloudsd runs from, or $CLOUDSD_IMAGES_DIR."""
     explicit = os.environ.get("CLOUDSD_IMAGES_DIR")
-    where = Path(explicit) if explicit else Path(__file__).resolve().parents[1] / "images"
-    if (where / "boot" / "entrypoint.sh").is_file() and (where / "ui" / "start").is_file():
-        return where
+    # A checkout has images/ beside the package; an installed wheel carries it as cloudsd/images_data.
+    candidates = [Path(explicit)] if explicit else [Path(__file__).resolve().parents[1] / "images",
+                                                    Path(__file__).parent / "images_data"]
+    for where in candidates:
+        if (where / "boot" / "entrypoint.sh").is_file() and (where / "ui" / "start").is_file():
+            return where
     raise ConfigError(
         f"no cloudsd images/ folder at {where}: images are built from a checkout of the cloudsd repository.",
         hint="Install cloudsd from a checkout (`pip install -e .`), or set CLOUDSD_IMAGES_DIR to its images/ folder.")
@@ -311,6 +314,8 @@ class ImageChoice:
     registry: str
     ours: bool  # cloudsd's own image: its CUDA variant follows the GPU, and images/ can build it
     way: str  # "engine" | "host-pulls"
+    install: bool = False  # `image` is a stock CUDA + PyTorch image: the UI is installed on its first boot
+    why: str = ""  # one line: which path `up` takes and why (said before anything is rented)
 
 
 def choose_image(ui: str, gpu_name: str | None, *, image: str | None, registry: str = DEFAULT_REGISTRY,
@@ -325,17 +330,86 @@ def choose_image(ui: str, gpu_name: str | None, *, image: str | None, registry: 
 def machine_image(options: Any, ui: str, gpu_name: str | None, *, on_local_engine: bool,
                   on_progress: Progress = _quiet) -> ImageChoice:
     """Choose the image of a machine with this GPU (`options` is an UpOptions) and make sure it can be had,
-    before anything is rented: on the local engine, pulled or built first; on a cloud, cloudsd's own image
-    must be pullable from its registry (`require_pullable`). A named image is the user's to vouch for."""
+    before anything is rented, saying which path it takes and why (`on_progress`).
+
+    `options.image_source` decides between cloudsd's prebuilt image and installing the UI on first boot of a
+    stock CUDA + PyTorch image (cloudsd.ui_install): prebuilt (refused when it cannot be pulled), install, or
+    auto (prebuilt when the registry says anyone can pull it, else install). On the local engine the
+    prebuilt image is pulled or built there (`ensure_local`), so auto means prebuilt. A named image is the
+    user's to vouch for; install never rents for a stock image nobody can pull either."""
     choice = choose_image(ui, gpu_name, image=None if options.default_image else options.image,
                           registry=options.registry, on_local_engine=on_local_engine)
+    source = getattr(options, "image_source", "prebuilt")
+    if choice.ours and source == "install":
+        return _install_choice(choice, options, "image_source is install", on_progress)
     if choice.way == "engine":
         on_progress(f"looking for {choice.image}")
         ensure_local(choice.image, registry=options.registry, allow_pull=options.image_pull != "never",
                      on_progress=on_progress)
+    elif choice.ours and source == "auto":
+        from cloudsd.registry import check_pullable  # httpx: kept out of `cloudsd --help`
+
+        on_progress(f"asking the registry for {choice.image}")
+        found = check_pullable(choice.image)
+        if not found.pullable:
+            return _install_choice(choice, options, f"the prebuilt {choice.image} cannot be pulled: {found.reason}",
+                                   on_progress)
+        on_progress(f"the machine pulls the prebuilt {choice.image}: {found.reason}")
     elif choice.ours:
         require_pullable(choice.image, ui, on_progress=on_progress)
-    return choice
+    return replace(choice, why=f"prebuilt image {choice.image}")
+
+
+def install_ui(connection: Any, ui: str, cuda: str, *, deadline_s: float, on_progress: Progress = _quiet,
+                env: dict[str, str] | None = None) -> None:
+    """On a machine of a stock image (an ImageChoice with `install`), over its SSH `connection`: install the
+    UI with images/<ui>/install.sh into /workspace (resuming or skipping what an earlier boot did), start it,
+    and wait for the install within `deadline_s` (cloudsd.ui_install)."""
+    from cloudsd.ui_install import start_install, wait_for_install
+
+    on_progress(f"sending the {ui} install script and starting it")
+    start_install(connection, ui, cuda, images_dir(), env)
+    wait_for_install(connection, ui, cuda, images_dir(), deadline_s=deadline_s, on_progress=on_progress, env=env)
+
+
+def resume_installed_ui(connection: Any, ui: str, *, deadline_s: float = 5400.0,
+                        on_progress: Progress = _quiet) -> bool:
+    """On a machine whose UI was installed on boot (a stock image: nothing of cloudsd starts it when the machine
+    starts again): run the install again, which finds its steps done (or finishes an interrupted one) and
+    starts the UI unless it runs. False, doing nothing, on any other machine."""
+    from cloudsd.ui_install import installed_here, start_install, wait_for_install
+
+    if not installed_here(connection, ui):
+        return False
+    on_progress(f"{ui} was installed on this machine's first boot: checking it and starting it")
+    start_install(connection, ui, None, images_dir())
+    wait_for_install(connection, ui, None, images_dir(), deadline_s=deadline_s, on_progress=on_progress)
+    return True
+
+
+def _install_choice(choice: ImageChoice, options: Any, reason: str, on_progress: Progress) -> ImageChoice:
+    from cloudsd.ui_install import stock_image
+
+    images_dir()  # the install script is sent from images/: a ConfigError now, before anything is rented
+    stock = getattr(options, "stock_image", None) or stock_image(choice.cuda or DEFAULT_CUDA)
+    if choice.way == "engine":
+        on_progress(f"looking for {stock}")
+        ensure_local(stock, registry=options.registry, allow_pull=options.image_pull != "never",
+                     on_progress=on_progress)
+    else:
+        from cloudsd.registry import check_pullable
+
+        on_progress(f"asking the registry for {stock}")
+        found = check_pullable(stock)
+        if not found.pullable:
+            raise ImageMissing(
+                f"{reason}, and the stock image {stock} to install {choice.ui} into cannot be pulled either: "
+                f"{found.reason}. Nothing was rented.",
+                hint="Set `stock_image` to a CUDA + PyTorch image with git, python3 and sshd that hosts can pull, "
+                     "or publish cloudsd's image (`cloudsd image build` then `cloudsd image push`).")
+    why = f"installs {choice.ui} on first boot of {stock} into /workspace ({reason})"
+    on_progress(why)
+    return replace(choice, image=stock, install=True, why=why)
 
 
 def ensure_local(image: str, *, registry: str = DEFAULT_REGISTRY, allow_pull: bool = True,

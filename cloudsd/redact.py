@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -80,4 +79,6 @@ def display_url(url: str) -> str:
 
 def url_digest(url: str) -> str:
     """A stable name for a URL that reveals nothing of it (for state kept on a machine)."""
+    import hashlib  # OpenSSL's loading is felt in start-up, and only a resumable download needs this
+
     return "url-sha256:" + hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()

@@ -10,18 +10,25 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import paramiko
-from paramiko.common import cMSG_CHANNEL_REQUEST
-from paramiko.packet import NeedRekeyException, Packetizer
-
 from cloudsd.errors import HostKeyMismatch, SSHError
 from cloudsd.machine import SSHEndpoint
+
+# paramiko.config imports `invoke` (and with it unittest.mock: 50-150 ms, a third of paramiko's import) only to
+# run the `Match exec` lines of an ssh_config, which cloudsd never reads; paramiko catches the ImportError.
+_blocked = sys.modules.setdefault("invoke", None) is None  # type: ignore[arg-type]
+import paramiko  # noqa: E402
+from paramiko.common import cMSG_CHANNEL_REQUEST  # noqa: E402
+from paramiko.packet import NeedRekeyException, Packetizer  # noqa: E402
+
+if _blocked:
+    del sys.modules["invoke"]  # anyone else may still import it
 
 # paramiko logs every failed banner read (sshd still starting) with a traceback on stderr; the retry loop
 # below reports those attempts itself.
@@ -88,6 +95,15 @@ class Connection:
             raise SSHError(f"lost the SSH connection to {self.endpoint} ({exc or type(exc).__name__}).",
                            hint="Run the command again; `cloudsd status` shows whether the machine runs.") from None
         return status, out.decode(errors="replace"), err.decode(errors="replace")
+
+    def open_process(self, command: str, *, timeout_s: float = 30.0) -> paramiko.Channel:
+        """`command` started and left running, to talk to over the channel's stdin/stdout (caller closes)."""
+        try:
+            channel = self.transport.open_session(timeout=timeout_s)
+            channel.exec_command(command)
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            raise SSHError(f"lost the SSH connection to {self.endpoint} ({exc or type(exc).__name__}).") from None
+        return channel
 
     def open_forward_channel(self, port: int, origin: tuple[str, int]) -> paramiko.Channel:
         """A direct-tcpip channel to 127.0.0.1:`port` on the machine, with a large window."""

@@ -240,11 +240,20 @@ def test_doctor_refuses_a_malformed_key_naming_its_source(cloud: Cloud, monkeypa
 def test_up_never_rents_for_a_prebuilt_image_nobody_can_pull(cloud: Cloud, cloudsd_home: Path) -> None:
     """The registry lacks cloudsd's image: `up` says so before anything is created, and rents nothing."""
     cloud.fake.registry.public["cloudsd/a1111"].clear()  # the repository is public, this tag unpublished
-    result = cloudsd("up", "nopull", "--provider", cloud.name, "--detach", "--yes")
+    result = cloudsd("up", "nopull", "--provider", cloud.name, "--detach", "--yes", "--image-source", "prebuilt")
     assert result.returncode != 0
     (line,) = _error_lines(result.stderr)
     assert line.startswith("error: the prebuilt image ghcr.io/cloudsd/a1111:1.10.1-cu124 cannot be pulled: ghcr.io "
                            "has no cloudsd/a1111:1.10.1-cu124 (not published). Nothing was rented. Publish it")
+    assert cloud.live() == []
+    # auto would install on a stock image instead, but nobody can pull that one either (the fake has none)
+    result = cloudsd("up", "nopull", "--provider", cloud.name, "--detach", "--yes")
+    assert result.returncode != 0
+    (line,) = _error_lines(result.stderr)
+    assert line.startswith("error: the prebuilt ghcr.io/cloudsd/a1111:1.10.1-cu124 cannot be pulled: ghcr.io has no "
+                           "cloudsd/a1111:1.10.1-cu124 (not published), and the stock image "
+                           "runpod/pytorch:2.4.0-py3.11-cuda12.4.1-devel-ubuntu22.04 to install a1111 into cannot be "
+                           "pulled either: ")
     assert cloud.live() == []
     assert not (cloudsd_home / "ledger.sqlite3").exists() or sqlite3.connect(cloudsd_home / "ledger.sqlite3").execute(
         "SELECT count(*) FROM machines WHERE name = 'nopull'").fetchone() == (0,)

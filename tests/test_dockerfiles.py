@@ -40,7 +40,38 @@ TOOLCHAIN = re.compile(r"\b(build-essential|gcc|g\+\+|clang|make|cmake|[\w.+-]+-
 
 
 def read(name: str) -> str:
-    return (IMAGES / name / "Dockerfile").read_text()
+    """The flavor's build as the checks read it: its Dockerfile with each `RUN …/install.sh STEP…` replaced by
+    the RUN of those steps' bodies from images/<flavor>/install.sh, and `COPY <flavor>/upstream.env` followed
+    by its pins as ARG lines (where the build sees them), so every check reads the steps the build runs."""
+    text = (IMAGES / name / "Dockerfile").read_text()
+    if name not in REAL:
+        return text
+    return expand_install_script(text, IMAGES / name)
+
+
+def step_bodies(script: str) -> dict[str, str]:
+    """`step_NAME() { … }` of an install script -> {NAME: the body, re-indented as a RUN continuation}."""
+    bodies = {}
+    for name, body in re.findall(r"^step_(\w+)\(\) \{\n(.*?)\n\}$", script, re.M | re.S):
+        lines = [line.strip() for line in body.splitlines()]
+        bodies[name] = lines[0] + "".join("\n    " + line for line in lines[1:])
+    return bodies
+
+
+def expand_install_script(text: str, folder: Path) -> str:
+    bodies = step_bodies((folder / "install.sh").read_text())
+    out = []
+    for line in text.splitlines():
+        run = re.match(r"^RUN /opt/cloudsd/build/install\.sh ((?:\w+ ?)+)$", line)
+        if run:
+            out.extend("RUN " + bodies[step] for step in run.group(1).split())
+            continue
+        out.append(line)
+        if line == f"COPY {folder.name}/upstream.env /opt/cloudsd/build/":
+            for pin in (folder / "upstream.env").read_text().splitlines():
+                match = re.match(r'^: "\$\{(\w+):=(.*)\}"$', pin)
+                out.append(f"ARG {match.group(1)}={match.group(2)}" if match else pin)
+    return "\n".join(out) + "\n"
 
 
 def instructions(text: str) -> list[str]:
@@ -140,7 +171,7 @@ def pin_problems(text: str, folder: Path) -> list[str]:
         for command in re.findall(r"pip install ([^&]*)", ins):
             for word in command.split():
                 bare = word.strip('"')
-                if word.startswith("-") or bare.startswith("/opt/cloudsd/build/"):
+                if word.startswith("-") or bare.startswith(("/opt/cloudsd/build/", "$PINS/")):
                     continue
                 if bare.startswith("$"):  # an ARG: it must name a commit archive or an exact version
                     bare = values.get(bare.strip("${}"), bare)
@@ -373,7 +404,9 @@ def test_the_checks_see_broken_dockerfiles() -> None:
     assert binding_problems(text.replace("EXPOSE 22", "EXPOSE 22 7860"))
     assert binding_problems(text + 'CMD ["python3", "launch.py", "--listen"]\n')
     assert model_download_problems(text + "RUN curl -LO https://huggingface.co/x/y/resolve/main/m.safetensors\n")
-    assert pin_problems(text.replace("ARG A1111_TAG=v1.10.1", "ARG A1111_TAG=master"), folder)
+    assert pin_problems(text.replace("ARG A1111_COMMIT=82a973c04367123ae98bd9abdf80d9eda9b910e2",
+                                     "ARG A1111_COMMIT=master"), folder)
+    assert pin_problems(text.replace('&& test "$(git rev-parse HEAD)" = "$A1111_COMMIT"', ""), folder)
     assert pin_problems(text.replace("pip install pip==24.2", "pip install pip"), folder)
     assert pin_problems(text.replace("d50d76daa670286dd6cacf3bcd80b5e4823fc8e1.zip", "main.zip"), folder)
     unpinned_arg = text.replace("ARG CLIP_PACKAGE=https://github.com/openai/CLIP/archive/"

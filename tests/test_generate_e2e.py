@@ -216,3 +216,44 @@ def test_generate_respects_the_budget(local_env: dict[str, str], cloudsd_home: P
     assert "cloudsd budget tight" in line
     assert _remote_files("tight", "/workspace/webui/outputs") == before
     assert len(_gen_json("tight", "a short one", "--steps", "5")["pictures"]) == 1
+
+
+def _stat_processes(connection: Any) -> int:
+    _, out, _ = connection.run("ps -eo args")
+    return sum("for line in sys.stdin" in line for line in out.splitlines())
+
+
+def test_the_files_lookup_runs_in_a_script_started_before_the_end(local_env: dict[str, str], cloudsd_home: Path,
+                                                                   tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stat script starts with the run (its python3 start-up off the path after the last picture), answers
+    each query on one line over the same process, and a query still answers after it died."""
+    from cloudsd.core.access import reconnect_record
+    from cloudsd.core.generate_common import RemoteStat, stat_remote
+    from cloudsd.ledger import Ledger
+
+    _machine("look", "a1111", tmp_path, monkeypatch)
+    _gen_json("look", "two", "--count", "2", "--steps", "4", "--seed", "77")
+    ledger = Ledger()
+    connection = reconnect_record(ledger.get("look"), deadline_s=30, ledger=ledger)
+    try:
+        payload = {"root": "/workspace/webui/outputs", "folders": ["txt2img-images"], "age_s": 3600,
+                   "pattern": r"^\d+-\d+"}
+        expected = stat_remote(connection, payload)
+        assert len(expected) == 2 and all(size > 0 for size, _ in expected.values())
+        stat = RemoteStat(connection)
+        assert _stat_processes(connection) == 0  # nothing runs before `start`
+        stat.start()
+        deadline = time.monotonic() + 30
+        while _stat_processes(connection) == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _stat_processes(connection) == 1  # running before any query
+        assert stat(payload) == expected
+        assert stat({**payload, "folders": [], "rels": [next(iter(expected))]}) == dict([next(iter(expected.items()))])
+        assert _stat_processes(connection) == 1  # both answered by the same process
+        connection.run("pkill -f 'for line in sys.stdin'")
+        assert stat(payload) == expected  # gone: answered by a command of its own
+        stat.close()
+        assert _stat_processes(connection) == 0
+    finally:
+        connection.close()

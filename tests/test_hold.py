@@ -106,6 +106,21 @@ def test_ctrl_c_detaches_and_the_machine_keeps_running(world: World) -> None:
     assert lines[0].ssh_healthy and lines[0].budget_text == ""
 
 
+def test_ctrl_c_before_the_first_tick_detaches_too(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """"ready" is printed before the guard exists: a Ctrl-C while it is being built is a detach, not exit 130."""
+    ledger = Ledger()
+    provider_id = _running(world, ledger)
+    session = StandInSession(ledger.get("box"))
+
+    def interrupted(*_: object, **__: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("cloudsd.core.hold.BudgetGuard", interrupted)
+    end, said, lines = _hold(ledger, session)
+    assert end.how == "detached" and said == [] and lines == [] and session.closed
+    assert provider_id in world.machines and ledger.get("box").status is Status.RUNNING
+
+
 def test_the_guard_warns_once_and_notices_a_machine_gone(world: World) -> None:
     ledger = Ledger()
     provider_id = _running(world, ledger, Budget(max_time_s=100.0))

@@ -128,8 +128,7 @@ def test_layers_point_one_way() -> None:
 
 
 def test_status_with_no_machines_loads_no_ssh_or_docker_library(tmp_path: Path) -> None:
-    """`cloudsd status` on an empty ledger (start-up time counts there): no paramiko or docker. (rich still
-    comes in with httpx, which the vendor modules import to learn that no key is set.)"""
+    """`cloudsd status` on an empty ledger (start-up time counts there): no paramiko or docker."""
     import json
     import os
     import subprocess
@@ -141,3 +140,35 @@ def test_status_with_no_machines_loads_no_ssh_or_docker_library(tmp_path: Path) 
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
     assert out.splitlines()[0] == "No machines. Start one with `cloudsd up`."
     assert out.strip().splitlines()[-1] == "MODULES=", json.dumps(out)
+
+
+def _status_loads(home: Path, modules: tuple[str, ...]) -> tuple[str, set[str]]:
+    """What `cloudsd status` prints first, and which of `modules` it imported, run in a fresh interpreter with
+    `home` as CLOUDSD_HOME, HOME and XDG_CONFIG_HOME (the tests' environment holds no provider key)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom cloudsd.cli.main import main\ntry:\n    main(['status'])\nexcept SystemExit:\n    pass\n"
+            f"print('MODULES=' + ','.join(m for m in {modules!r} if m in sys.modules))\n")
+    env = {**os.environ, "CLOUDSD_HOME": str(home / "cloudsd"), "HOME": str(home),
+           "XDG_CONFIG_HOME": str(home / ".config")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    lines = out.strip().splitlines()
+    return lines[0], set(filter(None, lines[-1].removeprefix("MODULES=").split(",")))
+
+
+STATUS_HEAVY = ("httpx", "yaml", "rich", "docker", "paramiko", "importlib.resources", "cloudsd.core.lifecycle",
+                "cloudsd.providers.runpod", "cloudsd.providers.vastai", "cloudsd.providers.local")
+
+
+def test_status_with_no_machines_keys_or_config_loads_no_vendor_module_yaml_or_rich(tmp_path: Path) -> None:
+    """No key: the stray sweep learns it from `providers/credentials.py`, without the vendor modules (httpx, and
+    rich through it); no config file: no YAML library; no machine: no Docker SDK. A config file still is read."""
+    first, loaded = _status_loads(tmp_path, STATUS_HEAVY)
+    assert first == "No machines. Start one with `cloudsd up`."
+    assert loaded == set()
+    (tmp_path / "cloudsd").mkdir(exist_ok=True)
+    (tmp_path / "cloudsd" / "config.yaml").write_text("port: 7861\n")
+    first, loaded = _status_loads(tmp_path, STATUS_HEAVY)
+    assert first == "No machines. Start one with `cloudsd up`." and loaded == {"yaml"}

@@ -89,6 +89,14 @@ def test_tokens_belong_to_one_origin() -> None:
     assert parse_ref("civitai:1").token(Endpoints.from_env({})) is None
 
 
+def test_the_laptop_and_the_agent_compute_a_tokens_origin_with_one_function() -> None:
+    from cloudsd.remote.agent import web
+    from cloudsd.sync import sources
+
+    assert sources.origin is web.origin  # the token is paired here and compared there: one definition
+    assert web.origin("HTTPS://Civitai.com/x?y") == "https://civitai.com:443" and web.origin("http://h:bad/") == "http://h:0"
+
+
 def test_manifest(tmp_path: Path) -> None:
     (tmp_path / "mine.safetensors").write_bytes(b"x")
     manifest = tmp_path / "models.yaml"

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cloudsd.errors import CredentialsError, NoCapacity, ProviderError, RateLimited, ResumeRefused
 from cloudsd.machine import CreateRequest, MachineStatus, Offer, OfferSpec
 from cloudsd.providers import vastai_api as api
+from cloudsd.providers.credentials import VAST_KEY
 from cloudsd.providers.vastai import VastProvider
 from tests.fakes.vast_catalog import HOURS_PER_MONTH, default_catalog
 from tests.fakes.vast_server import OCI_FAILURE, FakeVast
@@ -148,7 +149,7 @@ def test_key_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     (home / ".vast_api_key").parent.mkdir(parents=True)
     (home / ".vast_api_key").write_text("legacykey1111\n")
     def found(explicit: str | None = None) -> tuple[str, str]:
-        credential = api.resolve_api_key(explicit)
+        credential = VAST_KEY.resolve(explicit)
         return credential.key, credential.source
 
     assert found() == ("legacykey1111", str(home / ".vast_api_key"))

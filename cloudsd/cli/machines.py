@@ -71,6 +71,9 @@ def _choice_settings(choice: dict[str, Any]) -> dict[str, Any]:
 @click.option("--provider", type=ProviderChoice(extra=("auto",)), help="Where to run.")
 @click.option("--image", help="Container image with sshd and the web UI.")
 @click.option("--ui", type=click.Choice(["a1111", "forge", "comfyui"]), help="Which web UI the image runs.")
+@click.option("--image-source", type=click.Choice(["auto", "prebuilt", "install"]),
+              help="cloudsd's prebuilt image, or install the UI on first boot of a stock PyTorch image; "
+                   "auto: prebuilt when it can be pulled.")
 @click.option("--port", type=PORT, help="Local port for the web UI (the next free one if busy).")
 @offer_options
 @click.option("--detach", is_flag=True, help="Return once the machine is ready instead of holding the tunnel.")
@@ -87,7 +90,8 @@ def _choice_settings(choice: dict[str, Any]) -> dict[str, Any]:
 @click.option("--yes", "-y", is_flag=True, help="Do not ask before renting a machine that costs money.")
 @click.option("--json", "as_json", is_flag=True, help="Print the machine record as JSON.")
 @pass_app
-def up(app: App, name: str | None, provider: str | None, image: str | None, ui: str | None, port: int | None,
+def up(app: App, name: str | None, provider: str | None, image: str | None, ui: str | None,
+       image_source: str | None, port: int | None,
        choice: dict[str, Any], detach: bool, keep_on_failure: bool | None, max_time: float | None,
        max_spend: float | None, idle_stop: float | None, idle_action: str | None, models: tuple[str, ...],
        manifest: str | None, volume: str | None, yes: bool, as_json: bool) -> None:
@@ -108,7 +112,8 @@ def up(app: App, name: str | None, provider: str | None, image: str | None, ui: 
     from cloudsd.core.up import up as start
     from cloudsd.errors import CloudsdError
 
-    flags = {"provider": provider, "image": image, "ui": ui, "port": port, "keep_on_failure": keep_on_failure,
+    flags = {"provider": provider, "image": image, "ui": ui, "image_source": image_source, "port": port,
+             "keep_on_failure": keep_on_failure,
              "max_time": max_time, "max_spend": max_spend, "idle_stop": idle_stop, "idle_action": idle_action}
     if volume:
         from cloudsd.core.volumes import provider_for
@@ -153,29 +158,36 @@ def up(app: App, name: str | None, provider: str | None, image: str | None, ui: 
 
 def _hold(app: App, session: Any) -> None:
     """Draw the attached status line while core holds the machine, then say how it ended."""
-    from rich.text import Text
-
     from cloudsd.cli import render
-    from cloudsd.cli.progress import LiveReporter
-    from cloudsd.core.hold import HoldLine, hold
+    from cloudsd.core.hold import HoldEnd, HoldLine, hold
 
     record = session.record
     out = render.console(stderr=True)
-    with out.status("") as line:
-        def on_tick(view: HoldLine) -> None:
-            text = render.status_line(record.name, view.uptime_s, record.price_per_hour, session.url,
-                                      cost_usd=view.cost_usd, budget=view.budget_text)
-            if view.warning:
-                out.print(render.styled(("warning:", "yellow"), f" {view.warning}"))
-            if not view.ssh_healthy:
-                text += " · SSH dropped, reconnecting on next request"
-            line.update(Text(text))
+    try:  # "ready" is on the screen: a Ctrl-C from now on detaches, even before the first tick
+        from rich.text import Text
 
-        def announce(text: str) -> None:
-            line.stop()
-            out.print(text)
+        from cloudsd.cli.progress import LiveReporter
 
-        end = hold(session, app.ledger, app.providers, on_tick, announce, LiveReporter)
+        status = out.status("")
+    except KeyboardInterrupt:
+        session.close()
+        end = HoldEnd("detached")
+    else:
+        with status as line:
+            def on_tick(view: HoldLine) -> None:
+                text = render.status_line(record.name, view.uptime_s, record.price_per_hour, session.url,
+                                          cost_usd=view.cost_usd, budget=view.budget_text)
+                if view.warning:
+                    out.print(render.styled(("warning:", "yellow"), f" {view.warning}"))
+                if not view.ssh_healthy:
+                    text += " · SSH dropped, reconnecting on next request"
+                line.update(Text(text))
+
+            def announce(text: str) -> None:
+                line.stop()
+                out.print(text)
+
+            end = hold(session, app.ledger, app.providers, on_tick, announce, LiveReporter)
     if end.how == "budget":
         out.print(f"{record.name}: destroyed · {final_cost(app.ledger, record.name)}")
     elif end.how == "ended":
@@ -278,10 +290,14 @@ def status(app: App, as_json: bool) -> None:
     if as_json:
         click.echo(_json(r.to_dict() for r in rows))
         return
-    from cloudsd.cli import render
     from cloudsd.core.volumes import listing, volume_clouds
 
     volumes = listing(app.ledger, app.providers, time.time(), sweep=volume_clouds(app.providers.configured_clouds()))
+    if not rows and not volumes:  # the first thing a new user sees, without loading rich for it
+        click.echo("No machines. Start one with `cloudsd up`.")
+        return
+    from cloudsd.cli import render
+
     volume_lines = render.volume_status_lines(v.to_dict() for v in volumes)
     if not rows:
         click.echo("\n".join(["No machines. Start one with `cloudsd up`.", *volume_lines]))

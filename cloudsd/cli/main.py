@@ -17,7 +17,6 @@ import click
 from cloudsd import __version__
 from cloudsd.cli.app import App
 from cloudsd.errors import CloudsdError
-from cloudsd.redact import scrub
 
 EXIT_INTERRUPTED = 130
 EXIT_INTERNAL = 70
@@ -30,6 +29,8 @@ def _debug() -> bool:
 def say_error(text: str) -> None:
     """Every error line goes out here: secrets masked in any form they may take (`cloudsd.redact`), and
     one line, whatever a provider's message held."""
+    from cloudsd.redact import scrub  # only an error needs it: `--help` starts without its json and urllib
+
     click.echo(" ".join(scrub(text).splitlines()), err=True)
 
 

@@ -8,6 +8,7 @@ from cloudsd.core.guard import ensure_watchdog
 from cloudsd.core.machines import Providers, Reporter
 from cloudsd.core.watchdog import WatchdogSettings
 from cloudsd.errors import CloudsdError
+from cloudsd.images import resume_installed_ui
 from cloudsd.ledger import Ledger, Status
 from cloudsd.ui import profile
 
@@ -32,6 +33,7 @@ def attach(name: str, port: int | None, ledger: Ledger, providers: Providers, re
     reporter.phase("ssh", f"connecting to {record.ssh_user}@{record.ssh_host}:{record.ssh_port}")
     connection = reconnect_record(record, deadline_s=ssh_timeout_s, ledger=ledger)
     try:
+        resume_installed_ui(connection, ui.name, on_progress=lambda text: reporter.phase("install", text))
         forward = open_tunnel(record, connection, port or record.local_port or 7860)
         reporter.phase("web UI", f"checking {ui.title} at {forward.url}")
         wait_for_ui(forward.local_port, ui, deadline_s=60, on_wait=lambda why: reporter.phase("web UI", why))

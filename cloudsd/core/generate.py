@@ -5,8 +5,8 @@ Rules:
   anything runs; an unknown one is refused with the closest names the machine has.
 - Jobs of `batch_size` pictures run one after another; each picture is written into DEST as soon as its
   job finishes, with the UI's own generation parameters in the PNG. The UI saves it on the machine too;
-  at the end one SSH exec finds those files and they are noted in DEST's pulled-index, so `sync outputs`
-  and `down` never fetch them again.
+  at the end a script on the machine (started with the run, so its start-up is not on the path) finds those
+  files and they are noted in DEST's pulled-index, so `sync outputs` and `down` never fetch them again.
 - Ctrl-C interrupts the job on the machine (A1111 `/sdapi/v1/interrupt`; ComfyUI `/interrupt` plus the
   pending prompts deleted from its queue), keeps every picture that finished, and raises `Interrupted`.
 - A time or spend budget that would end the machine before the run is done refuses the run up front,
@@ -27,7 +27,7 @@ from cloudsd.core.budget import deadlines
 from cloudsd.core.cost import session_cost
 from cloudsd.core.generate_a1111 import A1111Backend
 from cloudsd.core.generate_comfy import ComfyBackend
-from cloudsd.core.generate_common import Events, GenerateError, Job
+from cloudsd.core.generate_common import Events, GenerateError, Job, RemoteStat, Stat
 from cloudsd.core.guard import plan_of
 from cloudsd.core.machines import Providers, refresh_record
 from cloudsd.errors import BudgetError, CloudsdError, SSHError
@@ -160,7 +160,8 @@ class Backend(Protocol):
 
     def close(self) -> None: ...
 
-    def remote_names(self, connection: Connection, pictures: list[Picture], age_s: float) -> dict[str, tuple[int, int]]:
+    def remote_names(self, stat: Stat, pictures: list[Picture], age_s: float) -> dict[str, tuple[int, int]]:
+        """Set each picture's `remote_rel` where found; {name on the machine: (size, mtime_ns)}."""
         ...
 
 
@@ -170,14 +171,17 @@ def run(requests: list[GenerateRequest], jobs: list[Job], ui: UIProfile, port: i
     """Run `jobs` against the UI tunneled to 127.0.0.1:`port`, writing pictures into `dest`. With the
     machine's SSH `connection`, the pictures' files on the machine are noted in DEST's pulled-index."""
     backend: Backend = ComfyBackend(port, dest, ui) if ui.name == "comfyui" else A1111Backend(port, dest, ui)
+    stat = RemoteStat(connection) if connection is not None else None
     try:
-        return _run(backend, requests, jobs, dest, connection, events, ledger, name)
+        return _run(backend, requests, jobs, dest, stat, events, ledger, name)
     finally:
         backend.close()
+        if stat is not None:
+            stat.close()
 
 
 def _run(backend: Backend, requests: list[GenerateRequest], jobs: list[Job], dest: Path,
-         connection: Connection | None, events: Events, ledger: Ledger | None, name: str | None) -> RunResult:
+         stat: RemoteStat | None, events: Events, ledger: Ledger | None, name: str | None) -> RunResult:
     result = RunResult()
     started = time.monotonic()
     total = sum(j.batch_size for j in jobs)
@@ -187,6 +191,8 @@ def _run(backend: Backend, requests: list[GenerateRequest], jobs: list[Job], des
         if job.request.seed is None and id(job.request) not in noted:
             noted.add(id(job.request))
             events.note(f"seed {job.seed} (random) for {job.request.prompt[:60]!r}")
+    if stat is not None:
+        stat.start()  # after the name checks, not beside them: its start-up overlaps the first job
     try:
         for number, job in enumerate(jobs):
             done = len(result.pictures)
@@ -204,24 +210,23 @@ def _run(backend: Backend, requests: list[GenerateRequest], jobs: list[Job], des
         events.note("interrupting the job on the machine …")
         backend.interrupt()
         result.seconds = time.monotonic() - started
-        _finish(backend, connection, result, dest, events)
+        _finish(backend, stat, result, dest, events)
         raise Interrupted(result.pictures) from None
     result.seconds = time.monotonic() - started
-    _finish(backend, connection, result, dest, events)
+    _finish(backend, stat, result, dest, events)
     if ledger is not None and name is not None:
         ledger.event(name, EventKind.GENERATED, {"pictures": len(result.pictures), "seconds": round(result.seconds, 3),
                                          "steps": total_steps(jobs)})
     return result
 
 
-def _finish(backend: Backend, connection: Connection | None, result: RunResult, dest: Path,
-            events: Events) -> None:
-    if connection is None or not result.pictures:
+def _finish(backend: Backend, stat: Stat | None, result: RunResult, dest: Path, events: Events) -> None:
+    if stat is None or not result.pictures:
         return
     from cloudsd.sync.outputs import record_pulled
 
     try:
-        found = backend.remote_names(connection, result.pictures, result.seconds + 300.0)
+        found = backend.remote_names(stat, result.pictures, result.seconds + 300.0)
     except CloudsdError as exc:
         events.note(f"could not find the pictures on the machine ({exc.message}); `sync outputs` may fetch "
                     "them again")

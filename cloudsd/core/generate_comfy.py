@@ -14,14 +14,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from cloudsd.core.generate_common import Events, Job, stat_remote, ui_error, write_new
+from cloudsd.core.generate_common import Events, Job, Stat, ui_error, write_new
 from cloudsd.errors import CloudsdError
 from cloudsd.generate import comfy
 from cloudsd.generate.client import UIClient
 from cloudsd.generate.png import text as png_text
 from cloudsd.generate.request import GenerateRequest, Picture
 from cloudsd.generate.ws import Closed, WebSocket
-from cloudsd.ssh import Connection
 from cloudsd.ui import UIProfile
 
 HISTORY_POLL_S = 0.05  # /history: one small GET through the tunnel, when the WebSocket says nothing
@@ -177,6 +176,6 @@ class ComfyBackend:
         finally:
             client.close()
 
-    def remote_names(self, connection: Connection, pictures: list[Picture], age_s: float) -> dict[str, tuple[int, int]]:
-        return stat_remote(connection, {"root": posixpath.join(self.ui.data_dir, self.ui.output_dir),
+    def remote_names(self, stat: Stat, pictures: list[Picture], age_s: float) -> dict[str, tuple[int, int]]:
+        return stat({"root": posixpath.join(self.ui.data_dir, self.ui.output_dir),
                                         "rels": [p.remote_rel for p in pictures if p.remote_rel]})

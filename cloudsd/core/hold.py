@@ -135,10 +135,10 @@ def hold(session: Session, ledger: Ledger, providers: Providers, on_tick: Callab
     a time or spend budget is reached (the machine is ended, without pulling outputs: the watchdog would end
     it at the limit regardless), or the machine stops or goes away. The session is closed on return."""
     record = session.record
-    guard = BudgetGuard(ledger, providers.get(record.provider), record.name, lambda: session.forward.connection)
     reached: Deadline | None = None
     ended: str | None = None
     try:
+        guard = BudgetGuard(ledger, providers.get(record.provider), record.name, lambda: session.forward.connection)
         while True:
             view = guard.tick()
             on_tick(HoldLine(view.uptime_s, view.cost.cost_usd, view.budget_text, view.warning,

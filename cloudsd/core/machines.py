@@ -11,11 +11,11 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Protocol
 
 from cloudsd.config import Settings
-from cloudsd.core import lifecycle
 from cloudsd.errors import CloudsdError, ProviderError, ProvisioningError, RateLimited
 from cloudsd.ledger import Ledger, MachineRecord, Status
 from cloudsd.machine import MachineInfo, MachineStatus
 from cloudsd.providers import Provider, cloud_names, get_provider
+from cloudsd.providers.credentials import has_key
 from cloudsd.sync.progress import NullProgress, Progress
 
 POLL_S = 1.0
@@ -63,9 +63,12 @@ class Providers:
         return self._built[name]
 
     def configured_clouds(self) -> tuple[str, ...]:
-        """The clouds the user has credentials for (so asking them for offers or strays makes sense)."""
+        """The clouds the user has credentials for (so asking them for offers or strays makes sense). A cloud
+        without a key is passed over before its module (and httpx) is imported: `status` stays fast."""
         found = []
         for name in cloud_names():
+            if not has_key(name, self.settings.section(name).get("api_key")):
+                continue
             try:
                 self.get(name)
             except CloudsdError:
@@ -154,6 +157,10 @@ def destroy_and_confirm(
 def refresh_record(ledger: Ledger, providers: Providers, record: MachineRecord) -> MachineRecord:
     """The row after asking the provider: a machine that went away or stopped meanwhile (its watchdog, the
     provider) is recorded as such first, so billing ends when it really did and not when cloudsd looked."""
+    # Reconciling (and the budget rules behind it) loads here, not with `Providers`, which `status` needs
+    # on an empty ledger too.
+    from cloudsd.core import lifecycle
+
     if not record.provider_id or record.status not in (Status.RUNNING, Status.BOOTING):
         return record
     provider = providers.get(record.provider)

@@ -26,6 +26,7 @@ from cloudsd.core.guard import arm, plan_of
 from cloudsd.core.machines import POLL_S, Providers, Reporter, refresh_record
 from cloudsd.core.watchdog import WatchdogSettings
 from cloudsd.errors import BudgetError, CloudsdError, ProvisioningError, ResumeRefused
+from cloudsd.images import resume_installed_ui
 from cloudsd.ledger import Ledger, MachineRecord, Status
 from cloudsd.machine import MachineInfo, MachineStatus
 from cloudsd.providers import Provider
@@ -124,6 +125,8 @@ def start(name: str, ledger: Ledger, providers: Providers, reporter: Reporter, o
     reporter.phase("ssh", f"connecting to {info.ssh}")
     connection = reconnect_record(record, deadline_s=options.ssh_timeout_s, ledger=ledger)
     try:
+        resume_installed_ui(connection, ui.name,  # installed on boot: the stock image starts only sshd
+                            on_progress=lambda text: reporter.phase("install", text))
         forward = open_tunnel(record, connection, options.port or record.local_port or ui.internal_port)
         reporter.phase("web UI", f"waiting for {ui.title} at {forward.url}")
         wait_for_ui(forward.local_port, ui, deadline_s=options.ui_timeout_s,

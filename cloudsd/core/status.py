@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING
 
-from cloudsd.core import lifecycle
-from cloudsd.core.budget import use
-from cloudsd.core.cost import Event, SessionCost, session_cost
-from cloudsd.core.guard import Plan, plan_of
-from cloudsd.core.machines import Providers
 from cloudsd.errors import CloudsdError, ConfigError
 from cloudsd.ledger import Ledger, MachineRecord, Status
 from cloudsd.machine import MachineStatus
+
+if TYPE_CHECKING:
+    from cloudsd.core.cost import Event, SessionCost
+    from cloudsd.core.guard import Plan
+    from cloudsd.core.machines import Providers
 
 RECENT_S = 86400.0  # machines the watchdog ended stay listed this long, so `status` can say why they are gone
 SILENT_AFTER_S = 120.0  # a watchdog that has not written its state for this long is silent (it writes every poll)
@@ -50,6 +51,9 @@ class StatusRow:
 
 def _row(record: MachineRecord, live: str, cost: SessionCost, note: str = "",
          events: list[Event] | None = None, now: float = 0.0) -> StatusRow:
+    from cloudsd.core.budget import use
+    from cloudsd.core.guard import plan_of
+
     if cost.state == "stopped" and record.storage_price_per_hour:
         note = (f"{note + '; ' if note else ''}still bills storage ${record.storage_price_per_hour:.4f}/h: "
                 f"resume it with `cloudsd start {record.name}`, end it with `cloudsd down {record.name}`")
@@ -109,6 +113,38 @@ def status(ledger: Ledger, providers: Providers, *, sweep: tuple[str, ...] = ())
     """Active machines with their live state, cost and notes, machines the watchdog ended in the last day,
     and, for the providers in `sweep`, `cloudsd-` machines on the account that the ledger does not know."""
     now = time.time()
+    rows = _ledger_rows(ledger, providers, now) if ledger.machines() else []
+    known = {(r.provider, r.provider_id) for r in ledger.machines() if r.provider_id}
+    for provider_name in sweep:
+        try:
+            machines = providers.get(provider_name).list_machines()
+        except CloudsdError:
+            continue
+        for machine in machines:
+            if (provider_name, machine.provider_id) in known:
+                continue
+            stopped = machine.status is MachineStatus.STOPPED
+            storage = machine.storage_price_per_hour or 0.0
+            rate = storage if stopped else (machine.price_per_hour or 0.0)
+            rows.append(StatusRow(
+                name=machine.name or machine.label or machine.provider_id, provider=provider_name,
+                provider_id=machine.provider_id, status="stray", live=machine.status.value,
+                gpu=machine.gpu_name, price_per_hour=machine.price_per_hour or 0.0, uptime_s=0.0, cost_usd=0.0,
+                url=None, ssh=str(machine.ssh) if machine.ssh else None, stray=True, rate_per_hour=rate,
+                storage_price_per_hour=storage,
+                note=f"stopped: still bills storage ${storage:.4f}/h" if stopped else "",
+            ))
+    return rows
+
+
+def _ledger_rows(ledger: Ledger, providers: Providers, now: float) -> list[StatusRow]:
+    """The active machines, asked of their providers, and those the watchdog ended in the last day."""
+    # The rules behind a row (cost, budgets, reconciling with the provider) load only when the ledger holds a
+    # machine: `status` on an empty ledger, every new user's first command, starts without them.
+    from cloudsd.core import lifecycle
+    from cloudsd.core.cost import session_cost
+    from cloudsd.core.guard import plan_of
+
     rows: list[StatusRow] = []
     for record in ledger.machines(active_only=True):
         live, note = "unknown", ""
@@ -146,24 +182,4 @@ def status(ledger: Ledger, providers: Providers, *, sweep: tuple[str, ...] = ())
                 and (record.provider, record.provider_id) not in listed):
             record, events = ledger.session(record.name)
             rows.append(_row(record, "gone", session_cost(record, events, now), record.detail))
-    known = {(r.provider, r.provider_id) for r in ledger.machines() if r.provider_id}
-    for provider_name in sweep:
-        try:
-            machines = providers.get(provider_name).list_machines()
-        except CloudsdError:
-            continue
-        for machine in machines:
-            if (provider_name, machine.provider_id) in known:
-                continue
-            stopped = machine.status is MachineStatus.STOPPED
-            storage = machine.storage_price_per_hour or 0.0
-            rate = storage if stopped else (machine.price_per_hour or 0.0)
-            rows.append(StatusRow(
-                name=machine.name or machine.label or machine.provider_id, provider=provider_name,
-                provider_id=machine.provider_id, status="stray", live=machine.status.value,
-                gpu=machine.gpu_name, price_per_hour=machine.price_per_hour or 0.0, uptime_s=0.0, cost_usd=0.0,
-                url=None, ssh=str(machine.ssh) if machine.ssh else None, stray=True, rate_per_hour=rate,
-                storage_price_per_hour=storage,
-                note=f"stopped: still bills storage ${storage:.4f}/h" if stopped else "",
-            ))
     return rows

@@ -26,7 +26,7 @@ from cloudsd.core.sync import disk_gb_for, push_to
 from cloudsd.core.teardown import TryNextOffer, ended_unless_ready
 from cloudsd.core.watchdog import WatchdogSettings
 from cloudsd.errors import CloudsdError, ConfigError, NoCapacity, SyncError
-from cloudsd.images import choose_image, machine_image
+from cloudsd.images import ImageChoice, choose_image, install_ui, machine_image
 from cloudsd.ledger import Ledger
 from cloudsd.machine import CreateRequest, MachineInfo, Offer, OfferSpec
 from cloudsd.names import name_problem
@@ -34,7 +34,7 @@ from cloudsd.providers import Provider, cloud_names
 from cloudsd.ssh import connect
 from cloudsd.sync.manifest import ModelRequest
 from cloudsd.sync.models import PushSummary
-from cloudsd.ui import DEFAULT_REGISTRY, UIProfile, highest_cuda, image_cuda, profile
+from cloudsd.ui import DEFAULT_CUDA, DEFAULT_REGISTRY, UIProfile, highest_cuda, image_cuda, profile
 
 MAX_OFFERS_TRIED = 3
 
@@ -55,6 +55,9 @@ class UpOptions:
     default_image: bool = False  # `image` is cloudsd's own: use its CUDA 12.8 variant on Blackwell GPUs
     registry: str = DEFAULT_REGISTRY
     image_pull: str = "auto"  # auto | never: may a missing image be pulled onto the local engine
+    image_source: str = "auto"  # auto | prebuilt | install: cloudsd's image, or the UI installed on first boot
+    stock_image: str | None = None  # the stock image to install into (None: cloudsd.ui_install.STOCK_IMAGES)
+    install_timeout_s: float = 5400.0
     budget: Budget = field(default_factory=Budget)  # time, spend and idle limits, enforced on the machine too
     watchdog: WatchdogSettings = field(default_factory=WatchdogSettings)
     disk_chosen: bool = False  # --disk was given: models do not resize it
@@ -74,6 +77,8 @@ class UpOptions:
             spec=spec, keep_on_failure=settings["keep_on_failure"], boot_timeout_s=settings["timeouts.boot"],
             ssh_timeout_s=settings["timeouts.ssh"], ui_timeout_s=settings["timeouts.ui"],
             default_image=not settings["image"], registry=settings["registry"], image_pull=settings["image_pull"],
+            image_source=settings["image_source"], stock_image=settings["stock_image"],
+            install_timeout_s=settings["timeouts.install"],
             budget=Budget.from_settings(settings), watchdog=WatchdogSettings.from_settings(settings),
             disk_chosen=settings.source("disk_gb").startswith("flag"),
         )
@@ -202,8 +207,11 @@ def _start(options: UpOptions, ledger: Ledger, providers: Providers, reporter: R
 
 def _up_on(offer: Offer, name: str, ui: UIProfile, options: UpOptions, ledger: Ledger, provider: Provider,
            providers: Providers, reporter: Reporter) -> Session:
-    image = machine_image(options, ui.name, offer.gpu_name, on_local_engine=provider.prepares_images,
-                          on_progress=lambda text: reporter.phase("image", text)).image  # before anything is recorded
+    choice = machine_image(options, ui.name, offer.gpu_name, on_local_engine=provider.prepares_images,
+                           on_progress=lambda text: reporter.phase("image", text))  # before anything is recorded
+    image = choice.image
+    if choice.ours:
+        reporter.note(f"web UI: {choice.why}")  # which path, and why, before anything is rented
     # The name is claimed first: nothing of a machine that already has it (its key, known_hosts) is touched.
     ledger.reserve(name, provider.name, image, ui=ui.name)
     try:
@@ -212,12 +220,14 @@ def _up_on(offer: Offer, name: str, ui: UIProfile, options: UpOptions, ledger: L
     except BaseException as exc:
         lifecycle.not_created(ledger, name, f"not created: {str(exc) or type(exc).__name__}")
         raise
-    cuda = highest_cuda(options.spec.cuda, image_cuda(image))  # the host's driver must run the image
+    # the host's driver must run the image (a stock image to install into: the CUDA of the UI's PyTorch pins)
+    cuda = highest_cuda(options.spec.cuda, choice.cuda if choice.install else image_cuda(image))
     deadline_at = (provider_deadline(options.budget, now=time.time(), price_per_hour=offer.price_per_hour)
                    if provider.supports_deadline else None)  # the provider's own backstop behind the watchdog
     request = CreateRequest(name=name, image=image, public_key=pair.public_line,
                             env={"CLOUDSD_MACHINE": name, **ui.machine_env(), **options.env},
-                            disk_gb=options.spec.disk_gb, cuda=cuda, onstart="/opt/cloudsd/boot/entrypoint.sh",
+                            disk_gb=options.spec.disk_gb, cuda=cuda,
+                            onstart=None if choice.install else "/opt/cloudsd/boot/entrypoint.sh",
                             deadline_at=deadline_at,
                             volume_id=volumes.needed(ledger, options.volume).provider_id if options.volume else None)
     reporter.phase("creating", f"{provider.name}: {offer.gpu_name} at ${offer.price_per_hour:.3f}/h")
@@ -232,7 +242,7 @@ def _up_on(offer: Offer, name: str, ui: UIProfile, options: UpOptions, ledger: L
         if provider.bills_money:
             reporter.note(f"{provider.name} machine {provider_id} is billing ${offer.price_per_hour:.3f}/h; "
                           f"end it with `cloudsd down {name}`")
-        session = _make_ready(name, provider, provider_id, ui, options, ledger, pair, reporter)
+        session = _make_ready(name, provider, provider_id, ui, options, ledger, pair, reporter, choice)
         attempt.ready = True
         if options.budget.enforced:
             _arm_watchdog(session, provider, options, ledger, reporter)
@@ -255,7 +265,7 @@ def _arm_watchdog(session: Session, provider: Provider, options: UpOptions, ledg
 
 
 def _make_ready(name: str, provider: Provider, provider_id: str, ui: UIProfile, options: UpOptions,
-                ledger: Ledger, pair: keys.KeyPair, reporter: Reporter) -> Session:
+                ledger: Ledger, pair: keys.KeyPair, reporter: Reporter, choice: ImageChoice) -> Session:
     reporter.phase("booting", f"{provider.name} is starting {provider_id[:12]}")
 
     def on_change(info: MachineInfo) -> None:
@@ -270,6 +280,9 @@ def _make_ready(name: str, provider: Provider, provider_id: str, ui: UIProfile, 
     lifecycle.host_key_pinned(ledger, name, connection.host_key.text)
     keys.write_known_hosts(pair, info.ssh.host, info.ssh.port, connection.host_key.text)
     try:
+        if choice.install:
+            install_ui(connection, ui.name, choice.cuda or DEFAULT_CUDA, deadline_s=options.install_timeout_s,
+                       on_progress=lambda text: reporter.phase("install", text), env=options.env)
         forward = open_tunnel(ledger.get(name), connection, options.port)
         reporter.phase("web UI", f"waiting for {ui.title} at {forward.url}")
         wait_for_ui(forward.local_port, ui, deadline_s=options.ui_timeout_s,

@@ -15,7 +15,6 @@ import json
 import shlex
 import time
 from dataclasses import dataclass
-from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from cloudsd.core.budget import Budget, Deadline, idle_reason
@@ -67,6 +66,10 @@ class Reading:
 
 
 def source() -> str:
+    # importlib.resources pulls in tempfile and shutil: loaded here, only to install, so that `status`
+    # (which reads budgets through this module) starts without them.
+    from importlib import resources
+
     return resources.files("cloudsd.remote").joinpath("watchdog.py").read_text()
 
 

@@ -1,6 +1,11 @@
 """API keys for the providers, found in one way: the argument (a flag), then the environment, then the vendor's
 own file, each time saying which source won. Used by every provider and, through them, by `doctor`.
 
+Where each cloud keeps its key (`KEY_SOURCES`) is written here rather than in the vendor's module, so that
+`status` and `--provider auto` can learn that no key is set without importing a vendor module (and httpx):
+this module stays stdlib-only. Every key found is handed to `cloudsd.redact.remember`, so an error that
+carries it, whoever built the message, prints it masked.
+
 A key is checked before it is used: a CR/LF, a non-ASCII character or whitespace inside it would either break
 the HTTP header or be an accident of copy and paste, so it is refused with one line that names the SOURCE
 (the flag, the variable, the file's path), never the key. Only the last four characters are ever shown.
@@ -17,7 +22,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from cloudsd.errors import ConfigError, CredentialsError
+from cloudsd.errors import CloudsdError, ConfigError, CredentialsError
+from cloudsd.redact import remember
 
 ARGUMENT = "argument"
 
@@ -59,7 +65,7 @@ def resolve(
     candidates: list[tuple[str | None, str]] = [(explicit, ARGUMENT), (environ.get(env_var), f"env {env_var}")]
     for raw, source in candidates:
         if raw is not None and raw.strip():
-            return Credential(check_key(raw, source, provider_label), source)
+            return _found(check_key(raw, source, provider_label), source)
     for key_file in files:
         try:
             text = key_file.path.read_text(encoding="utf-8", errors="surrogateescape")
@@ -69,8 +75,13 @@ def resolve(
             raise ConfigError(f"cannot read {key_file.path}: {exc.strerror}", hint=hint) from None
         found = key_file.read(text, key_file.path)
         if found is not None and found.strip():
-            return Credential(check_key(found, str(key_file.path), provider_label), str(key_file.path))
+            return _found(check_key(found, str(key_file.path), provider_label), str(key_file.path))
     raise CredentialsError(f"no {provider_label} API key found.", hint=hint)
+
+
+def _found(key: str, source: str) -> Credential:
+    remember(key)  # from here on every error line masks it, wherever the key came from
+    return Credential(key, source)
 
 
 _BAD_INSIDE = re.compile(r"\s")
@@ -157,6 +168,64 @@ def parse_simple_toml(text: str) -> dict[str, Any]:
             value = literal if literal is not None else bare
         table[pair.group(1)] = value
     return data
+
+
+# -- where each cloud keeps its key ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class KeySource:
+    """One provider's key: its variable, then the vendor's own files (given the environment and the home
+    directory), and what to tell a user who has none (`{file}` is the first file)."""
+
+    provider_label: str
+    env_var: str
+    files: Callable[[Mapping[str, str], Path], list[KeyFile]]
+    hint: str
+
+    def resolve(self, explicit: str | None = None, environ: Mapping[str, str] | None = None,
+                home: Path | None = None) -> Credential:
+        """The key and where it came from; CredentialsError saying what to do when there is none."""
+        environ = os.environ if environ is None else environ
+        home = Path(environ.get("HOME") or Path.home()) if home is None else home
+        files = self.files(environ, home)
+        return resolve(provider_label=self.provider_label, env_var=self.env_var, files=files,
+                       hint=self.hint.format(file=files[0].path if files else self.env_var),
+                       explicit=explicit, environ=environ)
+
+
+def _runpod_files(environ: Mapping[str, str], home: Path) -> list[KeyFile]:
+    """runpodctl's config: `[default] api_key = "…"`, or its older top-level `apikey`."""
+    return [KeyFile(home / ".runpod" / "config.toml", toml_key(("default", "api_key"), ("apikey",)))]
+
+
+def _vast_files(environ: Mapping[str, str], home: Path) -> list[KeyFile]:
+    """Where vast-cli keeps the key, in the order cloudsd reads them."""
+    config_home = Path(environ["XDG_CONFIG_HOME"]) if environ.get("XDG_CONFIG_HOME") else home / ".config"
+    return [KeyFile(config_home / "vastai" / "vast_api_key", plain_file), KeyFile(home / ".vast_api_key", plain_file)]
+
+
+RUNPOD_KEY = KeySource(
+    "RunPod", "RUNPOD_API_KEY", _runpod_files,
+    "Set RUNPOD_API_KEY, or put `api_key = \"…\"` under [default] in ~/.runpod/config.toml "
+    "(create a key at https://www.runpod.io/console/user/settings).",
+)
+VAST_KEY = KeySource(
+    "Vast.ai", "VAST_API_KEY", _vast_files,
+    "Set VAST_API_KEY, or write the key to {file} (copy it from https://cloud.vast.ai/manage-keys/).",
+)
+KEY_SOURCES: dict[str, KeySource] = {"runpod": RUNPOD_KEY, "vastai": VAST_KEY}  # by registry name
+
+
+def has_key(provider: str, explicit: str | None = None) -> bool:
+    """Whether `provider` would find a usable key, asked without importing its module (no network library).
+    A provider that keeps no key here is not known to lack one: True."""
+    source = KEY_SOURCES.get(provider)
+    if source is None:
+        return True
+    try:
+        source.resolve(explicit)
+    except CloudsdError:  # none, malformed, or an unreadable file: building the provider would fail the same way
+        return False
+    return True
 
 
 def redact(text: str, key: str) -> str:

@@ -235,7 +235,7 @@ class LocalProvider(Stoppable, Provider):
     def list_machines(self) -> list[MachineInfo]:
         try:
             containers = self.client.containers.list(
-                all=True, filters={"label": [MACHINE_LABEL, f"{HOME_LABEL}={home_tag()}"]})
+                all=True, filters={"label": [MACHINE_LABEL, f"{HOME_LABEL}={home_tag()}"]}, ignore_removed=True)
         except docker.errors.DockerException as exc:
             raise _engine_error(exc) from None
         return [self._info(c) for c in containers]
@@ -266,7 +266,10 @@ class LocalProvider(Stoppable, Provider):
         try:
             volumes = self.client.volumes.list(filters={"label": [VOLUME_LABEL, f"{HOME_LABEL}={home_tag()}"]})
             users: dict[str, list[str]] = {}
-            for container in self.client.containers.list(all=True, filters={"label": [MACHINE_LABEL]}):
+            # ignore_removed: a container removed between the engine's list and its inspect is simply gone
+            # (another home's machine ending meanwhile), not an error.
+            machines = self.client.containers.list(all=True, filters={"label": [MACHINE_LABEL]}, ignore_removed=True)
+            for container in machines:
                 for mount in container.attrs.get("Mounts") or []:
                     if mount.get("Type") == "volume":
                         users.setdefault(mount.get("Name"), []).append(container.id)

@@ -22,7 +22,6 @@ import os
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -38,7 +37,7 @@ from cloudsd.machine import (
     SSHEndpoint,
 )
 from cloudsd.providers import KeyedAccount, Provider, ReportsBilling, SelfStopCall, Stoppable
-from cloudsd.providers.credentials import KeyFile, resolve, toml_key
+from cloudsd.providers.credentials import RUNPOD_KEY
 from cloudsd.providers.http import ConnectFailed, JsonApi
 from cloudsd.providers.runpod_api import (
     CLOUDS,
@@ -59,15 +58,11 @@ from cloudsd.volumes import VolumeInfo
 KEY_ENV = "RUNPOD_API_KEY"
 URL_ENV = "RUNPOD_API_BASE_URL"
 POD_ENV = "RUNPOD_POD_ID"
-CONFIG_FILE = Path(".runpod") / "config.toml"  # under the home directory (runpodctl's)
 HOURS_PER_MONTH = 730.0
 VOLUME_RUNNING_USD_PER_GB_MONTH = 0.10
 VOLUME_STOPPED_USD_PER_GB_MONTH = 0.20
 CONSOLE_URL = "https://www.runpod.io/console/pods"
-KEY_HINT = (
-    "Set RUNPOD_API_KEY, or put `api_key = \"…\"` under [default] in ~/.runpod/config.toml "
-    "(create a key at https://www.runpod.io/console/user/settings)."
-)
+KEY_HINT = RUNPOD_KEY.hint
 STATUS = {
     "PROVISIONING": MachineStatus.BOOTING,
     "STARTING": MachineStatus.BOOTING,
@@ -77,11 +72,6 @@ STATUS = {
     "TERMINATED": MachineStatus.TERMINATED,
 }
 NO_STOCK = "NONE"
-
-
-def key_files(home: Path) -> list[KeyFile]:
-    """runpodctl's config: `[default] api_key = "…"`, or its older top-level `apikey`."""
-    return [KeyFile(home / CONFIG_FILE, toml_key(("default", "api_key"), ("apikey",)))]
 
 
 # -- pure conversions ------------------------------------------------------------------------------
@@ -260,8 +250,7 @@ class RunPodProvider(RunPodVolumes, Stoppable, ReportsBilling, KeyedAccount, Pro
         retry_deadline_s: float = 90.0,
         **_ignored: Any,
     ) -> None:
-        credential = resolve(provider_label="RunPod", env_var=KEY_ENV, files=key_files(Path.home()),
-                             hint=KEY_HINT, explicit=api_key)
+        credential = RUNPOD_KEY.resolve(api_key)
         self.credential_source = credential.source
         self.key_last4 = credential.last4
         self.base_url = (base_url or os.environ.get(URL_ENV) or DEFAULT_BASE_URL).rstrip("/")

@@ -22,6 +22,7 @@ import httpx
 from cloudsd.errors import CloudsdError, ConfigError, NoCapacity, ProviderError, RateLimited, ResumeRefused
 from cloudsd.machine import LABEL_PREFIX, CreateRequest, MachineInfo, MachineStatus, Offer, OfferSpec
 from cloudsd.providers import KeyedAccount, Provider, ReportsBilling, SelfStopCall, Stoppable
+from cloudsd.providers.credentials import VAST_KEY
 from cloudsd.providers.http import ConnectFailed, JsonApi
 from cloudsd.providers.vastai_api import (
     CONSOLE_URL,
@@ -36,7 +37,6 @@ from cloudsd.providers.vastai_api import (
     parse_charge,
     parse_instance,
     parse_offers,
-    resolve_api_key,
     search_body,
 )
 from cloudsd.providers.vastai_volumes import VastVolumes, volume_info
@@ -95,7 +95,7 @@ class VastProvider(VastVolumes, Stoppable, ReportsBilling, KeyedAccount, Provide
         transport: httpx.BaseTransport | None = None,
         **_ignored: Any,
     ) -> None:
-        credential = resolve_api_key(api_key)
+        credential = VAST_KEY.resolve(api_key)
         key, source = credential.key, credential.source
         self.credential_source = source
         self.key_last4 = credential.last4

@@ -7,14 +7,11 @@ Only this module and `vastai.py` know Vast's JSON. Shapes follow the reference (
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from cloudsd.gpus import canonical_gpu_name
 from cloudsd.machine import CreateRequest, MachineInfo, MachineStatus, Offer, OfferSpec, SSHEndpoint
-from cloudsd.providers.credentials import Credential, KeyFile, plain_file, resolve
 
 PROVIDER = "vastai"
 DEFAULT_BASE_URL = "https://console.vast.ai"
@@ -32,27 +29,8 @@ GONE_ERRORS = frozenset({"no_such_instance", "not_found", "instance_not_found"})
 FAILURE_MARKERS = ("oci runtime create failed", "error response from daemon", "failed to create task")
 
 
-# -- the key ---------------------------------------------------------------------------------------------
-def key_files(environ: Mapping[str, str], home: Path) -> list[Path]:
-    """Where vast-cli keeps the key, in the order cloudsd reads them."""
-    config_home = Path(environ["XDG_CONFIG_HOME"]) if environ.get("XDG_CONFIG_HOME") else home / ".config"
-    return [config_home / "vastai" / "vast_api_key", home / ".vast_api_key"]
-
-
-def resolve_api_key(
-    explicit: str | None, environ: Mapping[str, str] | None = None, home: Path | None = None
-) -> Credential:
-    """The key and where it came from: the argument, then VAST_API_KEY, then vast-cli's key files."""
-    environ = os.environ if environ is None else environ
-    home = Path(environ.get("HOME") or Path.home()) if home is None else home
-    files = key_files(environ, home)
-    return resolve(
-        provider_label="Vast.ai", env_var=KEY_ENV, files=[KeyFile(path, plain_file) for path in files],
-        hint=f"Set {KEY_ENV}, or write the key to {files[0]} (copy it from https://cloud.vast.ai/manage-keys/).",
-        explicit=explicit, environ=environ,
-    )
-
-
+# -- the key ----------------------------------------------------------------------------------------------
+# Where the key is found is `credentials.VAST_KEY` (so `status` can ask without importing this module).
 def key_hint(source: str, last4: str) -> str:
     return (f"The key ending …{last4} came from {source}. Set {KEY_ENV} to a valid key, or write one to "
             "~/.config/vastai/vast_api_key (https://cloud.vast.ai/manage-keys/).")

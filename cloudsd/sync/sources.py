@@ -17,6 +17,7 @@ from typing import Any
 
 from cloudsd.errors import ConfigError
 from cloudsd.redact import display_url
+from cloudsd.remote.agent.common import origin  # the agent compares the same string
 from cloudsd.values import http_url
 
 CIVITAI_DEFAULT = "https://civitai.com"
@@ -27,16 +28,6 @@ REF_FORMS = "civitai:<modelVersionId>, hf:<org>/<repo>/<path>[@rev] or an https:
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-
-
-def origin(url: str) -> str:
-    """scheme://host:port, the unit a token belongs to (the agent compares the same string)."""
-    parts = urllib.parse.urlsplit(url)
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        port = 0
-    return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
 
 
 @dataclass(frozen=True)

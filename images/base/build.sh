@@ -15,6 +15,9 @@ mirror=${CLOUDSD_BASE_MIRROR:-http://deb.debian.org/debian}
 # the stand-in UI and the on-machine helpers; procps for the watchdog; rsync and curl as the
 # reference tools the benchmarks compare against (and for users who reach for them).
 packages=openssh-server,python3,ca-certificates,procps,rsync,curl
+# CLOUDSD_BASE_EXTRA adds packages: the stand-in for a provider's stock PyTorch image that the install-on-boot
+# test starts (tests/test_install_ui.py) also has git and python3-venv, as those images do.
+packages=$packages${CLOUDSD_BASE_EXTRA:+,$CLOUDSD_BASE_EXTRA}
 
 if [[ -z "${CLOUDSD_REBUILD_BASE:-}" ]] && docker image inspect "$tag" >/dev/null 2>&1; then
     echo "base image $tag already exists"

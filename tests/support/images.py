@@ -145,3 +145,27 @@ def _remove_quietly(client: docker.DockerClient, image_id: str) -> None:
         client.images.prune(filters={"dangling": True, "label": HASH_LABEL})
     except docker.errors.APIError:
         pass
+
+
+STOCK_IMAGE = os.environ.get("CLOUDSD_STOCK_TEST_IMAGE") or "cloudsd-base:bookworm-stock"
+STOCK_EXTRA = "git,python3-venv"
+
+
+def ensure_stock_image(client: docker.DockerClient) -> str:
+    """A stand-in for a provider's stock CUDA + PyTorch image: the test base plus what those images have that
+    the install needs (git, python3 with venv), and nothing of cloudsd. Built once with images/base/build.sh."""
+    with engine_lock("stock-image"):
+        try:
+            client.images.get(STOCK_IMAGE)
+            return STOCK_IMAGE
+        except docker.errors.ImageNotFound:
+            pass
+        if os.geteuid() != 0 or shutil.which("debootstrap") is None:
+            raise RuntimeError(f"{STOCK_IMAGE} is missing and cannot be built here: {BASE_BUILD_SCRIPT} needs root "
+                               f"and debootstrap (`sudo CLOUDSD_BASE_EXTRA={STOCK_EXTRA} {BASE_BUILD_SCRIPT} "
+                               f"{STOCK_IMAGE}`).")
+        result = subprocess.run(["bash", str(BASE_BUILD_SCRIPT), STOCK_IMAGE], capture_output=True, text=True,
+                                env={**os.environ, "CLOUDSD_BASE_EXTRA": STOCK_EXTRA})
+        if result.returncode != 0:
+            raise RuntimeError(f"{BASE_BUILD_SCRIPT} failed ({result.returncode}):\n{result.stderr[-4000:]}")
+        return STOCK_IMAGE

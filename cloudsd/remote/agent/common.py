@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import threading
+import urllib.parse
 from typing import Any
 
 CHUNK = 1 << 20
@@ -174,3 +175,14 @@ class Index:
             entries = self._load()
             entries.update(changed)
             write_json(self.path, {"version": 1, "files": {p: e for p, e in entries.items() if os.path.exists(p)}})
+
+
+def origin(url: str) -> str:
+    """scheme://host:port, the unit a token belongs to: the laptop (`cloudsd.sync.sources`) pairs a token with
+    its origin and the agent sends it only where the origin is equal, so both compute it here."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        port = 0
+    return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"

@@ -26,6 +26,7 @@ from .common import (
     Index,
     emit,
     free_bytes,
+    origin,
     os_failure,
     partial_path,
     read_json,
@@ -48,15 +49,6 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 
 _opener = urllib.request.build_opener(_NoRedirect)
-
-
-def origin(url: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        port = 0
-    return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
 
 
 def host_of(url: str) -> str:
