@@ -164,3 +164,28 @@ def test_a_boot_that_never_ends_times_out(world: World) -> None:
         wait_until_running(provider, provider_id, deadline_s=0.0, on_change=lambda i: seen.append(i.status.value),
                            sleep=lambda _: None)
     assert seen == ["booting"]
+
+
+def test_the_attached_cli_detaches_on_a_ctrl_c_before_its_first_tick(world: World, monkeypatch: pytest.MonkeyPatch,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """Between "ready" and the first status tick (the status line starting up on a loaded machine) a Ctrl-C
+    still detaches: exit 0 and the reattach/end commands, never a bare exit 130."""
+    from types import SimpleNamespace
+
+    import rich.status
+
+    from cloudsd.cli.machines import _hold as cli_hold
+
+    ledger = Ledger()
+    provider_id = _running(world, ledger)
+    session = StandInSession(ledger.get("box"))
+
+    def interrupted(*_: object, **__: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rich.status.Status, "__enter__", interrupted)
+    app = SimpleNamespace(ledger=ledger, providers=Providers(resolve({"provider": "memory"})))
+    cli_hold(app, session)  # type: ignore[arg-type]
+    err = capsys.readouterr().err
+    assert "Detached. Machine box keeps running" in err and "cloudsd down box" in err and session.closed
+    assert provider_id in world.machines and ledger.get("box").status is Status.RUNNING

@@ -158,23 +158,20 @@ def up(app: App, name: str | None, provider: str | None, image: str | None, ui: 
 
 def _hold(app: App, session: Any) -> None:
     """Draw the attached status line while core holds the machine, then say how it ended."""
-    from cloudsd.cli import render
-    from cloudsd.core.hold import HoldEnd, HoldLine, hold
-
-    record = session.record
-    out = render.console(stderr=True)
+    ticks = 0
     try:  # "ready" is on the screen: a Ctrl-C from now on detaches, even before the first tick
         from rich.text import Text
 
+        from cloudsd.cli import render
         from cloudsd.cli.progress import LiveReporter
+        from cloudsd.core.hold import HoldLine, hold
 
-        status = out.status("")
-    except KeyboardInterrupt:
-        session.close()
-        end = HoldEnd("detached")
-    else:
-        with status as line:
+        record = session.record
+        out = render.console(stderr=True)
+        with out.status("") as line:
             def on_tick(view: HoldLine) -> None:
+                nonlocal ticks
+                ticks += 1
                 text = render.status_line(record.name, view.uptime_s, record.price_per_hour, session.url,
                                           cost_usd=view.cost_usd, budget=view.budget_text)
                 if view.warning:
@@ -188,6 +185,14 @@ def _hold(app: App, session: Any) -> None:
                 out.print(text)
 
             end = hold(session, app.ledger, app.providers, on_tick, announce, LiveReporter)
+    except KeyboardInterrupt:
+        if ticks:  # hold catches its own Ctrl-C once it ticks: this one came later (ending the machine)
+            raise
+        session.close()
+        from cloudsd.cli import render
+        from cloudsd.core.hold import HoldEnd
+
+        record, out, end = session.record, render.console(stderr=True), HoldEnd("detached")
     if end.how == "budget":
         out.print(f"{record.name}: destroyed · {final_cost(app.ledger, record.name)}")
     elif end.how == "ended":
