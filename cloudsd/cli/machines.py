@@ -134,20 +134,28 @@ def up(app: App, name: str | None, provider: str | None, image: str | None, ui: 
     with LiveReporter(quiet=as_json) as reporter:
         result = start(options, app.ledger, app.providers, reporter, confirm=confirm, models=requests)
     session, record = result.session, result.session.record
-    out = render.console(stderr=True)
     if result.pushed is not None:
         try:
             show_push(result.pushed, as_json, table=not as_json)
         except CloudsdError as exc:
             session.close()
             raise models_failed(record.name, exc.message) from None
+    hold_ready(app, session, "is ready:", f"end it with `cloudsd down {record.name}`", detach=detach,
+               as_json=as_json)
+
+
+def hold_ready(app: App, session: Any, headline: str, ending: str, *, detach: bool, as_json: bool) -> None:
+    """Say the machine is ready (or print its record as JSON), then close the tunnel (`detach`) or hold it."""
+    from cloudsd.cli import render
+
+    record = session.record
+    out = render.console(stderr=True)
     if as_json:
         render.print_json({**record.to_dict(), "url": session.url})
     else:
-        out.print(render.styled((f"{record.name} is ready:", "bold green"), f" {session.url}"))
+        out.print(render.styled((f"{record.name} {headline}", "bold green"), f" {session.url}"))
         if record.price_per_hour:
-            out.print(f"  billing {render.money(record.price_per_hour, 3)}/h; end it with "
-                      f"`cloudsd down {record.name}`")
+            out.print(f"  billing {render.money(record.price_per_hour, 3)}/h; {ending}")
     if detach:
         session.close()
         if not as_json:

@@ -45,8 +45,7 @@ def start_cmd(app: App, name: str, port: int | None, detach: bool, as_json: bool
     provider cannot resume it (its host's GPU is rented out), nothing is lost: try again later.
     Example: `cloudsd start mybox`.
     """
-    from cloudsd.cli import render
-    from cloudsd.cli.machines import _hold
+    from cloudsd.cli.machines import hold_ready
     from cloudsd.cli.progress import LiveReporter
     from cloudsd.core import hold  # noqa: F401 - loaded before the URL is shown: Ctrl-C from then on detaches
     from cloudsd.core.resume import StartOptions, start
@@ -56,20 +55,7 @@ def start_cmd(app: App, name: str, port: int | None, detach: bool, as_json: bool
     options = StartOptions(port=port, resume_timeout_s=settings["timeouts.resume"],
                            boot_timeout_s=settings["timeouts.boot"], ssh_timeout_s=settings["timeouts.ssh"],
                            ui_timeout_s=settings["timeouts.ui"], watchdog=WatchdogSettings.from_settings(settings))
-    out = render.console(stderr=True)
     with LiveReporter(quiet=as_json) as reporter:
         session = start(name, app.ledger, app.providers, reporter, options)
-    record = session.record
-    if as_json:
-        render.print_json({**record.to_dict(), "url": session.url})
-    else:
-        out.print(render.styled((f"{name} is ready again:", "bold green"), f" {session.url}"))
-        if record.price_per_hour:
-            out.print(f"  billing {render.money(record.price_per_hour, 3)}/h; stop it with "
-                      f"`cloudsd stop {name}`, end it with `cloudsd down {name}`")
-    if detach:
-        session.close()
-        if not as_json:
-            out.print(f"  the tunnel closes now; reopen it with `cloudsd tunnel {name}`")
-        return
-    _hold(app, session)
+    hold_ready(app, session, "is ready again:",
+               f"stop it with `cloudsd stop {name}`, end it with `cloudsd down {name}`", detach=detach, as_json=as_json)

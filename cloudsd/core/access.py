@@ -82,6 +82,23 @@ def open_tunnel(record: MachineRecord, connection: Connection, port: int) -> Loc
     return forward
 
 
+def tunnel_to_ready_ui(record: MachineRecord, connection: Connection, ui: UIProfile, port: int, *,
+                       deadline_s: float, phase: Callable[[str, str], None],
+                       prepare: Callable[[], object] | None = None, verb: str = "waiting for") -> LocalForward:
+    """`prepare` (a UI installed on boot), then the web UI tunnelled to 127.0.0.1:`port` and waited for until it
+    answers, each step reported through `phase`. On any failure the connection is closed before it propagates."""
+    try:
+        if prepare is not None:
+            prepare()
+        forward = open_tunnel(record, connection, port)
+        phase("web UI", f"{verb} {ui.title} at {forward.url}")
+        wait_for_ui(forward.local_port, ui, deadline_s=deadline_s, on_wait=lambda why: phase("web UI", why))
+    except BaseException:
+        connection.close()
+        raise
+    return forward
+
+
 def ui_healthy(local_port: int, ui: UIProfile, timeout_s: float = 5.0) -> tuple[bool, str]:
     """One health probe through the tunnel: (ready, why not)."""
     conn = http.client.HTTPConnection("127.0.0.1", local_port, timeout=timeout_s)

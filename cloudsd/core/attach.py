@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cloudsd.core import lifecycle
-from cloudsd.core.access import Session, open_tunnel, reconnect_record, wait_for_ui
+from cloudsd.core.access import Session, reconnect_record, tunnel_to_ready_ui
 from cloudsd.core.guard import ensure_watchdog
 from cloudsd.core.machines import Providers, Reporter
 from cloudsd.core.watchdog import WatchdogSettings
@@ -32,14 +32,11 @@ def attach(name: str, port: int | None, ledger: Ledger, providers: Providers, re
     ui = profile(record.ui or "a1111")
     reporter.phase("ssh", f"connecting to {record.ssh_user}@{record.ssh_host}:{record.ssh_port}")
     connection = reconnect_record(record, deadline_s=ssh_timeout_s, ledger=ledger)
-    try:
-        resume_installed_ui(connection, ui.name, on_progress=lambda text: reporter.phase("install", text))
-        forward = open_tunnel(record, connection, port or record.local_port or 7860)
-        reporter.phase("web UI", f"checking {ui.title} at {forward.url}")
-        wait_for_ui(forward.local_port, ui, deadline_s=60, on_wait=lambda why: reporter.phase("web UI", why))
-    except BaseException:
-        connection.close()
-        raise
+    forward = tunnel_to_ready_ui(
+        record, connection, ui, port or record.local_port or 7860, deadline_s=60, phase=reporter.phase,
+        prepare=lambda: resume_installed_ui(connection, ui.name,
+                                            on_progress=lambda text: reporter.phase("install", text)),
+        verb="checking")
     lifecycle.attached(ledger, name, forward.local_port, forward.url)
     return Session(ledger.get(name), connection, forward, ui)
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cloudsd.core import lifecycle
-from cloudsd.core.access import Session, open_tunnel, reconnect_record, wait_for_ui
+from cloudsd.core.access import Session, reconnect_record, tunnel_to_ready_ui
 from cloudsd.core.budget import check_new_budget
 from cloudsd.core.cost import session_cost
 from cloudsd.core.guard import arm, plan_of
@@ -124,16 +124,11 @@ def start(name: str, ledger: Ledger, providers: Providers, reporter: Reporter, o
     ui = profile(record.ui or "a1111")
     reporter.phase("ssh", f"connecting to {info.ssh}")
     connection = reconnect_record(record, deadline_s=options.ssh_timeout_s, ledger=ledger)
-    try:
-        resume_installed_ui(connection, ui.name,  # installed on boot: the stock image starts only sshd
-                            on_progress=lambda text: reporter.phase("install", text))
-        forward = open_tunnel(record, connection, options.port or record.local_port or ui.internal_port)
-        reporter.phase("web UI", f"waiting for {ui.title} at {forward.url}")
-        wait_for_ui(forward.local_port, ui, deadline_s=options.ui_timeout_s,
-                    on_wait=lambda why: reporter.phase("web UI", why))
-    except BaseException:
-        connection.close()
-        raise
+    forward = tunnel_to_ready_ui(
+        record, connection, ui, options.port or record.local_port or ui.internal_port,
+        deadline_s=options.ui_timeout_s, phase=reporter.phase,
+        prepare=lambda: resume_installed_ui(connection, ui.name,  # installed on boot: the image starts only sshd
+                                            on_progress=lambda text: reporter.phase("install", text)))
     lifecycle.attached(ledger, name, forward.local_port, forward.url)
     session = Session(ledger.get(name), connection, forward, ui)
     try:

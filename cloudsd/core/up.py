@@ -18,7 +18,7 @@ from cloudsd import keys
 from cloudsd.config import Settings
 from cloudsd.core import lifecycle, volumes
 from cloudsd.core import offers as offer_choice
-from cloudsd.core.access import Session, open_tunnel, wait_for_ui
+from cloudsd.core.access import Session, tunnel_to_ready_ui
 from cloudsd.core.budget import Budget, check_new_budget, provider_deadline
 from cloudsd.core.guard import arm
 from cloudsd.core.machines import Providers, Reporter, wait_until_running
@@ -279,17 +279,12 @@ def _make_ready(name: str, provider: Provider, provider_id: str, ui: UIProfile, 
                          on_attempt=lambda n, why: reporter.phase("ssh", f"attempt {n}: {why}"))
     lifecycle.host_key_pinned(ledger, name, connection.host_key.text)
     keys.write_known_hosts(pair, info.ssh.host, info.ssh.port, connection.host_key.text)
-    try:
-        if choice.install:
-            install_ui(connection, ui.name, choice.cuda or DEFAULT_CUDA, deadline_s=options.install_timeout_s,
-                       on_progress=lambda text: reporter.phase("install", text), env=options.env)
-        forward = open_tunnel(ledger.get(name), connection, options.port)
-        reporter.phase("web UI", f"waiting for {ui.title} at {forward.url}")
-        wait_for_ui(forward.local_port, ui, deadline_s=options.ui_timeout_s,
-                    on_wait=lambda why: reporter.phase("web UI", why))
-    except BaseException:
-        connection.close()
-        raise
+    def install() -> None:
+        install_ui(connection, ui.name, choice.cuda or DEFAULT_CUDA, deadline_s=options.install_timeout_s,
+                   on_progress=lambda text: reporter.phase("install", text), env=options.env)
+
+    forward = tunnel_to_ready_ui(ledger.get(name), connection, ui, options.port, deadline_s=options.ui_timeout_s,
+                                 phase=reporter.phase, prepare=install if choice.install else None)
     lifecycle.ready(ledger, name, forward.local_port, forward.url)
     reporter.phase("ready", forward.url)
     return Session(ledger.get(name), connection, forward, ui)
