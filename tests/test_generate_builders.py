@@ -312,3 +312,39 @@ def test_standin_websocket_speaks_comfyui(standin) -> None:  # type: ignore[no-u
     assert kinds.count("progress") == 3 and "executed" in kinds and "execution_success" in kinds
     ws.close()
     client.close()
+
+
+def test_a1111_sends_the_next_job_only_once_the_current_one_runs(standin, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A1111's queue is a lock, not a queue: two requests waiting on it run in either order. A request that
+    takes a while to reach the lock (a busy thread pool) must not be overtaken by the one sent ahead of it."""
+    import threading
+    import time
+
+    import standin_a1111_jobs
+
+    from cloudsd.core.generate import plan_jobs, run
+    from cloudsd.ui import profile
+
+    original = standin_a1111_jobs.A1111Jobs.process
+    arrivals: list[bool] = []  # per POST: was every earlier POST already running (holding the lock) or done?
+    in_flight = [0]
+    guard = threading.Lock()
+
+    def slow_to_the_lock(self, body: bytes, *, img2img: bool):  # type: ignore[no-untyped-def]
+        with guard:
+            arrivals.append(in_flight[0] == 0 or self.queue_lock.locked())
+            in_flight[0] += 1
+        time.sleep(0.3)  # between arrival and the queue lock
+        try:
+            return original(self, body, img2img=img2img)
+        finally:
+            with guard:
+                in_flight[0] -= 1
+
+    monkeypatch.setattr(standin_a1111_jobs.A1111Jobs, "process", slow_to_the_lock)
+    port = standin("a1111")
+    requests = [GenerateRequest("a lighthouse", steps=20, count=3, seed=5)]
+    result = run(requests, plan_jobs(requests), profile("a1111"), port, tmp_path / "out", None, Recorder())
+    assert [p.seed for p in result.pictures] == [5, 6, 7]  # type: ignore[attr-defined]
+    assert arrivals == [True, True, True]

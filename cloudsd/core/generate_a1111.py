@@ -112,16 +112,17 @@ class A1111Backend:
     def run(self, job: Job, on_progress: Callable[[float, float | None, str], None],
             next_job: Job | None = None) -> list[Picture]:
         """The next job is sent while this one runs: the UI's queue lock holds it until this one is done, so
-        the GPU does not wait for the laptop in between (not across a checkpoint switch)."""
+        the GPU does not wait for the laptop in between (not across a checkpoint switch). It is sent only once
+        the UI reports this one running: a lock is not a queue, and two requests waiting on it may run in
+        either order, which would mix up the pictures' order and what Ctrl-C keeps."""
         request = job.request
         post = self._posts.get(job.number)
         if post is None:
             self._switch(request, Silent())
             post = self._start(job)
-        if next_job is not None and next_job.number not in self._posts and \
-                self.resolved[id(next_job.request)].checkpoint_title in (None, self.catalog and
-                                                                         self.catalog.current_checkpoint):
-            self._start(next_job)
+        ahead = next_job if next_job is not None and next_job.number not in self._posts and \
+            self.resolved[id(next_job.request)].checkpoint_title in (None, self.catalog and
+                                                                     self.catalog.current_checkpoint) else None
         while post.is_alive():
             post.join(POLL_S)
             if not post.is_alive():
@@ -132,6 +133,9 @@ class A1111Backend:
                 continue
             if status == 200 and isinstance(progress, dict):
                 state = progress.get("state") or {}
+                if ahead is not None and state.get("job_count") and len(self._posts) == 1:
+                    self._start(ahead)  # the one running is this job, the only one sent
+                    ahead = None
                 detail = (f"step {state.get('sampling_step', 0)}/{state.get('sampling_steps', 0)}"
                           if state.get("sampling_steps") else "")
                 on_progress(min(1.0, float(progress.get("progress") or 0.0)),
