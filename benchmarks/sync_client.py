@@ -4,6 +4,11 @@
 
 `seconds` covers the SSH connect (as scp's time does) and the whole operation; `connect_s` is the connect.
 `cpu_s` is the process's CPU seconds (user + system), imports and connect included.
+
+The link is chosen as `cloudsd sync` chooses it: the machine's OpenSSH master (under CLOUDSD_HOME) when the
+system `ssh` can be used, else paramiko (CLOUDSD_SSH_CLIENT=paramiko forces that). `--cold` ends a master left
+by an earlier run first, so the time includes starting one (connect and auth), as scp's includes its own.
+`client` in the output says which one ran, `reused` whether a master was already up.
 """
 
 from __future__ import annotations
@@ -32,16 +37,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", help="fetch: the URL")
     parser.add_argument("--sha256", help="fetch: the file's sha256")
     parser.add_argument("--remote", help="fetch: where it goes on the machine")
+    parser.add_argument("--cold", action="store_true", help="end the machine's OpenSSH master first")
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
     from cloudsd.machine import SSHEndpoint
+    from cloudsd.openssh import Master, Target
     from cloudsd.ssh import connect
+    from cloudsd.sync.agent import Link
     from cloudsd.ui import profile
 
     imported = time.perf_counter()
     host, port = args.ssh.rsplit(":", 1)
-    connection = connect(SSHEndpoint(host, int(port)), Path(args.key), args.host_key, deadline_s=30)
+    endpoint = SSHEndpoint(host, int(port))
+    master = Master.for_target(Target(endpoint, Path(args.key), args.host_key)) if args.host_key else None
+    if master is not None and args.cold:
+        master.exit()
+        imported = time.perf_counter()
+    connection: Link
+    if master is not None:
+        master.ensure()
+        connection = master
+    else:
+        connection = connect(endpoint, Path(args.key), args.host_key, deadline_s=30)
     connected = time.perf_counter()
     ui = profile("a1111")
     result: dict[str, object] = {}
@@ -71,10 +89,14 @@ def main(argv: list[str] | None = None) -> int:
         result = {"fetch_s": time.perf_counter() - fetch_started, "reply": reply["files"][args.remote]}
         serve.close()
     done = time.perf_counter()
-    connection.close()
+    if master is None:
+        connection.close()  # a master stays for the next command, as after `cloudsd sync`
     usage = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)  # the stream processes (not the master: detached)
     print(json.dumps({"seconds": done - imported, "connect_s": connected - imported, "import_s": imported - started,
-                      "cpu_s": usage.ru_utime + usage.ru_stime, **result}))
+                      "cpu_s": usage.ru_utime + usage.ru_stime, "children_cpu_s": children.ru_utime + children.ru_stime,
+                      "client": "paramiko" if master is None else "openssh",
+                      "reused": bool(master is not None and master.reused), **result}))
     return 0
 
 

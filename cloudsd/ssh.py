@@ -19,6 +19,7 @@ from pathlib import Path
 
 from cloudsd.errors import HostKeyMismatch, SSHError
 from cloudsd.machine import SSHEndpoint
+from cloudsd.openssh import host_key_mismatch
 
 # paramiko.config imports `invoke` (and with it unittest.mock: 50-150 ms, a third of paramiko's import) only to
 # run the `Match exec` lines of an ssh_config, which cloudsd never reads; paramiko catches the ImportError.
@@ -57,7 +58,10 @@ class HostKey:
 
 
 class Connection:
-    """An authenticated SSH transport to one machine."""
+    """An authenticated SSH transport to one machine (paramiko). A `Link` for the agent, as `openssh.Master` is."""
+
+    receive_window_bytes = WINDOW_BYTES  # ours, per channel
+    send_window_bytes = 2 * 1024 * 1024  # sshd's, per channel
 
     def __init__(self, transport: paramiko.Transport, endpoint: SSHEndpoint, host_key: HostKey) -> None:
         self.transport = transport
@@ -105,6 +109,15 @@ class Connection:
             raise SSHError(f"lost the SSH connection to {self.endpoint} ({exc or type(exc).__name__}).") from None
         return channel
 
+    def open_stream(self, command: str, *, window: int = WINDOW_BYTES) -> ChannelStream:
+        """`command` on a new session channel, started without waiting for sshd's answer (`start_command`)."""
+        try:
+            channel = self.transport.open_session(window_size=window, timeout=60)
+            start_command(channel, command)
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            raise SSHError(f"lost the SSH connection to {self.endpoint} ({exc or type(exc).__name__}).") from None
+        return ChannelStream(channel)
+
     def open_forward_channel(self, port: int, origin: tuple[str, int]) -> paramiko.Channel:
         """A direct-tcpip channel to 127.0.0.1:`port` on the machine, with a large window."""
         return self.transport.open_channel(
@@ -122,6 +135,42 @@ class Connection:
         channel.get_pty(term="dumb", width=80, height=24)
         channel.exec_command("exec sleep 2147483647")
         return channel
+
+
+class ChannelStream:
+    """An agent stream on a paramiko channel: the interface `openssh.ProcessStream` has too."""
+
+    def __init__(self, channel: paramiko.Channel) -> None:
+        self.channel = channel
+
+    def sendall(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            self.channel.sendall(data)  # type: ignore[arg-type]  # paramiko slices it; a memoryview slices for free
+        except paramiko.SSHException as exc:
+            raise OSError(str(exc)) from None
+
+    def recv(self, size: int) -> bytes:
+        try:
+            return self.channel.recv(size)
+        except paramiko.SSHException as exc:
+            raise OSError(str(exc)) from None
+
+    def shutdown_write(self) -> None:
+        self.channel.shutdown_write()
+
+    def exit_status(self, timeout_s: float) -> int:
+        """The exit status, waiting up to `timeout_s` for it; -1 if none came."""
+        self.channel.status_event.wait(timeout_s)
+        return self.channel.exit_status if self.channel.exit_status_ready() else -1
+
+    def stderr_text(self) -> str:
+        err = b""
+        while self.channel.recv_stderr_ready():
+            err += self.channel.recv_stderr(65536)
+        return err.decode(errors="replace")
+
+    def close(self) -> None:
+        self.channel.close()
 
 
 class BufferedReads:
@@ -240,12 +289,7 @@ def connect_once(
         transport.start_client(timeout=timeout_s)
         host_key = HostKey.of(transport.get_remote_server_key())
         if pinned is not None and host_key.text != pinned:
-            raise HostKeyMismatch(
-                f"the machine at {endpoint} presented a different SSH host key than the one pinned when it "
-                "was first reached; refusing to connect (someone may be intercepting the connection, or the "
-                "provider reused the address).",
-                hint="If the machine was rebuilt on purpose, end it with `cloudsd down NAME` and start a new one.",
-            )
+            raise host_key_mismatch(endpoint)
         pkey = paramiko.Ed25519Key.from_private_key_file(str(key_path))
         transport.auth_publickey(endpoint.user, pkey)
         transport.set_keepalive(KEEPALIVE_S)

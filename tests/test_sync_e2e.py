@@ -161,12 +161,13 @@ def test_a_missing_agent_is_uploaded_whatever_ends_first(machine: tuple[Session,
         serve._start()
         assert serve.channel is not None
         if wait_for == "exit":
-            assert serve.channel.status_event.wait(10) and serve.channel.exit_status == MISSING
+            assert serve.channel.exit_status(10) == MISSING
         elif wait_for == "close":
+            channel = serve.channel.channel  # type: ignore[attr-defined]  # paramiko's, under the stream
             deadline = time.monotonic() + 10
-            while not serve.channel.closed and time.monotonic() < deadline:
+            while not channel.closed and time.monotonic() < deadline:
                 time.sleep(0.01)
-            assert serve.channel.closed
+            assert channel.closed
         started = time.monotonic()
         assert serve.request("hash", paths=[])["sha256"] == {}
         assert time.monotonic() - started < 15

@@ -14,6 +14,7 @@ from cloudsd import keys
 from cloudsd.errors import HostKeyMismatch, ProvisioningError, SSHError
 from cloudsd.ledger import Ledger, MachineRecord
 from cloudsd.machine import SSHEndpoint
+from cloudsd.openssh import Master, Target, end_master
 from cloudsd.ssh import Connection, connect
 from cloudsd.tunnel import LocalForward
 from cloudsd.ui import UIProfile, profile
@@ -68,6 +69,38 @@ def reconnect_record(record: MachineRecord, *, deadline_s: float, ledger: Ledger
             connection.close()
             raise
     return connection
+
+
+def _target(record: MachineRecord) -> Target | None:
+    if not (record.ssh_host and record.ssh_port and record.key_path and record.host_key):
+        return None
+    return Target(SSHEndpoint(record.ssh_host, record.ssh_port, record.ssh_user or "root"), Path(record.key_path),
+                  record.host_key)
+
+
+def open_master(record: MachineRecord, *, timeout_s: float = 30.0) -> Master | None:
+    """The machine's OpenSSH master, running (left by an earlier command, or started now), for bulk streams;
+    None when the system `ssh` cannot be used (not found, CLOUDSD_SSH_CLIENT=paramiko, no host key pinned
+    yet, or it failed to connect: paramiko's own retries and messages then take over). A host key other than
+    the pinned one raises HostKeyMismatch, as paramiko's path does."""
+    target = _target(record)
+    master = Master.for_target(target) if target is not None else None
+    if master is None:
+        return None
+    try:
+        master.ensure(timeout_s=timeout_s)
+    except HostKeyMismatch:
+        raise
+    except SSHError:
+        return None
+    return master
+
+
+def end_master_of(record: MachineRecord) -> None:
+    """End the machine's OpenSSH master, if one runs (`down`, `stop`)."""
+    target = _target(record)
+    if target is not None:
+        end_master(target)
 
 
 def open_tunnel(record: MachineRecord, connection: Connection, port: int) -> LocalForward:

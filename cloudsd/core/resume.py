@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cloudsd.core import lifecycle
-from cloudsd.core.access import Session, reconnect_record, tunnel_to_ready_ui
+from cloudsd.core.access import Session, end_master_of, reconnect_record, tunnel_to_ready_ui
 from cloudsd.core.budget import check_new_budget
 from cloudsd.core.cost import session_cost
 from cloudsd.core.guard import arm, plan_of
@@ -60,6 +60,7 @@ def stop(name: str, ledger: Ledger, providers: Providers, reporter: Reporter, *,
     provider.stop(record.provider_id)
     _wait_for(provider, record.provider_id, MachineStatus.STOPPED, deadline_s, sleep)
     lifecycle.stopped(ledger, name)
+    end_master_of(record)  # its connection is dead; the next start may come back at another address anyway
     return ledger.get(name)
 
 

@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from cloudsd import paths
 from cloudsd.config import Settings
-from cloudsd.core.access import reconnect_record
+from cloudsd.core.access import open_master, reconnect_record
 from cloudsd.errors import CloudsdError, MachineNotFound, SyncError
 from cloudsd.ledger import EventKind, Ledger, MachineRecord, Status
 from cloudsd.ssh import Connection
+from cloudsd.sync.agent import Link
 from cloudsd.sync.kinds import is_model_file
 from cloudsd.sync.manifest import ModelRequest
 from cloudsd.sync.models import PushSummary, push_models
@@ -66,16 +69,30 @@ def running_record(ledger: Ledger, name: str) -> MachineRecord:
     return record
 
 
+@contextmanager
+def sync_link(ledger: Ledger, record: MachineRecord) -> Iterator[Link]:
+    """What a sync command runs over: the machine's OpenSSH master when the system `ssh` can be used (it
+    stays up for the next command, which then skips connect and auth), else a paramiko connection of its own."""
+    master = open_master(record, timeout_s=CONNECT_DEADLINE_S)
+    if master is not None:
+        yield master
+        return
+    with reconnect_record(record, deadline_s=CONNECT_DEADLINE_S, ledger=ledger) as connection:
+        yield connection
+
+
 def sync_models(ledger: Ledger, name: str, requests: list[ModelRequest], progress: Progress) -> PushSummary:
     record = running_record(ledger, name)
-    with reconnect_record(record, deadline_s=CONNECT_DEADLINE_S, ledger=ledger) as connection:
-        return push_to(ledger, record, connection, requests, progress)
+    with sync_link(ledger, record) as link:
+        return push_to(ledger, record, link, requests, progress)
 
 
-def push_to(ledger: Ledger, record: MachineRecord, connection: Connection, requests: list[ModelRequest],
+def push_to(ledger: Ledger, record: MachineRecord, link: Link, requests: list[ModelRequest],
             progress: Progress) -> PushSummary:
-    """Push models over an open connection and record what is on the machine (`models-synced`)."""
-    summary = push_models(connection, profile(record.ui or "a1111"), requests, progress=progress)
+    """Push models over an open link and record what is on the machine (`models-synced`). Over a paramiko
+    connection (`up`), the data goes over the machine's OpenSSH master when one can be had."""
+    bulk = open_master(record) if isinstance(link, Connection) and requests else None
+    summary = push_models(link, profile(record.ui or "a1111"), requests, progress=progress, bulk=bulk)
     fetched = sum(r.size or 0 for r in summary.results if r.outcome == "fetched")  # the machine downloaded these
     ledger.event(record.name, EventKind.MODELS_SYNCED,
                  {"results": [[r.remote, r.outcome, r.short_hash] for r in summary.results],
@@ -88,8 +105,8 @@ def sync_outputs(ledger: Ledger, name: str, dest: Path, progress: Progress) -> P
 
 
 def pull_record_outputs(ledger: Ledger, record: MachineRecord, dest: Path, progress: Progress) -> PullSummary:
-    with reconnect_record(record, deadline_s=CONNECT_DEADLINE_S, ledger=ledger) as connection:
-        summary = pull_outputs(connection, profile(record.ui or "a1111"), dest, progress=progress)
+    with sync_link(ledger, record) as link:
+        summary = pull_outputs(link, profile(record.ui or "a1111"), dest, progress=progress)
     ledger.event(record.name, EventKind.OUTPUTS_PULLED, {"dest": str(summary.dest), "pulled": len(summary.pulled),
                                                  "problems": summary.problems, "bytes_out": summary.bytes_pulled})
     return summary

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cloudsd.core import lifecycle
+from cloudsd.core.access import end_master_of
 from cloudsd.core.machines import Providers, Reporter, destroy_and_confirm, refresh_record
 from cloudsd.core.sync import save_outputs
 from cloudsd.errors import (
@@ -44,6 +45,7 @@ def end_record(ledger: Ledger, providers: Providers, record: MachineRecord, *, r
     provider_ids = [record.provider_id] if record.provider_id else [
         m.provider_id for m in provider.list_machines() if m.name == record.name
     ]
+    end_master_of(record)  # the system ssh's master connection, if a command left one
     for provider_id in provider_ids:
         destroy_and_confirm(provider, provider_id, deadline_s=deadline_s)
     lifecycle.terminated(ledger, record.name, reason)

@@ -20,18 +20,17 @@ import time
 import zipfile
 from collections.abc import Callable
 from importlib import resources
-from typing import Any
+from typing import Any, Protocol
 
-import paramiko
-
-from cloudsd.errors import SyncError
-from cloudsd.ssh import WINDOW_BYTES, Connection, start_command
+from cloudsd.errors import SSHError, SyncError
+from cloudsd.machine import SSHEndpoint
 from cloudsd.ui import UIProfile
 
 AGENT_PACKAGE = "cloudsd.remote.agent"
 ZIP_PACKAGE = "cloudsd_agent"
 ZIP_MAIN = b"import sys\nfrom cloudsd_agent.main import main\nsys.exit(main(sys.argv))\n"
 MISSING = 97
+STREAM_READ_BYTES = 8 * 1024 * 1024  # all a paramiko channel holds (a smaller read memmoves the rest)
 RESUME_HINT = "Run the same command again: verified files stay, and big files resume where they stopped."
 
 
@@ -77,39 +76,65 @@ class _Missing(Exception):
     """The agent of this version is not on the machine yet."""
 
 
-class Agent:
-    """The agent on one machine, reached over one SSH connection."""
+class Stream(Protocol):
+    """A running agent command's stdin/stdout: `ssh.ChannelStream` (paramiko) or `openssh.ProcessStream`."""
 
-    def __init__(self, connection: Connection, state_dir: str) -> None:
-        self.connection = connection
+    def sendall(self, data: bytes | bytearray | memoryview) -> None: ...
+    def recv(self, size: int) -> bytes: ...
+    def shutdown_write(self) -> None: ...
+    def exit_status(self, timeout_s: float) -> int: ...
+    def stderr_text(self) -> str: ...
+    def close(self) -> None: ...
+
+
+class Link(Protocol):
+    """A way to run commands on the machine: `ssh.Connection` (paramiko) or `openssh.Master`. The windows say
+    how many bytes one stream carries per round trip, each way."""
+
+    endpoint: SSHEndpoint
+    receive_window_bytes: int
+    send_window_bytes: int
+
+    @property
+    def active(self) -> bool: ...
+    def open_stream(self, command: str) -> Stream: ...
+    def run(self, command: str, *, timeout_s: float = ..., stdin: bytes | None = ...) -> tuple[int, str, str]: ...
+
+
+class Agent:
+    """The agent on one machine: `serve` over `link`, data streams over `bulk` (the same link unless given)."""
+
+    def __init__(self, link: Link, state_dir: str, *, bulk: Link | None = None) -> None:
+        self.link = link
+        self.bulk = bulk or link
         self.state_dir = state_dir
         self.data, self.name = build_agent()
         self.path = posixpath.join(state_dir, self.name)
         self.execs = 0  # agent runs started: tests and benchmarks count round trips with it
-        self.rtt_s: float | None = None  # one channel-open round trip, measured on the first open
+        self.rtt_s: float | None = None  # the shortest request round trip seen (`Serve.measure_rtt`)
+
+    @property
+    def active(self) -> bool:
+        return self.link.active and (self.bulk is self.link or self.bulk.active)
 
     def command(self, job: str) -> str:
         path = shlex.quote(self.path)
         return f"test -f {path} || exit {MISSING}; exec python3 -I {path} {job}"
 
-    def open(self, job: str, *, window: int = WINDOW_BYTES, max_packet: int | None = None) -> paramiko.Channel:
+    def open(self, job: str, *, bulk: bool = False) -> Stream:
+        link = self.bulk if bulk else self.link
         try:
-            started = time.perf_counter()
-            channel = self.connection.transport.open_session(window_size=window, max_packet_size=max_packet,
-                                                             timeout=60)
-            if self.rtt_s is None:
-                self.rtt_s = time.perf_counter() - started
-            start_command(channel, self.command(job))
-        except (paramiko.SSHException, OSError, EOFError) as exc:
+            stream = link.open_stream(self.command(job))
+        except SSHError as exc:
             raise lost_connection(exc) from None
         self.execs += 1
-        return channel
+        return stream
 
     def upload(self) -> None:
         folder, tmp = shlex.quote(self.state_dir), shlex.quote(self.path + ".tmp")
         command = (f"mkdir -p {folder} && cat > {tmp} && mv -f {tmp} {shlex.quote(self.path)} && "
                    f"find {folder} -maxdepth 1 -name 'agent-*.pyz' ! -name {shlex.quote(self.name)} -delete")
-        status, _, err = self.connection.run(command, stdin=self.data, timeout_s=120)
+        status, _, err = self.link.run(command, stdin=self.data, timeout_s=120)
         self.execs += 1
         if status != 0:
             raise SyncError(f"could not put cloudsd's agent into {self.state_dir} on the machine "
@@ -125,7 +150,7 @@ class _Link:
     request under `lock`, and a request registers under the same lock, so a request either is answered by the
     reader or sees that the channel has already ended; it never waits on a channel nobody reads any more."""
 
-    def __init__(self, channel: paramiko.Channel) -> None:
+    def __init__(self, channel: Stream) -> None:
         self.channel = channel
         self.lock = threading.Lock()
         self.replies: dict[int, queue.Queue[dict[str, Any] | None]] = {}
@@ -144,7 +169,7 @@ class Serve:
         self._send_lock = threading.Lock()  # `ready` notes come from several threads
 
     @property
-    def channel(self) -> paramiko.Channel | None:
+    def channel(self) -> Stream | None:
         return self._link.channel if self._link is not None else None
 
     def _start(self) -> None:
@@ -156,14 +181,14 @@ class Serve:
         buf = b""
         try:
             while True:
-                data = link.channel.recv(WINDOW_BYTES)
+                data = link.channel.recv(STREAM_READ_BYTES)
                 if not data:
                     break
                 buf += data
                 *lines, buf = buf.split(b"\n")
                 for line in lines:
                     self._dispatch(link, json.loads(line))
-        except (OSError, paramiko.SSHException, EOFError, ValueError):
+        except (OSError, SSHError, EOFError, ValueError):
             pass
         finally:
             with link.lock:
@@ -173,6 +198,7 @@ class Serve:
 
     def _dispatch(self, link: _Link, message: dict[str, Any]) -> None:
         if "id" in message:
+            message["_at"] = time.perf_counter()
             with link.lock:
                 waiting = link.replies.get(message["id"])
             if waiting is not None:
@@ -217,6 +243,42 @@ class Serve:
             raise AgentFailure(reply)
         return reply
 
+    def measure_rtt(self, samples: int = 3) -> float:
+        """The shortest of `samples` `ping` round trips, sent together once the agent runs (so they cost one
+        round trip in all), kept as `agent.rtt_s`. A loaded machine delays some replies, never speeds one up,
+        so the shortest is the link's. Call after a first request."""
+        link = self._link
+        assert link is not None, "measure_rtt comes after a request"
+        waiting: dict[int, queue.Queue[dict[str, Any] | None]] = {}
+        with self._ids_lock:
+            ids = list(range(self._ids + 1, self._ids + 1 + samples))
+            self._ids += samples
+        with link.lock:
+            if link.ended.is_set():
+                raise self._gone(link)
+            for rid in ids:
+                waiting[rid] = link.replies[rid] = queue.Queue()
+        lines = b"".join(json.dumps({"op": "ping", "id": rid}).encode() + b"\n" for rid in ids)
+        try:
+            sent = time.perf_counter()
+            with self._send_lock:
+                link.channel.sendall(lines)
+            times = []
+            for rid in ids:
+                reply = waiting[rid].get()
+                if reply is None:
+                    raise self._gone(link)
+                times.append(float(reply["_at"]) - sent)
+        except (OSError, SSHError, EOFError) as exc:
+            raise lost_connection(exc) from None
+        finally:
+            with link.lock:
+                for rid in ids:
+                    link.replies.pop(rid, None)
+        rtt = min(times)
+        self.agent.rtt_s = rtt if self.agent.rtt_s is None else min(rtt, self.agent.rtt_s)
+        return rtt
+
     def notify(self, op: str, **fields: Any) -> None:
         """A request without a reply (`ready`)."""
         assert self._link is not None, "notify comes after a request"
@@ -226,8 +288,8 @@ class Serve:
         try:
             with self._send_lock:
                 link.channel.sendall(json.dumps(message, separators=(",", ":")).encode() + b"\n")
-        except (OSError, paramiko.SSHException, EOFError) as exc:
-            if not self.agent.connection.active:
+        except (OSError, SSHError, EOFError) as exc:
+            if not self.agent.active:
                 raise lost_connection(exc) from None
             # The connection is up, so the agent's channel ended (on a new machine: exit 97, the agent is
             # not there yet) and paramiko saw its close before the reader saw its end: wait, boundedly, for
@@ -238,16 +300,12 @@ class Serve:
     def _gone(self, link: _Link) -> Exception:
         """Why the agent's channel closed: not installed, no python3, a crash, or SSH gone."""
         channel = link.channel
-        if not self.agent.connection.active:
+        if not self.agent.active:
             return lost_connection()
-        channel.status_event.wait(10)  # the exit status may trail the end of output a little
-        status = channel.exit_status if channel.exit_status_ready() else -1
-        err = b""
-        while channel.recv_stderr_ready():
-            err += channel.recv_stderr(65536)
+        status = channel.exit_status(10)  # the exit status may trail the end of output a little
         if status == MISSING:
             return _Missing()
-        text = err.decode(errors="replace").strip()
+        text = channel.stderr_text().strip()
         if status == 127:
             return SyncError("the machine has no python3, which cloudsd's agent needs.",
                              hint="cloudsd's images have it; install python3 in a foreign image.")

@@ -16,8 +16,7 @@ from typing import Any
 
 from cloudsd.errors import SyncError
 from cloudsd.redact import url_digest
-from cloudsd.ssh import Connection
-from cloudsd.sync.agent import Agent, AgentFailure, state_dir_for
+from cloudsd.sync.agent import Agent, AgentFailure, Link, state_dir_for
 from cloudsd.sync.collect import LocalModel, RefModel, apply_resolved, expand_local, source_failure
 from cloudsd.sync.hashcache import HashCache
 from cloudsd.sync.manifest import ModelRequest
@@ -70,10 +69,12 @@ class PushSummary:
         return [r for r in self.results if r.outcome == "failed"]
 
 
-def push_models(connection: Connection, ui: UIProfile, requests: list[ModelRequest], *,
-                progress: Progress | None = None, endpoints: Endpoints | None = None) -> PushSummary:
+def push_models(link: Link, ui: UIProfile, requests: list[ModelRequest], *,
+                progress: Progress | None = None, endpoints: Endpoints | None = None,
+                bulk: Link | None = None) -> PushSummary:
     """Put every requested model on the machine; failures of single models are in the summary, a dropped
-    connection or a full disk raise SyncError (after which a new run resumes)."""
+    connection or a full disk raise SyncError (after which a new run resumes). The data streams go over
+    `bulk` when given (the system ssh's master), the requests over `link`."""
     started = time.monotonic()
     progress = progress or NullProgress()
     endpoints = endpoints or Endpoints.from_env()
@@ -82,7 +83,7 @@ def push_models(connection: Connection, ui: UIProfile, requests: list[ModelReque
         refs = [RefModel(r, parse_ref(r.source)) for r in requests if r.is_ref]  # bad references fail first
         local = [m for r in requests if not r.is_ref for m in expand_local(ui, r, hashes)]
         _no_collisions(local)
-        agent = Agent(connection, state_dir_for(ui))
+        agent = Agent(link, state_dir_for(ui), bulk=bulk)
         run = _Run(agent, ui, progress, endpoints, hashes)
         try:
             summary = run.go(local, refs)

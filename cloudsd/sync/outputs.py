@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from cloudsd.errors import SyncError
-from cloudsd.ssh import Connection
-from cloudsd.sync.agent import Agent, state_dir_for
+from cloudsd.sync.agent import Agent, Link, state_dir_for
 from cloudsd.sync.hashcache import HashCache
 from cloudsd.sync.plan import LocalOutput, PullAction, Pulled, RemoteOutput, conflict_name, plan_pull
 from cloudsd.sync.progress import NullProgress, Progress
 from cloudsd.sync.pull import Puller, PullJob
+from cloudsd.sync.streams import MEASURE_RTT_BYTES
 from cloudsd.ui import UIProfile
 
 STATE = ".cloudsd"
@@ -50,24 +50,27 @@ class PullSummary:
         return not self.problems
 
 
-def pull_outputs(connection: Connection, ui: UIProfile, dest: Path, *,
-                 progress: Progress | None = None) -> PullSummary:
+def pull_outputs(link: Link, ui: UIProfile, dest: Path, *,
+                 progress: Progress | None = None, bulk: Link | None = None) -> PullSummary:
+    """Pull what is new on the machine into `dest` (the data streams over `bulk` when given)."""
     started = time.monotonic()
     progress = progress or NullProgress()
     dest = dest.expanduser().absolute()
     summary = PullSummary(dest)
     record = _load_record(dest)
     local = _scan(dest)
-    agent = Agent(connection, state_dir_for(ui))
+    agent = Agent(link, state_dir_for(ui), bulk=bulk)
     serve = agent.serve()
     try:
         reply = serve.request("outputs", root=posixpath.join(ui.data_dir, ui.output_dir),
                               known={rel: [p.size, p.mtime_ns] for rel, p in record.items()},
                               local={rel: o.size for rel, o in local.items()})
+        outputs = [RemoteOutput(f["rel"], f["size"], f["mtime_ns"], f.get("sha256")) for f in reply["files"]]
+        actions = plan_pull(outputs, record, local)
+        if sum(a.output.size for a in actions if a.action == "pull") >= MEASURE_RTT_BYTES:
+            serve.measure_rtt()  # how many streams the pull wants
     finally:
         serve.close()
-    outputs = [RemoteOutput(f["rel"], f["size"], f["mtime_ns"], f.get("sha256")) for f in reply["files"]]
-    actions = plan_pull(outputs, record, local)
     if any(a.action == "hash" for a in actions):
         hashes = HashCache()
         try:

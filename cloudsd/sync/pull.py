@@ -18,10 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import paramiko
-
 from cloudsd.errors import SyncError
-from cloudsd.sync.agent import Agent, lost_connection
+from cloudsd.sync.agent import Agent, Stream, lost_connection
 from cloudsd.sync.plan import SPLIT_BYTES
 from cloudsd.sync.progress import Progress
 from cloudsd.sync.streams import StreamReader, close_quietly, open_streams, stream_count
@@ -80,12 +78,12 @@ class Puller:
             thread.join()
         close_quietly(channels)
         if self.errors:
-            if not self.agent.connection.active:
+            if not self.agent.active:
                 raise lost_connection()
             first = self.errors[0]
             raise first if isinstance(first, SyncError) else lost_connection(first)
 
-    def _run(self, channel: paramiko.Channel, load: list[dict[str, Any]], jobs: dict[int, PullJob]) -> None:
+    def _run(self, channel: Stream, load: list[dict[str, Any]], jobs: dict[int, PullJob]) -> None:
         fds: dict[int, int] = {}
         try:
             channel.sendall(json.dumps({"items": load}).encode() + b"\n")
@@ -123,7 +121,7 @@ class Puller:
         except OSError as exc:
             # a local file, or else the channel (a dropped connection)
             self.errors.append(SyncError(f"cannot write {exc.filename} ({exc.strerror}).") if exc.filename else exc)
-        except (paramiko.SSHException, EOFError, ValueError, KeyError) as exc:
+        except (EOFError, ValueError, KeyError) as exc:
             self.errors.append(exc)
         finally:
             for fd in fds.values():

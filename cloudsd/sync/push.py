@@ -18,13 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import paramiko
-
 from cloudsd.errors import SyncError
 from cloudsd.remote.agent.common import partial_path
-from cloudsd.sync.agent import Agent, AgentFailure, Serve, lost_connection
+from cloudsd.sync.agent import Agent, AgentFailure, Serve, Stream, lost_connection
 from cloudsd.sync.progress import Progress
-from cloudsd.sync.streams import StreamReader, close_quietly, open_streams, send_all, stream_count
+from cloudsd.sync.streams import MEASURE_RTT_BYTES, StreamReader, close_quietly, open_streams, stream_count
 
 BLOCK = 4 << 20
 READ_CHUNK = 1 << 20
@@ -66,9 +64,11 @@ class Pusher:
             return
         total = sum(j.size - j.start for j in jobs)
         pieces = sum(-(-(j.size - j.start) // BLOCK) if j.big else 1 for j in jobs)
+        if total >= MEASURE_RTT_BYTES and self.agent.rtt_s is None:
+            self.serve.measure_rtt()
         count = stream_count(self.agent, "push", total, pieces)
         big = [j for j in jobs if j.big]
-        opened: list[paramiko.Channel] = []
+        opened: list[Stream] = []
         opener = threading.Thread(target=lambda: opened.extend(self._open(count)), daemon=True)
         opener.start()  # the streams open while `prepare` makes the partial files
         if big:
@@ -98,7 +98,7 @@ class Pusher:
         if self.errors:
             raise self._error()
 
-    def _open(self, count: int) -> list[paramiko.Channel]:
+    def _open(self, count: int) -> list[Stream]:
         try:
             return open_streams(self.agent, "recv", count)
         except BaseException as exc:
@@ -115,7 +115,7 @@ class Pusher:
         for exc in self.errors:
             if isinstance(exc, AgentFailure):
                 return exc
-        if not self.agent.connection.active:
+        if not self.agent.active:
             return lost_connection()
         first = self.errors[0]
         if isinstance(first, SyncError):
@@ -163,7 +163,7 @@ class Pusher:
             for _ in range(streams):
                 self._put(units, None)
 
-    def _send(self, channel: paramiko.Channel, units: queue.Queue[Any]) -> None:
+    def _send(self, channel: Stream, units: queue.Queue[Any]) -> None:
         try:
             while not self.failed.is_set():
                 try:
@@ -178,16 +178,16 @@ class Pusher:
                     job, offset, block = unit
                     head = {"op": "data", "fid": job.fid, "path": job.partial, "off": offset, "len": len(block)}
                     channel.sendall(json.dumps(head).encode() + b"\n")
-                    send_all(channel, memoryview(block))
+                    channel.sendall(memoryview(block))
                     self.progress.advance(job.key, len(block))
             channel.sendall(b'{"op":"end"}\n')
             channel.shutdown_write()
-        except (OSError, paramiko.SSHException, EOFError) as exc:
+        except (OSError, EOFError) as exc:
             self._fail(exc)
         except BaseException as exc:
             self._fail(exc)
 
-    def _send_file(self, channel: paramiko.Channel, job: PushJob) -> None:
+    def _send_file(self, channel: Stream, job: PushJob) -> None:
         """A small file whole: read, hashed and sent in one pass."""
         self.progress.file(job.key, job.key, job.size)
         digest = hashlib.sha256()
@@ -207,13 +207,13 @@ class Pusher:
                 if not n:
                     raise SyncError(f"{job.local} got shorter while it was being sent; sync it again.")
                 digest.update(view[start:start + n])
-                send_all(channel, view[:start + n])
+                channel.sendall(view[:start + n])
                 self.progress.advance(job.key, n)
                 left -= n
                 start = 0
         job.sha256 = digest.hexdigest()
 
-    def _acks(self, channel: paramiko.Channel, jobs: dict[int, PushJob]) -> None:
+    def _acks(self, channel: Stream, jobs: dict[int, PushJob]) -> None:
         reader = StreamReader(channel)
         try:
             while True:
@@ -228,12 +228,12 @@ class Pusher:
                 elif "error" in message:
                     self._fail(AgentFailure({"kind": message["error"], "message": message.get("message", "")}))
                     return
-        except (OSError, paramiko.SSHException, ValueError, SyncError) as exc:
+        except (OSError, ValueError, SyncError) as exc:
             self._fail(exc)
             return
-        channel.status_event.wait(10)
-        if channel.exit_status not in (0, -1) and not self.failed.is_set():
-            self._fail(SyncError(f"a data stream of cloudsd's agent stopped (exit {channel.exit_status})."))
+        status = channel.exit_status(10)
+        if status not in (0, -1) and not self.failed.is_set():
+            self._fail(SyncError(f"a data stream of cloudsd's agent stopped (exit {status})."))
 
     def _acked(self, job: PushJob, offset: int, length: int) -> None:
         with self._lock:

@@ -1,51 +1,53 @@
-"""Data streams to and from the agent: how many, opened at once, and read without paramiko's traps.
+"""Data streams to and from the agent: how many, opened at once, and read in large pieces.
 
-One SSH channel carries at most one window per round trip, and sshd's window for data going up is a fixed
-2 MiB, so pushes use several channels on the same connection (8 at 50 ms: ~8 × 2 MiB / 50 ms); data coming
-down uses cloudsd's own 8 MiB window, so fewer suffice. On loopback (no latency) every extra channel is
-only overhead. Reads take everything paramiko has buffered (`recv(WINDOW_BYTES)`): a smaller read makes it
-shift the rest of its buffer down, and a window far above 8 MiB makes that quadratic.
+One stream carries at most one window per round trip. The windows are the link's: sshd gives 2 MiB per
+channel for data going up; data coming down gets cloudsd's 8 MiB over paramiko and OpenSSH's fixed 2 MiB over
+the system client. So the count follows from the round trip and the window: enough streams that together
+they could carry `TARGET_BYTES_PER_S`. On loopback every extra stream is only overhead (an agent process, an
+SSH channel), so it is one or two there. The round trip is the shortest of several pings
+(`Serve.measure_rtt`), which load only ever lengthens.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections.abc import Callable
-from typing import cast
 
-import paramiko
+from cloudsd.sync.agent import Agent, Stream
 
-from cloudsd.ssh import WINDOW_BYTES
-from cloudsd.sync.agent import Agent
-
-LOW_RTT_S = 0.005
+# What a transfer should be able to reach where the link allows it (a datacenter or fibre path).
+TARGET_BYTES_PER_S = 320_000_000
+MAX_AUTO_STREAMS = 8
+MEASURE_RTT_BYTES = 16 << 20  # below this two streams at most, whatever the round trip: not worth a ping
+READ_BYTES = 8 * 1024 * 1024  # all a paramiko channel holds (a smaller read memmoves the rest); a pipe gives less
 
 
 def stream_count(agent: Agent, direction: str, total_bytes: int, units: int) -> int:
-    """Streams for a transfer: CLOUDSD_SYNC_STREAMS if set, else by round-trip time and size."""
+    """Streams for a transfer: CLOUDSD_SYNC_STREAMS if set, else by round trip, window and size."""
     wanted = os.environ.get("CLOUDSD_SYNC_STREAMS", "")
     if wanted.isdigit() and int(wanted) > 0:
         count = int(wanted)
     else:
-        rtt = agent.rtt_s if agent.rtt_s is not None else 1.0
-        if direction == "push":
-            count = 2 if rtt < LOW_RTT_S else 8
-        else:
-            count = 1 if rtt < LOW_RTT_S else 3
-        if total_bytes < 16 << 20:
+        rtt = agent.rtt_s if agent.rtt_s is not None else 0.05
+        window = agent.bulk.send_window_bytes if direction == "push" else agent.bulk.receive_window_bytes
+        count = math.ceil(rtt * TARGET_BYTES_PER_S / window)
+        # pushes keep two: one stream's sender waits on the machine's writes while the other's is sent
+        count = max(2 if direction == "push" else 1, min(count, MAX_AUTO_STREAMS))
+        if total_bytes < MEASURE_RTT_BYTES:
             count = min(count, 2)
     return max(1, min(count, units, 16))
 
 
-def open_streams(agent: Agent, job: str, count: int, max_packet: int | None = None) -> list[paramiko.Channel]:
-    """Open `count` agent channels at once (each open waits a round trip; in parallel they wait one)."""
-    channels: list[paramiko.Channel | None] = [None] * count
+def open_streams(agent: Agent, job: str, count: int) -> list[Stream]:
+    """Open `count` agent streams at once (each open waits a round trip; in parallel they wait one)."""
+    streams: list[Stream | None] = [None] * count
     errors: list[BaseException] = []
 
     def open_one(i: int) -> None:
         try:
-            channels[i] = agent.open(job, max_packet=max_packet)
+            streams[i] = agent.open(job, bulk=True)
         except BaseException as exc:  # reported below, in the caller's thread
             errors.append(exc)
 
@@ -55,22 +57,20 @@ def open_streams(agent: Agent, job: str, count: int, max_packet: int | None = No
     for thread in threads:
         thread.join()
     if errors:
-        for channel in channels:
-            if channel is not None:
-                channel.close()
+        close_quietly([s for s in streams if s is not None])
         raise errors[0]
-    return [c for c in channels if c is not None]
+    return [s for s in streams if s is not None]
 
 
 class StreamReader:
-    """JSON lines and exact byte counts from a channel."""
+    """JSON lines and exact byte counts from a stream."""
 
-    def __init__(self, channel: paramiko.Channel) -> None:
-        self.channel = channel
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
         self.buf = memoryview(b"")
 
     def _recv(self) -> bytes:
-        data = self.channel.recv(WINDOW_BYTES)
+        data = self.stream.recv(READ_BYTES)
         if not data:
             raise EOFError("the stream ended")
         return bytes(data)
@@ -97,14 +97,9 @@ class StreamReader:
             length -= len(piece)
 
 
-def close_quietly(channels: list[paramiko.Channel]) -> None:
-    for channel in channels:
+def close_quietly(streams: list[Stream]) -> None:
+    for stream in streams:
         try:
-            channel.close()
-        except (OSError, paramiko.SSHException, EOFError):
+            stream.close()
+        except (OSError, EOFError):
             pass
-
-
-def send_all(channel: paramiko.Channel, data: memoryview) -> None:
-    """`sendall` without copies: paramiko slices what it is given, and a memoryview slices for free."""
-    channel.sendall(cast(bytes, data))

@@ -114,6 +114,9 @@ class Serve:
         self.index.save()
         return 0
 
+    def op_ping(self, req: dict[str, Any]) -> None:
+        """Nothing: its round trip tells cloudsd the link's latency (how many streams to open)."""
+
     # -- models going up ---------------------------------------------------------------------------------
     def op_index(self, req: dict[str, Any]) -> dict[str, Any]:
         """What is at each path (size, and sha256 when the size is the one asked about or `hash` is set), any

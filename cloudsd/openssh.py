@@ -1,0 +1,324 @@
+"""The system OpenSSH client (`ssh`) as a second way to a machine: one background master connection per
+machine that outlives each command, and agent streams as `ssh` processes multiplexed over it.
+
+Why: OpenSSH's client receives at about 1 CPU-s/GB where paramiko takes 2 and hands the GIL over once per
+32 KiB packet (benchmarks/README.md), and a master kept for a while (ControlPersist) lets the next command
+skip TCP, key exchange and auth (4-5 round trips). Each stream is an `ssh -S SOCKET` process whose stdin and
+stdout the master takes over (the client passes its descriptors), so the bytes go from the master's socket to
+our pipe with no copy in between.
+
+Trust is the same as paramiko's path: a known_hosts file holding only the pinned key (under an alias, so an
+address reused by another machine cannot match), StrictHostKeyChecking=yes, the machine's own key and no
+other (no agent, no user config: -F /dev/null), BatchMode, no agent or X11 forwarding. The control socket
+lives in a private folder (0700) under CLOUDSD_HOME, named by a digest of the endpoint, user and pinned key.
+
+CLOUDSD_SSH_CLIENT=paramiko turns this path off (paramiko carries everything, as when no `ssh` is found).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from cloudsd import paths
+from cloudsd.errors import HostKeyMismatch, SSHError
+from cloudsd.machine import SSHEndpoint
+
+CLIENT_ENV = "CLOUDSD_SSH_CLIENT"
+PERSIST_ENV = "CLOUDSD_SSH_PERSIST_S"
+PERSIST_S = 600  # a master with no session ends this long after the last one
+# OpenSSH gives each session channel a fixed 2 MiB window, whatever we ask: one stream carries 2 MiB per RTT.
+WINDOW_BYTES = 2 * 1024 * 1024
+CIPHERS = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,aes128-ctr,aes256-ctr"
+# sockaddr_un holds 104 bytes on macOS (108 on Linux), and ssh first binds `PATH.` + 16 random characters.
+SOCKET_PATH_MAX = 104 - 18
+PIPE_BYTES = 1 << 20
+F_SETPIPE_SZ = 1031  # Linux
+
+
+def host_key_mismatch(endpoint: SSHEndpoint) -> HostKeyMismatch:
+    """The one error for a host key other than the pinned one, whichever SSH client saw it."""
+    return HostKeyMismatch(
+        f"the machine at {endpoint} presented a different SSH host key than the one pinned when it "
+        "was first reached; refusing to connect (someone may be intercepting the connection, or the "
+        "provider reused the address).",
+        hint="If the machine was rebuilt on purpose, end it with `cloudsd down NAME` and start a new one.",
+    )
+
+
+def find_ssh() -> str | None:
+    """The `ssh` binary to use, or None: not installed, or CLOUDSD_SSH_CLIENT=paramiko."""
+    if os.environ.get(CLIENT_ENV, "").strip().lower() == "paramiko":
+        return None
+    return shutil.which("ssh")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A machine as the system client reaches it: where, with which key, trusting only the pinned host key."""
+
+    endpoint: SSHEndpoint
+    key_path: Path
+    host_key: str  # "ssh-ed25519 AAAA…", pinned
+
+    @property
+    def digest(self) -> str:
+        text = f"{self.endpoint.user}@{self.endpoint.host}:{self.endpoint.port} {self.host_key} {self.key_path}"
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _private_dir(path: Path) -> bool:
+    """`path` is a folder of ours that nobody else may enter (made so if missing)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        info = os.lstat(path)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            return False
+        if info.st_mode & 0o077:
+            os.chmod(path, 0o700)
+        return True
+    except OSError:
+        return False
+
+
+def control_dir() -> Path | None:
+    """Where the control sockets live: CLOUDSD_HOME/ssh, or, when that path is too long for a socket, a
+    private folder in the temp dir named after CLOUDSD_HOME; None when neither can be made private."""
+    home = paths.home()
+    candidates = [home / "ssh"]
+    digest = hashlib.sha256(str(home.absolute()).encode()).hexdigest()[:12]
+    candidates.append(Path(tempfile.gettempdir()) / f"cloudsd-{os.getuid()}-{digest}")
+    for folder in candidates:
+        if len(str(folder)) + 18 <= SOCKET_PATH_MAX and _private_dir(folder):
+            return folder
+    return None
+
+
+def _alive(path: Path) -> bool:
+    """Something listens on the socket at `path` (a master); a stale file left by a killed one is removed."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return False
+    if stat.S_ISSOCK(info.st_mode):
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.settimeout(2.0)
+            probe.connect(str(path))
+            return True
+        except OSError:
+            pass
+        finally:
+            probe.close()
+    with contextlib.suppress(OSError):
+        path.unlink()
+    return False
+
+
+class ProcessStream:
+    """An agent stream carried by an `ssh` process: its stdin and stdout, and its exit status (the remote
+    command's, or 255 when ssh itself failed). Same interface as `ssh.ChannelStream`."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        assert process.stdin is not None and process.stdout is not None and process.stderr is not None
+        self.process = process
+        self._in: int | None = process.stdin.fileno()
+        self._out = process.stdout.fileno()
+        for fd in (self._in, self._out):
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_BYTES)  # one wake-up per MiB, not per 64 KiB
+        self._lock = threading.Lock()
+        self._reading = 0
+        self._out_closed = False
+        self._err = bytearray()
+        self._err_done = threading.Event()
+        threading.Thread(target=self._drain_stderr, name="cloudsd-ssh-stderr", daemon=True).start()
+
+    def _drain_stderr(self) -> None:
+        assert self.process.stderr is not None
+        try:
+            while chunk := os.read(self.process.stderr.fileno(), 65536):
+                self._err += chunk[:max(0, 65536 - len(self._err))]
+        except (OSError, ValueError):
+            pass
+        finally:
+            self._err_done.set()
+
+    def sendall(self, data: bytes | bytearray | memoryview) -> None:
+        fd = self._in
+        if fd is None:
+            raise BrokenPipeError(errno.EPIPE, "the stream's input is closed")
+        view = memoryview(data).cast("B")
+        while view:
+            view = view[os.write(fd, view):]
+
+    def recv(self, size: int) -> bytes:
+        with self._lock:
+            if self._out_closed:
+                return b""
+            self._reading += 1
+        try:
+            return os.read(self._out, size)
+        finally:
+            with self._lock:
+                self._reading -= 1
+
+    def shutdown_write(self) -> None:
+        if self._in is not None and self.process.stdin is not None:
+            self._in = None
+            self.process.stdin.close()
+
+    def exit_status(self, timeout_s: float) -> int:
+        """The exit status, waiting up to `timeout_s` for it; -1 if the process still runs."""
+        try:
+            return self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            return -1
+
+    def stderr_text(self) -> str:
+        self._err_done.wait(2)
+        return bytes(self._err).decode(errors="replace")
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.shutdown_write()
+        if self.process.poll() is None:
+            self.process.terminate()  # the master closes the session channel when its client goes
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        with self._lock:  # a reader still in os.read sees EOF now; it must not read a reused descriptor
+            if not self._reading and not self._out_closed:
+                self._out_closed = True
+                assert self.process.stdout is not None
+                self.process.stdout.close()
+
+
+class Master:
+    """The system client's master connection to one machine, shared by every command for a while.
+
+    A `Link` for the agent (`open_stream`, `run`, `active`), as `ssh.Connection` is.
+    """
+
+    receive_window_bytes = WINDOW_BYTES
+    send_window_bytes = WINDOW_BYTES
+
+    def __init__(self, ssh: str, target: Target, folder: Path) -> None:
+        self.ssh = ssh
+        self.target = target
+        self.endpoint = target.endpoint
+        self.socket_path = folder / target.digest
+        self.known_hosts = folder / f"{target.digest}.hosts"
+        self.alias = f"cloudsd-{target.digest}"
+        self.reused = False  # the master was already running when this command began
+
+    @classmethod
+    def for_target(cls, target: Target) -> Master | None:
+        """A master handle, or None when the system client cannot be used (none, switched off, no private
+        folder for its socket)."""
+        ssh = find_ssh()
+        folder = control_dir() if ssh else None
+        if ssh is None or folder is None:
+            return None
+        return cls(ssh, target, folder)
+
+    def options(self) -> list[str]:
+        t = self.target
+        return ["-F", "/dev/null", "-i", str(t.key_path), "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none",
+                "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+                "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
+                "-o", f"HostKeyAlias={self.alias}", "-o", "CheckHostIP=no", "-o", "UpdateHostKeys=no",
+                "-o", "ForwardAgent=no", "-o", "ForwardX11=no", "-o", "ClearAllForwardings=yes",
+                "-o", "PermitLocalCommand=no", "-o", "LogLevel=ERROR", "-o", f"Ciphers={CIPHERS}",
+                "-o", f"ControlPath={self.socket_path}", "-p", str(t.endpoint.port), "-l", t.endpoint.user]
+
+    @property
+    def active(self) -> bool:
+        return _alive(self.socket_path)
+
+    def ensure(self, *, timeout_s: float = 30.0) -> None:
+        """A running master: the one left by an earlier command, or a new one (connect and auth now).
+
+        HostKeyMismatch when the machine shows another key; SSHError for anything else that failed.
+        """
+        if _alive(self.socket_path):
+            self.reused = True
+            return
+        self.reused = False
+        self.known_hosts.write_text(f"{self.alias} {self.target.host_key}\n")
+        persist = os.environ.get(PERSIST_ENV, "")
+        argv = [self.ssh, *self.options(), "-o", "ControlMaster=yes",
+                "-o", f"ControlPersist={int(persist) if persist.isdigit() else PERSIST_S}",
+                "-o", f"ConnectTimeout={max(1, int(timeout_s / 2))}", "-o", "ServerAliveInterval=15",
+                "-o", "ServerAliveCountMax=3", "-N", "-f", "-T", self.endpoint.host]
+        try:
+            # -f: the foreground process returns once the master is authenticated and listening
+            result = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise SSHError(f"the system ssh did not reach {self.endpoint} within {timeout_s:.0f} s.") from None
+        except OSError as exc:
+            raise SSHError(f"cannot run {self.ssh} ({exc.strerror}).") from None
+        err = result.stderr.decode(errors="replace")
+        if "IDENTIFICATION HAS CHANGED" in err or "Host key verification failed" in err:
+            raise host_key_mismatch(self.endpoint)
+        if result.returncode != 0 or not _alive(self.socket_path):
+            raise SSHError(f"the system ssh could not connect to {self.endpoint} "
+                           f"({err.strip().splitlines()[-1] if err.strip() else f'exit {result.returncode}'}).")
+
+    def _argv(self, command: str) -> list[str]:
+        # ControlMaster=no: if the master went away meanwhile, this connects on its own (same trust options)
+        return [self.ssh, *self.options(), "-o", "ControlMaster=no", "-T", self.endpoint.host, command]
+
+    def open_stream(self, command: str, *, window: int = WINDOW_BYTES) -> ProcessStream:
+        """`command` running on the machine over the master, its stdin/stdout ours (caller closes)."""
+        del window  # the client's window is fixed at 2 MiB per channel
+        try:
+            process = subprocess.Popen(self._argv(command), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, bufsize=0)
+        except OSError as exc:
+            raise SSHError(f"cannot run {self.ssh} ({exc.strerror}).") from None
+        return ProcessStream(process)
+
+    def run(self, command: str, *, timeout_s: float = 60.0, stdin: bytes | None = None) -> tuple[int, str, str]:
+        """Run `command`; return (exit status, stdout, stderr)."""
+        try:
+            result = subprocess.run(self._argv(command), input=stdin or b"", capture_output=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise SSHError(f"a command on {self.endpoint} did not finish within {timeout_s:.0f} s.") from None
+        return result.returncode, result.stdout.decode(errors="replace"), result.stderr.decode(errors="replace")
+
+    def exit(self) -> None:
+        """End the master (`ssh -O exit`), quietly if there is none."""
+        if not _alive(self.socket_path):
+            return
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            subprocess.run([self.ssh, *self.options(), "-O", "exit", self.endpoint.host],
+                           stdin=subprocess.DEVNULL, capture_output=True, timeout=10)
+        with contextlib.suppress(OSError):
+            self.socket_path.unlink()
+
+    def close(self) -> None:
+        """What a command does when it is done with the link: nothing; the master persists for the next one."""
+
+
+def end_master(target: Target) -> None:
+    """End the machine's master connection if one runs (`down`); never raises."""
+    ssh = shutil.which("ssh")
+    folder = control_dir()
+    if ssh is not None and folder is not None:
+        Master(ssh, target, folder).exit()

@@ -1,0 +1,240 @@
+"""Sync over the system OpenSSH client: the machine's master connection carries the agent's streams (verified
+as over paramiko), outlives each command, is replaced when stale, ends with `down`, refuses another host key
+with cloudsd's own error; and paramiko carries everything when there is no `ssh` or the switch says so."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cloudsd import keys
+from cloudsd.errors import HostKeyMismatch
+from cloudsd.ledger import Ledger
+from cloudsd.machine import SSHEndpoint
+from cloudsd.openssh import Master, ProcessStream, Target, _alive, control_dir, end_master
+from cloudsd.ssh import connect
+from cloudsd.sync.agent import Agent
+from cloudsd.sync.manifest import ModelRequest
+from cloudsd.sync.models import push_models
+from cloudsd.sync.outputs import pull_outputs
+from cloudsd.ui import profile
+from tests.cli_helpers import cloudsd, cloudsd_json
+
+MB = 1 << 20
+needs_ssh = pytest.mark.skipif(not Path("/usr/bin/ssh").exists() and not os.environ.get("CI"),
+                               reason="no OpenSSH client on this computer")
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def master_pid(master: Master) -> int:
+    check = subprocess.run([master.ssh, *master.options(), "-O", "check", master.endpoint.host],
+                           capture_output=True, text=True, timeout=10)
+    found = re.search(r"pid=(\d+)", check.stderr)
+    assert found, check.stderr
+    return int(found.group(1))
+
+
+@pytest.fixture
+def pinned(local_env: dict[str, str], docker_client: Any) -> Iterator[tuple[Any, Target]]:
+    """A machine (the test image, real sshd) with cloudsd's key and its host key pinned by a first connect."""
+    from tests.fakes.machines import TEST_NETWORK
+
+    pair = keys.create_key_pair("os")
+    container = docker_client.containers.run(
+        local_env["CLOUDSD_IMAGE"], detach=True, environment={"PUBLIC_KEY": pair.public_line},
+        network=TEST_NETWORK, ports={"22/tcp": ("127.0.0.1", None)}, labels={"cloudsd.machine": "os"})
+    target: Target | None = None
+    try:
+        container.reload()
+        port = int(container.attrs["NetworkSettings"]["Ports"]["22/tcp"][0]["HostPort"])
+        endpoint = SSHEndpoint("127.0.0.1", port)
+        with connect(endpoint, pair.private_path, None, deadline_s=60) as first:
+            target = Target(endpoint, pair.private_path, first.host_key.text)
+        yield container, target
+    finally:
+        if target is not None:
+            end_master(target)
+        container.remove(force=True)
+
+
+@pytest.mark.docker
+@needs_ssh
+def test_system_ssh_streams_carry_push_and_pull_verified(pinned: tuple[Any, Target], tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    container, target = pinned
+    monkeypatch.setenv("CLOUDSD_SYNC_STREAMS", "3")
+    models = tmp_path / "sd"
+    files = {"Stable-diffusion/big.safetensors": os.urandom(70 * MB),  # in blocks over all three streams
+             **{f"Lora/l{i}.safetensors": os.urandom(100_000 + i) for i in range(6)}}
+    for rel, data in files.items():
+        (models / rel).parent.mkdir(parents=True, exist_ok=True)
+        (models / rel).write_bytes(data)
+    master = Master.for_target(target)
+    assert master is not None
+    master.ensure()
+    assert master.active and not master.reused
+    opened: list[object] = []
+    real_open = Agent.open
+
+    def spy(self: Agent, job: str, *, bulk: bool = False) -> Any:
+        stream = real_open(self, job, bulk=bulk)
+        opened.append(stream)
+        return stream
+
+    monkeypatch.setattr(Agent, "open", spy)
+    summary = push_models(master, profile("a1111"), [ModelRequest(str(models))])
+    assert {r.outcome for r in summary.results} == {"sent"} and len(summary.results) == 7
+    assert len(opened) >= 4 and all(isinstance(s, ProcessStream) for s in opened)  # serve + 3 streams, all ssh
+    listing = container.exec_run(["sh", "-c", "cd /workspace/webui/models && sha256sum Stable-diffusion/* Lora/*"])
+    on_machine = dict(reversed(line.split()) for line in listing.output.decode().splitlines())
+    assert on_machine == {rel: sha(data) for rel, data in files.items()}
+
+    outputs = {"txt2img-images/a.png": os.urandom(90 * MB), **{f"txt2img-images/s{i}.png": os.urandom(50_000 + i)
+                                                                for i in range(20)}}
+    for rel, data in outputs.items():
+        local = tmp_path / "up" / rel
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_bytes(data)
+    subprocess.run(["docker", "cp", f"{tmp_path / 'up'}/.", f"{container.id}:/workspace/webui/outputs"], check=True)
+    opened.clear()
+    dest = tmp_path / "pulled"
+    pulled = pull_outputs(master, profile("a1111"), dest)
+    assert pulled.problems == [] and len(pulled.pulled) == len(outputs)
+    assert {rel: sha((dest / rel).read_bytes()) for rel in outputs} == {rel: sha(d) for rel, d in outputs.items()}
+    assert len(opened) == 4 and all(isinstance(s, ProcessStream) for s in opened)
+    assert pull_outputs(master, profile("a1111"), dest).pulled == []  # once only, as over paramiko
+
+
+@pytest.mark.docker
+@needs_ssh
+def test_a_host_key_other_than_the_pinned_one_is_refused_by_the_system_ssh(pinned: tuple[Any, Target]) -> None:
+    _, target = pinned
+    other = keys.create_key_pair("other").public_line.rsplit(" ", 1)[0]  # some other ed25519 key
+    wrong = Target(target.endpoint, target.key_path, other)
+    master = Master.for_target(wrong)
+    assert master is not None
+    with pytest.raises(HostKeyMismatch) as by_ssh:
+        master.ensure()
+    assert not master.active
+    with pytest.raises(HostKeyMismatch) as by_paramiko:
+        connect(target.endpoint, target.key_path, other, deadline_s=10)
+    assert str(by_ssh.value) == str(by_paramiko.value) and "\n" not in str(by_ssh.value)
+    assert by_ssh.value.hint == by_paramiko.value.hint
+
+
+@pytest.mark.docker
+@needs_ssh
+def test_sync_commands_share_a_master_that_down_ends_and_paramiko_carries_them_without_ssh(
+        local_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    models = tmp_path / "sd"
+    (models / "Lora").mkdir(parents=True)
+    (models / "Lora" / "one.safetensors").write_bytes(os.urandom(2 * MB))
+    cloudsd_json("up", "om", "--provider", "local", "--detach")
+    ledger = Ledger()
+    record = ledger.get("om")
+    ledger.close()
+    assert record.ssh_host and record.ssh_port and record.key_path and record.host_key
+    master = Master.for_target(Target(SSHEndpoint(record.ssh_host, record.ssh_port, record.ssh_user or "root"),
+                                      Path(record.key_path), record.host_key))
+    assert master is not None
+
+    # no `ssh` on PATH, then the switch: paramiko carries the sync, and no master is left behind
+    no_ssh = tmp_path / "bin"
+    no_ssh.mkdir()
+    with monkeypatch.context() as env:
+        env.setenv("PATH", str(no_ssh))
+        first = cloudsd_json("sync", "models", "om", str(models))
+    assert [r["outcome"] for r in first["results"]] == ["sent"] and not master.active
+    with monkeypatch.context() as env:
+        env.setenv("CLOUDSD_SSH_CLIENT", "paramiko")
+        assert {r["outcome"] for r in cloudsd_json("sync", "models", "om", str(models))["results"]} == {"present"}
+    assert not master.active
+
+    # with ssh: the first command starts the master, the next one uses it
+    assert cloudsd_json("sync", "models", "om", str(models))["agent_runs"] == 1
+    assert master.active
+    pid = master_pid(master)
+    assert cloudsd_json("sync", "models", "om", str(models))["agent_runs"] == 1
+    assert master_pid(master) == pid
+
+    # a master killed hard leaves its socket behind: the next command starts a new one
+    os.kill(pid, signal.SIGKILL)
+    time.sleep(0.2)
+    assert master.socket_path.exists()
+    (models / "Lora" / "two.safetensors").write_bytes(os.urandom(MB))
+    again = cloudsd_json("sync", "models", "om", str(models))
+    assert sorted(r["outcome"] for r in again["results"]) == ["present", "sent"]
+    assert master.active and master_pid(master) != pid
+
+    # something else at the socket's place is no master either
+    os.kill(master_pid(master), signal.SIGKILL)
+    time.sleep(0.2)
+    master.socket_path.unlink()
+    master.socket_path.write_text("not a socket")
+    assert {r["outcome"] for r in cloudsd_json("sync", "models", "om", str(models))["results"]} == {"present"}
+    pid = master_pid(master)
+
+    assert cloudsd("down", "om", "--yes", "--no-outputs").returncode == 0
+    assert not master.socket_path.exists()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+        time.sleep(0.1)
+    assert not Path(f"/proc/{pid}").exists()
+
+
+def test_control_sockets_live_in_a_private_folder_short_enough_for_a_socket(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    home_ssh = Path(os.environ["CLOUDSD_HOME"]) / "ssh"
+    folder = control_dir()
+    assert folder is not None and (folder == home_ssh) == (len(str(home_ssh)) + 18 <= 86)
+    assert (folder.stat().st_mode & 0o777) == 0o700
+    deep = tmp_path / ("d" * 90)
+    monkeypatch.setenv("CLOUDSD_HOME", str(deep))
+    fallback = control_dir()
+    assert fallback is not None and not str(fallback).startswith(str(deep))
+    assert len(str(fallback)) + 17 + 18 < 104 and (fallback.stat().st_mode & 0o777) == 0o700
+    other = tmp_path / ("e" * 90)
+    monkeypatch.setenv("CLOUDSD_HOME", str(other))
+    assert control_dir() != fallback  # another CLOUDSD_HOME, another folder
+
+
+def test_a_file_left_where_a_socket_was_is_no_master(tmp_path: Path) -> None:
+    stale = tmp_path / "sock"
+    stale.write_text("left over")
+    assert not _alive(stale) and not stale.exists()
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(stale))  # a socket nobody listens on (its master was killed)
+    assert stale.exists() and not _alive(stale) and not stale.exists()
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(stale))
+        server.listen(1)
+        assert _alive(stale)
+
+
+def test_the_pinned_key_alone_is_trusted_and_nothing_from_the_user_is_read(tmp_path: Path) -> None:
+    target = Target(SSHEndpoint("127.0.0.1", 2222), tmp_path / "id", "ssh-ed25519 AAAAC3Nza")
+    folder = control_dir()
+    assert folder is not None
+    master = Master("/usr/bin/ssh", target, folder)
+    options = master.options()
+    pairs = {options[i + 1] for i, o in enumerate(options) if o == "-o"}
+    assert {"StrictHostKeyChecking=yes", "BatchMode=yes", "IdentitiesOnly=yes", "IdentityAgent=none",
+            "ForwardAgent=no", "ForwardX11=no", "GlobalKnownHostsFile=/dev/null",
+            f"UserKnownHostsFile={master.known_hosts}", f"HostKeyAlias={master.alias}"} <= pairs
+    assert options[:2] == ["-F", "/dev/null"] and options[options.index("-i") + 1] == str(tmp_path / "id")
+    another = Master("/usr/bin/ssh", Target(target.endpoint, target.key_path, "ssh-ed25519 BBBB"), folder)
+    assert another.socket_path != master.socket_path  # another host key at the same address: another master
