@@ -294,6 +294,8 @@ def run(args: argparse.Namespace) -> int:
         ssh_port = published_ssh_port(container)
         host_key = pin_host_key(ssh_port, key_path)
         paths = {"loopback": ssh_port}
+        if args.rtt_only:
+            paths = {}
         if not args.skip_rtt:
             proxy, proxy_port = spawn_proxy(("127.0.0.1", ssh_port), args.delay_ms)
             processes.append(proxy)
@@ -348,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="128 MiB and 200 files (a smoke run)")
     parser.add_argument("--skip-rtt", action="store_true", help="loopback only")
+    parser.add_argument("--rtt-only", action="store_true", help="50 ms RTT only (and fetch, if asked)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement on loopback (median)")
     parser.add_argument("--rtt-repeat", type=int, default=1, help="runs per measurement at 50 ms RTT")
     parser.add_argument("--only", default="push,pull,noop,fetch", help="comma-separated: push,pull,noop,fetch")

@@ -140,6 +140,8 @@ class Connection:
 class ChannelStream:
     """An agent stream on a paramiko channel: the interface `openssh.ProcessStream` has too."""
 
+    lingers = False
+
     def __init__(self, channel: paramiko.Channel) -> None:
         self.channel = channel
 

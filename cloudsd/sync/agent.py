@@ -77,7 +77,11 @@ class _Missing(Exception):
 
 
 class Stream(Protocol):
-    """A running agent command's stdin/stdout: `ssh.ChannelStream` (paramiko) or `openssh.ProcessStream`."""
+    """A running agent command's stdin/stdout: `ssh.ChannelStream` (paramiko) or `openssh.ProcessStream`.
+    `lingers`: the command runs to its end after the caller lets go (an `ssh` process does; a paramiko channel
+    dies with its connection)."""
+
+    lingers: bool
 
     def sendall(self, data: bytes | bytearray | memoryview) -> None: ...
     def recv(self, size: int) -> bytes: ...
@@ -171,6 +175,11 @@ class Serve:
     @property
     def channel(self) -> Stream | None:
         return self._link.channel if self._link is not None else None
+
+    def start(self) -> None:
+        """Start the agent now, so that its start overlaps the caller's own work (the first request would)."""
+        if self._link is None:
+            self._start()
 
     def _start(self) -> None:
         link = _Link(self.agent.open("serve"))
@@ -319,5 +328,7 @@ class Serve:
                 link.channel.shutdown_write()
             except (SyncError, _Missing):
                 pass
+            if link.channel.lingers:
+                return  # it ends on its own once the agent has saved its index; waiting would cost a round trip
             link.ended.wait(10)
             link.channel.close()

@@ -81,11 +81,12 @@ def push_models(link: Link, ui: UIProfile, requests: list[ModelRequest], *,
     hashes = HashCache()
     try:
         refs = [RefModel(r, parse_ref(r.source)) for r in requests if r.is_ref]  # bad references fail first
-        local = [m for r in requests if not r.is_ref for m in expand_local(ui, r, hashes)]
-        _no_collisions(local)
         agent = Agent(link, state_dir_for(ui), bulk=bulk)
         run = _Run(agent, ui, progress, endpoints, hashes)
+        run.serve.start()  # the agent starts on the machine (a round trip, its Python) while the files are listed
         try:
+            local = [m for r in requests if not r.is_ref for m in expand_local(ui, r, hashes)]
+            _no_collisions(local)
             summary = run.go(local, refs)
         finally:
             run.serve.close()
