@@ -105,9 +105,13 @@ class Bench:
         shell = " ".join(["ssh", *self.ssh_opts(port)])
         return self.timed(["rsync", "-a", "-e", shell, src, dst], timeout)
 
-    def cloudsd(self, port: int, op: str, timeout: float, *args: str) -> dict[str, Any]:
-        """One cloudsd operation in its own process; `--cold` in `args` ends the OpenSSH master first."""
-        argv = [sys.executable, str(BENCH_DIR / "sync_client.py"), op, "--ssh", f"127.0.0.1:{port}",
+    def cloudsd(self, port: int, op: str, timeout: float, *args: str, tree: Path | None = None) -> dict[str, Any]:
+        """One cloudsd operation in its own process; `--cold` in `args` ends the OpenSSH master first. `tree`:
+        another checkout's sync_client.py and cloudsd (`--baseline`), which knows no `--cold`."""
+        client = (tree / "benchmarks" if tree else BENCH_DIR) / "sync_client.py"
+        if tree is not None:
+            args = tuple(a for a in args if a != "--cold")
+        argv = [sys.executable, str(client), op, "--ssh", f"127.0.0.1:{port}",
                 "--key", str(self.key), "--host-key", self.host_key, *args]
         started = time.perf_counter()
         result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
@@ -146,7 +150,7 @@ def clean_remote(bench: Bench) -> None:
 
 
 def measure_path(bench: Bench, port: int, path: str, sizes: Sizes, local: dict[str, Path], repeat: int,
-                 only: set[str], timeout: float) -> dict[str, Any]:
+                 only: set[str], timeout: float, baseline: Path | None = None) -> dict[str, Any]:
     runs: dict[str, list[float]] = {}
     extra: dict[str, list[dict[str, Any]]] = {}
 
@@ -169,9 +173,13 @@ def measure_path(bench: Bench, port: int, path: str, sizes: Sizes, local: dict[s
                 clean_remote(bench)
                 report = bench.cloudsd(port, "push", timeout, "--source", str(src), "--cold")
                 note(f"push_{shape}/cloudsd", report["seconds"], report)
+                if baseline is not None:
+                    clean_remote(bench)
+                    report = bench.cloudsd(port, "push", timeout, "--source", str(src), tree=baseline)
+                    note(f"push_{shape}/baseline", report["seconds"], report)
             if "pull" in only:
                 remote = f"{DATA}/bench-{shape}"
-                for tool in ("scp", "rsync", "cloudsd"):
+                for tool in ("scp", "rsync", "cloudsd") + (("baseline",) if baseline is not None else ()):
                     dest = bench.workdir / "pulled" / tool
                     shutil.rmtree(dest, ignore_errors=True)
                     dest.mkdir(parents=True)
@@ -181,8 +189,9 @@ def measure_path(bench: Bench, port: int, path: str, sizes: Sizes, local: dict[s
                         note(f"pull_{shape}/rsync", bench.rsync(port, f"{target}:{remote}/", f"{dest}/", timeout))
                     else:
                         report = bench.cloudsd(port, "pull", timeout, "--output-dir", f"bench-{shape}",
-                                               "--dest", str(dest), "--cold")
-                        note(f"pull_{shape}/cloudsd", report["seconds"], report)
+                                               "--dest", str(dest), "--cold",
+                                               tree=baseline if tool == "baseline" else None)
+                        note(f"pull_{shape}/{tool}", report["seconds"], report)
         if "noop" in only:
             clean_remote(bench)
             bench.cloudsd(port, "push", timeout, "--source", str(local["small"]))
@@ -193,6 +202,10 @@ def measure_path(bench: Bench, port: int, path: str, sizes: Sizes, local: dict[s
             report = bench.cloudsd(port, "push", timeout, "--source", str(local["small"]), "--cold")
             assert report["outcomes"] == ["present"] and report["agent_runs"] == 1, report
             note("noop_small/cloudsd_cold", report["seconds"], report)
+            if baseline is not None:
+                report = bench.cloudsd(port, "push", timeout, "--source", str(local["small"]), tree=baseline)
+                assert report["outcomes"] == ["present"], report
+                note("noop_small/baseline", report["seconds"], report)
             bench.rsync(port, f"{local['small']}/", f"{target}:/workspace/bench-up/rsync/", timeout)
             note("noop_small/rsync", bench.rsync(port, f"{local['small']}/", f"{target}:/workspace/bench-up/rsync/",
                                                  timeout))
@@ -234,6 +247,13 @@ def measure_fetch(bench: Bench, client: Any, sizes: Sizes, repeat: int, timeout:
     return {"seconds": {k: statistics.median(v) for k, v in runs.items()}, "runs": runs, "bytes": sizes.big}
 
 
+def _before(s: dict[str, float], op: str) -> str:
+    """The `--baseline` checkout's time and its ratio to the faster of scp and rsync, if it ran."""
+    if f"{op}/baseline" not in s:
+        return ""
+    return f"{s[f'{op}/baseline']:.2f} s ({min(s[f'{op}/scp'], s[f'{op}/rsync']) / s[f'{op}/baseline']:.2f})"
+
+
 def report(results: dict[str, Any], sizes: Sizes) -> tuple[str, list[dict[str, Any]]]:
     """Ratios are speeds: cloudsd ÷ scp and cloudsd ÷ rsync; a goal is judged against the faster of the two."""
     rows, goals = [], []
@@ -246,7 +266,8 @@ def report(results: dict[str, Any], sizes: Sizes) -> tuple[str, list[dict[str, A
             nbytes = sizes.big if op.endswith("big") else small_bytes
             vs_scp, vs_rsync = s[f"{op}/scp"] / s[f"{op}/cloudsd"], s[f"{op}/rsync"] / s[f"{op}/cloudsd"]
             rows.append([f"{path} {op}", *(f"{s[f'{op}/{t}']:.2f} s ({nbytes / s[f'{op}/{t}'] / MB:.0f} MB/s)"
-                                           for t in ("scp", "rsync", "cloudsd")), f"{vs_scp:.2f}", f"{vs_rsync:.2f}"])
+                                           for t in ("scp", "rsync", "cloudsd")), f"{vs_scp:.2f}", f"{vs_rsync:.2f}",
+                         _before(s, op)])
             goal = GOALS[(path, op.split("_")[1])]
             ratio = min(vs_scp, vs_rsync)
             goals.append({"goal": f"{path} {op}: cloudsd >= {goal}x the faster of scp and rsync",
@@ -255,16 +276,17 @@ def report(results: dict[str, Any], sizes: Sizes) -> tuple[str, list[dict[str, A
         if "noop_small/cloudsd" in s:
             cold = f"; {s['noop_small/cloudsd_cold']:.2f} s cold" if "noop_small/cloudsd_cold" in s else ""
             rows.append([f"{path} no-op re-sync, {sizes.small_files} files", "-",
-                         f"{s['noop_small/rsync']:.2f} s", f"{s['noop_small/cloudsd']:.2f} s{cold}", "", ""])
+                         f"{s['noop_small/rsync']:.2f} s", f"{s['noop_small/cloudsd']:.2f} s{cold}", "", "",
+                         f"{s['noop_small/baseline']:.2f} s" if "noop_small/baseline" in s else ""])
             goals.append({"goal": f"{path} no-op re-sync of {sizes.small_files} files <= {NOOP_GOAL_S} s",
                           "value": round(s["noop_small/cloudsd"], 3), "met": s["noop_small/cloudsd"] <= NOOP_GOAL_S})
     if "fetch" in results:
         f = results["fetch"]["seconds"]
         ratio = f["curl"] / f["cloudsd"]
         rows.append(["fetch 1 file on the machine", f"curl {f['curl']:.2f} s", "",
-                     f"{f['cloudsd']:.2f} s ({sizes.big / f['cloudsd'] / MB:.0f} MB/s)", f"{ratio:.2f} (vs curl)", ""])
+                     f"{f['cloudsd']:.2f} s ({sizes.big / f['cloudsd'] / MB:.0f} MB/s)", f"{ratio:.2f} (vs curl)", "", ""])
         goals.append({"goal": f"remote fetch >= {FETCH_GOAL}x curl", "value": round(ratio, 2), "met": ratio >= FETCH_GOAL})
-    text = table(["measure", "scp", "rsync", "cloudsd", "÷ scp", "÷ rsync"], rows)
+    text = table(["measure", "scp", "rsync", "cloudsd", "÷ scp", "÷ rsync", "baseline (÷ faster)"], rows)
     text += "\n\ngoals:\n" + "\n".join(
         f"  [{'met' if g['met'] else 'MISSED'}] {g['goal']}: {g['value']}"
         + (f" (vs scp {g['vs_scp']}: {'met' if g['met_vs_scp'] else 'missed'})" if "vs_scp" in g else "")
@@ -311,7 +333,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{path}:", flush=True)
             repeat = args.repeat if path == "loopback" else max(1, args.rtt_repeat)
             results["paths"][path] = measure_path(bench, port, path, sizes, local, repeat, only - {"fetch"},
-                                                  args.timeout)
+                                                  args.timeout, args.baseline)
         if "fetch" in only:
             print("fetch:", flush=True)
             results["fetch"] = measure_fetch(bench, client, sizes, args.repeat, args.timeout)
@@ -323,7 +345,9 @@ def run(args: argparse.Namespace) -> int:
             "options": {"quick": args.quick, "repeat": args.repeat, "rtt_repeat": args.rtt_repeat,
                         "delay_ms_each_way": args.delay_ms, "big_bytes": sizes.big, "small_files": sizes.small_files,
                         "small_bytes": sum(small_sizes(sizes.small_files)), "cipher": CIPHER,
-                        "streams": os.environ.get("CLOUDSD_SYNC_STREAMS", "auto")},
+                        "streams": os.environ.get("CLOUDSD_SYNC_STREAMS", "auto"),
+                        "ssh_client": os.environ.get("CLOUDSD_SSH_CLIENT", "auto"),
+                        "baseline": str(args.baseline) if args.baseline else None},
             "results": results, "goals": goals})
         print(f"\nwrote {out}")
         return 0
@@ -355,6 +379,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rtt-repeat", type=int, default=1, help="runs per measurement at 50 ms RTT")
     parser.add_argument("--only", default="push,pull,noop,fetch", help="comma-separated: push,pull,noop,fetch")
     parser.add_argument("--delay-ms", type=float, default=25.0)
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="another checkout (git archive REV | tar -x -C DIR): its cloudsd measured in the same "
+                             "rounds, right after this one's")
     parser.add_argument("--timeout", type=float, default=900.0)
     args = parser.parse_args(argv)
 
