@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import os
 import shutil
@@ -140,7 +139,9 @@ class ProcessStream:
         self._in: int | None = process.stdin.fileno()
         self._out = process.stdout.fileno()
         for fd in (self._in, self._out):
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, ImportError):
+                import fcntl  # Linux and macOS; on macOS the call fails and the default pipe works
+
                 fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_BYTES)  # one wake-up per MiB, not per 64 KiB
         self._lock = threading.Lock()
         self._reading = 0
@@ -235,7 +236,7 @@ class Master:
     def for_target(cls, target: Target) -> Master | None:
         """A master handle, or None when the system client cannot be used (none, switched off, no private
         folder for its socket)."""
-        ssh = find_ssh()
+        ssh = find_ssh() if os.name == "posix" else None  # control sockets are Unix sockets
         folder = control_dir() if ssh else None
         if ssh is None or folder is None:
             return None
@@ -322,7 +323,7 @@ class Master:
 
 def end_master(target: Target) -> None:
     """End the machine's master connection if one runs (`down`); never raises."""
-    ssh = shutil.which("ssh")
-    folder = control_dir()
+    ssh = shutil.which("ssh") if os.name == "posix" else None
+    folder = control_dir() if ssh is not None else None
     if ssh is not None and folder is not None:
         Master(ssh, target, folder).exit()

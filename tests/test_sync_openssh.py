@@ -238,3 +238,31 @@ def test_the_pinned_key_alone_is_trusted_and_nothing_from_the_user_is_read(tmp_p
     assert options[:2] == ["-F", "/dev/null"] and options[options.index("-i") + 1] == str(tmp_path / "id")
     another = Master("/usr/bin/ssh", Target(target.endpoint, target.key_path, "ssh-ed25519 BBBB"), folder)
     assert another.socket_path != master.socket_path  # another host key at the same address: another master
+
+
+class _Link:
+    def __init__(self, receive: int, send: int) -> None:
+        self.receive_window_bytes, self.send_window_bytes = receive, send
+
+
+class _Agent:
+    """What `stream_count` reads of an agent: the measured round trip and the data link's windows."""
+
+    def __init__(self, rtt_s: float, receive: int, send: int = 2 * MB) -> None:
+        self.rtt_s, self.bulk = rtt_s, _Link(receive, send)
+
+
+def test_stream_counts_follow_round_trip_window_and_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cloudsd.sync.streams import stream_count
+
+    def count(agent: _Agent, direction: str, total: int) -> int:
+        return stream_count(agent, direction, total, 1000)  # type: ignore[arg-type]
+
+    far, near = _Agent(0.05, 2 * MB), _Agent(0.0008, 2 * MB)  # the system ssh: 2 MiB each way
+    assert count(far, "pull", 1 << 30) == 8 and count(far, "push", 1 << 30) == 8
+    assert count(far, "pull", 128_000_000) == 3  # a stream per 48 MB: each one is an agent's start
+    assert count(near, "pull", 1 << 30) == 1 and count(near, "push", 1 << 30) == 2
+    assert count(_Agent(0.05, 8 * MB), "pull", 1 << 30) == 2  # paramiko's own 8 MiB window going down
+    assert count(far, "pull", 10_000_000) <= 2
+    monkeypatch.setenv("CLOUDSD_SYNC_STREAMS", "5")
+    assert count(near, "pull", 1 << 30) == 5
