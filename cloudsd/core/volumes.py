@@ -14,21 +14,25 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cloudsd.core import offers as offer_choice
-from cloudsd.core.cost import month_start
 from cloudsd.core.machines import Providers
 from cloudsd.errors import CloudsdError, ConfigError, NoCapacity
 from cloudsd.ledger import Ledger, VolumeRecord, VolumeStatus
-from cloudsd.machine import Offer, OfferSpec
-from cloudsd.names import name_problem
 from cloudsd.providers import Provider, provider_class, provider_names
 from cloudsd.volumes import HOURS_PER_MONTH, VolumeInfo, VolumeRequest
+
+if TYPE_CHECKING:
+    from cloudsd.machine import Offer, OfferSpec
+
+# `status` lists volumes on every run: what only a volume's cost or `volume create` needs (core.cost and its
+# dataclasses, core.offers, cloudsd.names) is imported where it is used, so an empty list costs little.
 
 
 @dataclass(frozen=True)
 class VolumeCost:
+    """What a volume costs a month, has cost since it was created, and this month."""
+
     per_month_usd: float
     total_usd: float  # since it was created
     month_to_date_usd: float  # since the first of this month (UTC)
@@ -36,6 +40,8 @@ class VolumeCost:
 
 def volume_cost(record: VolumeRecord, now: float) -> VolumeCost:
     """What a volume has cost, from its create until its delete (or `now`)."""
+    from cloudsd.core.cost import month_start
+
     per_month = record.size_gb * record.price_per_gb_month
     end = min(record.deleted_at or now, now)
 
@@ -108,6 +114,9 @@ def create(ledger: Ledger, providers: Providers, request: VolumeRequest, provide
            spec: OfferSpec | None = None) -> VolumeRecord:
     """Create a volume; the ledger has its row before the provider is asked. With `spec` (the user named a GPU),
     a volume tied to one host goes on a host with an offer that fits it now."""
+    from cloudsd.core import offers as offer_choice
+    from cloudsd.names import name_problem
+
     problem = name_problem(request.name)
     if problem:
         raise ConfigError(f"{problem}.")
@@ -132,6 +141,8 @@ def create(ledger: Ledger, providers: Providers, request: VolumeRequest, provide
 
 @dataclass(frozen=True)
 class VolumeRow:
+    """One volume as `volume ls` and `status` show it: the ledger's record and the provider's view."""
+
     record: VolumeRecord | None  # None for a stray
     live: VolumeInfo | None
     cost: VolumeCost | None
