@@ -153,3 +153,10 @@ def test_status_fails_as_the_click_command_does(raised: BaseException, monkeypat
     assert fast == slow and closed == [True, True]
     assert fast.code == {KeyboardInterrupt: 130, BrokenPipeError: 1, RuntimeError: 70, FileNotFoundError: 70}[
         type(raised)], fast
+
+
+def test_cloudsd_alone_prints_the_help_as_click_does() -> None:
+    """click 8.2+ answers no arguments with the help on stderr and exit 2 (it was one squashed error line)."""
+    env = {**os.environ, "COLUMNS": "100"}
+    ran = subprocess.run([sys.executable, "-m", "cloudsd"], capture_output=True, text=True, env=env)
+    assert (ran.returncode, ran.stdout, ran.stderr) == (2, "", HELP + "\n")

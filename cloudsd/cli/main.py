@@ -82,6 +82,10 @@ def _click_exit(exc: Exception) -> NoReturn:
     if isinstance(exc, click.exceptions.Abort):
         click.echo("Aborted.", err=True)
         sys.exit(EXIT_INTERRUPTED)
+    no_args = getattr(click.exceptions, "NoArgsIsHelpError", ())  # `cloudsd` alone, click 8.2 on
+    if isinstance(exc, no_args):
+        exc.show()  # the help, as click prints it, not squashed into one error line
+        sys.exit(exc.exit_code)
     if isinstance(exc, click.ClickException):
         if isinstance(exc, click.UsageError) and exc.ctx is not None:
             click.echo(exc.ctx.get_usage(), err=True)
