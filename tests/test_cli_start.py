@@ -16,6 +16,7 @@ import pytest
 
 import cloudsd.cli.main as entry
 from cloudsd.cli.help_text import HELP
+from cloudsd.errors import ConfigError
 from cloudsd.providers.memory import World
 from tests.test_cli_inprocess import Ran, cloudsd
 
@@ -131,7 +132,8 @@ def test_status_prints_what_the_click_command_prints(world: World, monkeypatch: 
 
 
 @pytest.mark.parametrize("raised", [KeyboardInterrupt(), BrokenPipeError(errno.EPIPE, "Broken pipe"),
-                                    RuntimeError("a bug"), FileNotFoundError(errno.ENOENT, "gone")])
+                                    RuntimeError("a bug"), FileNotFoundError(errno.ENOENT, "gone"),
+                                    ConfigError("bad config.yaml", hint="fix it")])
 def test_status_fails_as_the_click_command_does(raised: BaseException, monkeypatch: pytest.MonkeyPatch) -> None:
     import cloudsd.cli.app
     import cloudsd.cli.status
@@ -151,8 +153,22 @@ def test_status_fails_as_the_click_command_does(raised: BaseException, monkeypat
     monkeypatch.setattr(cloudsd.cli.app.App, "close", close)
     fast, slow = _both_ways(monkeypatch, "status")
     assert fast == slow and closed == [True, True]
-    assert fast.code == {KeyboardInterrupt: 130, BrokenPipeError: 1, RuntimeError: 70, FileNotFoundError: 70}[
-        type(raised)], fast
+    assert fast.code == {KeyboardInterrupt: 130, BrokenPipeError: 1, RuntimeError: 70, FileNotFoundError: 70,
+                         ConfigError: ConfigError.exit_code}[type(raised)], fast
+
+
+def test_help_into_a_closed_pipe_ends_as_clicks(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cloudsd.cli import help_text
+
+    class Closed(str):
+        def __add__(self, other: str) -> str:
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")  # where the write would fail
+
+    monkeypatch.setattr(help_text, "HELP", Closed(HELP))
+    monkeypatch.setenv("COLUMNS", "100")
+    assert entry._without_click(["--help"]) is entry._print_help
+    ran = cloudsd("--help")
+    assert (ran.code, ran.err) == (1, "")
 
 
 def test_cloudsd_alone_prints_the_help_as_click_does() -> None:

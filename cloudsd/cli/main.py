@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         run = _without_click(sys.argv[1:] if argv is None else argv)
         if run is not None:
-            run()
+            _as_click_runs(run)
         else:
             from cloudsd.cli.commands import cli
 
@@ -151,17 +151,23 @@ def _print_help() -> None:
 
 
 def _status(as_json: bool) -> None:
-    """`cloudsd status` as click runs it: one App for the run, closed at the end whatever happens, and what
-    click does with Ctrl-C (a new line, then Abort) and with a closed stdout (exit 1, no traceback)."""
+    """`cloudsd status` as click runs it: one App for the run (the group's callback), closed at the end
+    whatever happens (the context's close)."""
     from cloudsd.cli.app import App
     from cloudsd.cli.status import show_status
 
+    app = App()
     try:
-        app = App()
-        try:
-            show_status(app, as_json)
-        finally:
-            app.close()
+        show_status(app, as_json)
+    finally:
+        app.close()
+
+
+def _as_click_runs(run: Callable[[], None]) -> None:
+    """What click's `main` does around a command: Ctrl-C (or EOF) is a new line, then Abort; a closed stdout
+    (`cloudsd status | head -0`) exits 1 without a traceback."""
+    try:
+        run()
     except (EOFError, KeyboardInterrupt) as exc:
         import click
 
@@ -176,7 +182,6 @@ def _status(as_json: bool) -> None:
 
 
 def _exit_on_broken_pipe() -> NoReturn:
-    """What click's `main` does when stdout is closed under it (`cloudsd status | head -0`)."""
     from click import utils
 
     names = vars(utils)  # click's own wrapper, so both ways end alike (`PacifyFlushWrapper` before click 8.2)
