@@ -4,6 +4,7 @@ they print, exit and fail exactly as the click group does for the same arguments
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import os
 import re
@@ -22,8 +23,9 @@ from tests.test_cli_inprocess import Ran, cloudsd
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# What `cloudsd --help` may import beyond `python -c pass`: cloudsd's entry and its text, nothing else.
-HELP_IMPORTS = {"cloudsd", "cloudsd.cli", "cloudsd.cli.main", "cloudsd.errors", "cloudsd.cli.help_text"}
+# What `cloudsd --help` may import beyond `python -c pass`: cloudsd's entry and its text, and gc (built into
+# the interpreter), nothing else.
+HELP_IMPORTS = {"cloudsd", "cloudsd.cli", "cloudsd.cli.main", "cloudsd.errors", "cloudsd.cli.help_text", "gc"}
 # `cloudsd status` with no machines and no keys: no click, no rich/yaml/vendor library, nothing that only
 # `--help` or another command needs, and none of the rules and data that only a machine, a volume or a key
 # brings in (each made at import: dataclasses, compiled patterns, threading).
@@ -176,3 +178,20 @@ def test_cloudsd_alone_prints_the_help_as_click_does() -> None:
     env = {**os.environ, "COLUMNS": "100"}
     ran = subprocess.run([sys.executable, "-m", "cloudsd"], capture_output=True, text=True, env=env)
     assert (ran.returncode, ran.stdout, ran.stderr) == (2, "", HELP + "\n")
+
+
+def test_the_console_script_runs_them_without_garbage_collection(tmp_path: Path) -> None:
+    """The process ends with the command (main() without arguments, as the console script calls it): no
+    collection while it runs, its objects frozen out of the exit's last one. A caller in its own process
+    (main with arguments: tests, a script) keeps its collector as it was."""
+    code = ("import gc, sys\nfrom cloudsd.cli.main import main\nsys.argv = ['cloudsd'] + sys.argv[1:]\n"
+            "main(sys.argv[1:])\nprint(gc.isenabled(), gc.get_freeze_count() > 0)\nmain()\n"
+            "print(gc.isenabled(), gc.get_freeze_count() > 0)\n")
+    env = {**os.environ, "CLOUDSD_HOME": str(tmp_path / "cloudsd"), "HOME": str(tmp_path), "COLUMNS": "100"}
+    for args in (["status"], ["--help"]):
+        out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env,
+                             check=True).stdout.splitlines()
+        assert [out[i] for i in range(len(out)) if out[i].startswith(("True", "False"))] == [
+            "True False", "False True"], out
+    ran = cloudsd("version")  # any click command, in this process: untouched
+    assert ran.code == 2 and gc.isenabled()
