@@ -20,13 +20,14 @@ from cloudsd.core.machines import Providers
 from cloudsd.errors import CloudsdError, ConfigError, NoCapacity
 from cloudsd.ledger import Ledger, VolumeRecord, VolumeStatus
 from cloudsd.providers import Provider, provider_class, provider_names
-from cloudsd.volumes import HOURS_PER_MONTH, VolumeInfo, VolumeRequest
 
 if TYPE_CHECKING:
     from cloudsd.machine import Offer, OfferSpec
+    from cloudsd.volumes import VolumeInfo, VolumeRequest
 
-# `status` lists volumes on every run: what only a volume's cost or `volume create` needs (core.cost and its
-# dataclasses, core.offers, cloudsd.names) is imported where it is used, so an empty list costs little.
+# `status` lists volumes on every run: what only a volume's cost, its live view or `volume create` needs
+# (core.cost, cloudsd.volumes, core.offers, cloudsd.names: dataclasses made at import) is imported where it is
+# used, so an empty list costs little.
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class VolumeCost:
 def volume_cost(record: VolumeRecord, now: float) -> VolumeCost:
     """What a volume has cost, from its create until its delete (or `now`)."""
     from cloudsd.core.cost import month_start
+    from cloudsd.volumes import HOURS_PER_MONTH
 
     per_month = record.size_gb * record.price_per_gb_month
     end = min(record.deleted_at or now, now)
@@ -93,6 +95,8 @@ def needed(ledger: Ledger, name: str) -> VolumeRecord:
 
 
 def as_info(record: VolumeRecord) -> VolumeInfo:
+    from cloudsd.volumes import VolumeInfo
+
     return VolumeInfo(provider=record.provider, provider_id=record.provider_id or "", label=None,
                       size_gb=record.size_gb, placement=record.placement or "",
                       price_per_gb_month=record.price_per_gb_month, region=record.region)
@@ -279,6 +283,8 @@ class VolumeLine:
 
 
 def window_cost(record: VolumeRecord, since: float | None, until: float | None, now: float) -> float:
+    from cloudsd.volumes import HOURS_PER_MONTH
+
     start = max(record.created_at, since if since is not None else record.created_at)
     end = min(record.deleted_at or now, until if until is not None else now, now)
     return record.size_gb * record.price_per_gb_month * max(0.0, end - start) / 3600.0 / HOURS_PER_MONTH
