@@ -21,8 +21,6 @@ from cloudsd.errors import ConfigError
 from cloudsd.providers.memory import World
 from tests.test_cli_inprocess import Ran, cloudsd
 
-ROOT = Path(__file__).resolve().parent.parent
-
 # What `cloudsd --help` may import beyond `python -c pass`: cloudsd's entry and its text, and gc (built into
 # the interpreter), nothing else.
 HELP_IMPORTS = {"cloudsd", "cloudsd.cli", "cloudsd.cli.main", "cloudsd.errors", "cloudsd.cli.help_text", "gc"}
