@@ -34,6 +34,7 @@ START_BLOCK = [
     'HEALTHCHECK --interval=30s --timeout=10s --start-period=10m --retries=3 CMD ["/opt/cloudsd/ui/healthcheck"]',
 ]
 EXTENSION_LINE = "COPY ui/extension/ /opt/cloudsd/app/extensions-builtin/cloudsd/"
+COMFYUI_NODE_LINE = "COPY ui/comfyui/ /opt/cloudsd/app/"  # the custom node and extra_model_paths.yaml
 SHA = re.compile(r"^[0-9a-f]{40}$")
 MODEL_FETCH = re.compile(r"\.safetensors|\.ckpt\b|huggingface\.co|hf_hub_download|civitai\.com|\bwget\b", re.I)
 TOOLCHAIN = re.compile(r"\b(build-essential|gcc|g\+\+|clang|make|cmake|[\w.+-]+-dev)\b")
@@ -126,6 +127,8 @@ def shared_layers_problems(text: str, flavor: str) -> list[str]:
                         "is missing or changed")
     if flavor in A1111_FAMILY and EXTENSION_LINE not in ins:
         problems.append("the extension that saves API renders is not copied")
+    if flavor in ("comfyui", "testbed") and COMFYUI_NODE_LINE not in ins:
+        problems.append("the custom node that records ComfyUI activity is not copied")
     return problems
 
 
@@ -367,6 +370,7 @@ def test_real_dockerfiles_keep_their_promises(flavor: str) -> None:
 def test_testbed_shares_the_same_layers() -> None:
     text = read("testbed")
     assert shared_layers_problems(text, "a1111") == []
+    assert shared_layers_problems(text, "testbed") == []
     assert binding_problems(text) == []
     tails = {name: instructions(read(name))[-4:] for name in (*REAL, "testbed")}
     assert all(tail == tails["testbed"] for tail in tails.values()), tails
