@@ -350,6 +350,30 @@ def test_comfyui_flavor_quick_stop_and_restart(start_machine: Callable[..., Mach
 
 
 @pytest.mark.docker
+def test_comfyui_activity_is_written_by_cloudsds_custom_node(start_machine: Callable[..., Machine]) -> None:
+    """In the image, the stand-in ComfyUI loads cloudsd's custom node from /opt/cloudsd/app/cloudsd_custom_nodes
+    (named by the app's extra_model_paths.yaml) and the node writes /run/cloudsd/ui-activity: a request counts,
+    the image's health check does not."""
+    m = start_machine({"CLOUDSD_UI_FLAVOR": "comfyui"})
+    m.wait_for(lambda: (m.http_inside(8188, "/system_stats") or "").startswith("{"), "ComfyUI on 8188")
+
+    def stamp() -> float:
+        code, out = m.exec("cat /run/cloudsd/ui-activity")
+        return float(out) if code == 0 and out.strip() else 0.0
+
+    m.wait_for(lambda: stamp() > 0, "the node's first activity record")
+    code, out = m.exec("read pid start < /run/cloudsd/ui.pid && tr '\\0' ' ' < /proc/$pid/cmdline")
+    assert code == 0 and "--app-dir /opt/cloudsd/app" in out, out  # so the stand-in's own writer is off
+    time.sleep(1.3)
+    first = stamp()
+    assert m.exec("/opt/cloudsd/ui/healthcheck")[0] == 0
+    time.sleep(1.3)
+    assert stamp() == first, "the health check counted as use"
+    assert m.http_inside(8188, "/object_info") is not None
+    m.wait_for(lambda: stamp() > first, "the request recorded as use", timeout_s=5)
+
+
+@pytest.mark.docker
 def test_ui_cmd_replaces_the_start_script(start_machine: Callable[..., Machine]) -> None:
     cmd = 'exec python3 /opt/cloudsd/ui/standin_ui.py --flavor comfyui --port "$CLOUDSD_UI_PORT"'
     m = start_machine({"CLOUDSD_UI_CMD": cmd, "CLOUDSD_UI_PORT": "7999"})
