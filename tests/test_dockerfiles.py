@@ -50,17 +50,30 @@ def read(name: str) -> str:
     return expand_install_script(text, IMAGES / name)
 
 
-def step_bodies(script: str) -> dict[str, str]:
-    """`step_NAME() { … }` of an install script -> {NAME: the body, re-indented as a RUN continuation}."""
+def step_bodies(script: str, shared: str = "") -> dict[str, str]:
+    """`step_NAME() { … }` of an install script -> {NAME: the body, re-indented as a RUN continuation}. A line
+    of a body that calls a helper of `shared` (images/ui/install-steps.sh: `clone_pinned "$REPO" "$COMMIT"`)
+    is that helper's body, its "$1", "$2"… replaced by the arguments, as the shell runs it."""
+    helpers = dict(re.findall(r"^(\w+)\(\) \{\n(.*?)\n\}$", shared, re.M | re.S))
     bodies = {}
     for name, body in re.findall(r"^step_(\w+)\(\) \{\n(.*?)\n\}$", script, re.M | re.S):
-        lines = [line.strip() for line in body.splitlines()]
+        lines = []
+        for line in body.splitlines():
+            words = line.split()  # the calls pass quoted variables: "$A1111_REPO", no spaces inside
+            if words and words[0] in helpers:
+                text = helpers[words[0]]
+                for n, word in enumerate(words[1:], start=1):
+                    text = text.replace(f'"${n}"', word)
+                lines.extend(text.splitlines())
+            else:
+                lines.append(line)
+        lines = [line.strip() for line in lines]
         bodies[name] = lines[0] + "".join("\n    " + line for line in lines[1:])
     return bodies
 
 
 def expand_install_script(text: str, folder: Path) -> str:
-    bodies = step_bodies((folder / "install.sh").read_text())
+    bodies = step_bodies((folder / "install.sh").read_text(), (IMAGES / "ui" / "install-steps.sh").read_text())
     out = []
     for line in text.splitlines():
         run = re.match(r"^RUN /opt/cloudsd/build/install\.sh ((?:\w+ ?)+)$", line)
