@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import paramiko
 
-from cloudsd.errors import SSHError, TunnelError
+from cloudsd.errors import CloudsdError, SSHError, TunnelError
 from cloudsd.ssh import FORWARD_OPEN_TIMEOUT_S, WINDOW_BYTES, Connection, PendingChannel
 
 CHUNK = 65536
@@ -188,7 +188,8 @@ class LocalForward:
 
     @property
     def healthy(self) -> bool:
-        return self.connection.active and not self._closing.is_set()
+        loop_alive = self._loop_thread is not None and self._loop_thread.is_alive()
+        return self.connection.active and not self._closing.is_set() and loop_alive
 
     def ensure_connected(self) -> Connection:
         """The live connection, reconnecting first when it dropped (and a way to reconnect was given)."""
@@ -238,9 +239,8 @@ class LocalForward:
                         self._window_waits.discard(link)
                         self._send_channel(link, b"")
                 self._expire(time.monotonic())
-        except BaseException as exc:  # a bug here must not pass silently: `with` raises it on exit
+        except Exception as exc:  # a bug here must not pass silently: `healthy` turns false, `with` raises it
             self._errors.append(exc)
-            raise
         finally:
             for link in list(self._links):
                 self._close_link(link)
@@ -269,8 +269,8 @@ class LocalForward:
             try:
                 link.pending = self.ensure_connected().request_forward_channel(
                     self.remote_port, origin, signal=_Signal(link, self._wakeup))
-            except (SSHError, *CHANNEL_ERRORS):
-                client.close()  # SSH dropped and cannot come back: close this one connection
+            except (CloudsdError, *CHANNEL_ERRORS):
+                client.close()  # SSH dropped and cannot come back (yet): close this one connection
                 continue
             self._links.add(link)
             self._opening.add(link)
