@@ -124,3 +124,7 @@ def test_watchdog_reports_come_back_on_the_laptop_clock() -> None:
     assert reading.idle_deadline_at == pytest.approx(1890.0)
     assert reading.ending is not None and reading.ending["at"] == pytest.approx(1900.0)
     assert "next_at" not in reading.ending
+    assert reading.ui_restarts is None and reading.ui_restarted_at is None  # no restart, or an older watchdog
+    restarted = json.dumps({"now": 1040.1, "running": True, "state": None, "ui_restarts": [3, 1020.0]})
+    reading = _parse(restarted, sent=1000.0, received=1000.2)
+    assert reading.ui_restarts == 3 and reading.ui_restarted_at == pytest.approx(980.0)

@@ -165,6 +165,17 @@ def test_status_says_when_the_watchdog_last_reported_and_warns_when_it_is_silent
     row = by_name(cloudsd_json("status"))["w1"]
     assert row["watchdog_silent"] is False and "watchdog last reported" in row["note"]
     assert time.time() - row["watchdog_reported_at"] < 30
+    assert row["ui_restarts"] is None
+    # The web UI crashes (killed for memory, say): the boot layer starts it again, and status says so.
+    kill = "read pid start < /run/cloudsd/ui.pid && python3 -c \"import os; os.killpg($pid, 9)\""  # its group
+    code, out = fake_runpod.machines.exec(row["provider_id"], ["sh", "-c", kill])
+    assert code == 0, out
+    wait_for(lambda: fake_runpod.machines.exec(row["provider_id"], ["cat", "/run/cloudsd/ui-restarts"])[0] == 0, 30,
+             "the UI's restart")
+    row = by_name(cloudsd_json("status"))["w1"]
+    assert row["ui_restarts"] == 1 and time.time() - row["ui_restarted_at"] < 60
+    assert "the web UI crashed and was started again 1 time, last" in row["note"]
+    assert "cloudsd ssh w1 -- tail -n 50 /var/log/cloudsd/ui.log" in cloudsd("status").stdout.replace("\n", " ")
     code, out = fake_runpod.machines.exec(row["provider_id"], ["sh", "-c", "kill -9 $(cat /run/cloudsd/watchdog.lock)"])
     assert code == 0, out
     row = by_name(cloudsd_json("status"))["w1"]

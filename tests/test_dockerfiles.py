@@ -34,6 +34,7 @@ START_BLOCK = [
     'HEALTHCHECK --interval=30s --timeout=10s --start-period=10m --retries=3 CMD ["/opt/cloudsd/ui/healthcheck"]',
 ]
 EXTENSION_LINE = "COPY ui/extension/ /opt/cloudsd/app/extensions-builtin/cloudsd/"
+COMFYUI_NODE_LINE = "COPY ui/comfyui/ /opt/cloudsd/app/"  # the custom node and extra_model_paths.yaml
 SHA = re.compile(r"^[0-9a-f]{40}$")
 MODEL_FETCH = re.compile(r"\.safetensors|\.ckpt\b|huggingface\.co|hf_hub_download|civitai\.com|\bwget\b", re.I)
 TOOLCHAIN = re.compile(r"\b(build-essential|gcc|g\+\+|clang|make|cmake|[\w.+-]+-dev)\b")
@@ -49,17 +50,30 @@ def read(name: str) -> str:
     return expand_install_script(text, IMAGES / name)
 
 
-def step_bodies(script: str) -> dict[str, str]:
-    """`step_NAME() { … }` of an install script -> {NAME: the body, re-indented as a RUN continuation}."""
+def step_bodies(script: str, shared: str = "") -> dict[str, str]:
+    """`step_NAME() { … }` of an install script -> {NAME: the body, re-indented as a RUN continuation}. A line
+    of a body that calls a helper of `shared` (images/ui/install-steps.sh: `clone_pinned "$REPO" "$COMMIT"`)
+    is that helper's body, its "$1", "$2"… replaced by the arguments, as the shell runs it."""
+    helpers = dict(re.findall(r"^(\w+)\(\) \{\n(.*?)\n\}$", shared, re.M | re.S))
     bodies = {}
     for name, body in re.findall(r"^step_(\w+)\(\) \{\n(.*?)\n\}$", script, re.M | re.S):
-        lines = [line.strip() for line in body.splitlines()]
+        lines = []
+        for line in body.splitlines():
+            words = line.split()  # the calls pass quoted variables: "$A1111_REPO", no spaces inside
+            if words and words[0] in helpers:
+                text = helpers[words[0]]
+                for n, word in enumerate(words[1:], start=1):
+                    text = text.replace(f'"${n}"', word)
+                lines.extend(text.splitlines())
+            else:
+                lines.append(line)
+        lines = [line.strip() for line in lines]
         bodies[name] = lines[0] + "".join("\n    " + line for line in lines[1:])
     return bodies
 
 
 def expand_install_script(text: str, folder: Path) -> str:
-    bodies = step_bodies((folder / "install.sh").read_text())
+    bodies = step_bodies((folder / "install.sh").read_text(), (IMAGES / "ui" / "install-steps.sh").read_text())
     out = []
     for line in text.splitlines():
         run = re.match(r"^RUN /opt/cloudsd/build/install\.sh ((?:\w+ ?)+)$", line)
@@ -126,6 +140,8 @@ def shared_layers_problems(text: str, flavor: str) -> list[str]:
                         "is missing or changed")
     if flavor in A1111_FAMILY and EXTENSION_LINE not in ins:
         problems.append("the extension that saves API renders is not copied")
+    if flavor in ("comfyui", "testbed") and COMFYUI_NODE_LINE not in ins:
+        problems.append("the custom node that records ComfyUI activity is not copied")
     return problems
 
 
@@ -367,6 +383,7 @@ def test_real_dockerfiles_keep_their_promises(flavor: str) -> None:
 def test_testbed_shares_the_same_layers() -> None:
     text = read("testbed")
     assert shared_layers_problems(text, "a1111") == []
+    assert shared_layers_problems(text, "testbed") == []
     assert binding_problems(text) == []
     tails = {name: instructions(read(name))[-4:] for name in (*REAL, "testbed")}
     assert all(tail == tails["testbed"] for tail in tails.values()), tails

@@ -146,7 +146,8 @@ def start_machine(docker_env: tuple[Any, str, str]) -> Iterator[Callable[..., Ma
     client, image, network = docker_env
     containers: list[Any] = []
 
-    def start(env: dict[str, str] | None = None, entrypoint: list[str] | None = None) -> Machine:
+    def start(env: dict[str, str] | None = None, entrypoint: list[str] | None = None,
+              volumes: dict[str, dict[str, str]] | None = None) -> Machine:
         key, line = new_key()
         container = client.containers.run(
             image,
@@ -157,6 +158,7 @@ def start_machine(docker_env: tuple[Any, str, str]) -> Iterator[Callable[..., Ma
             ports={"22/tcp": ("127.0.0.1", None)},
             network=network,
             entrypoint=entrypoint,
+            volumes=volumes,
         )
         containers.append(container)
         return Machine(container, key, line)
@@ -347,6 +349,86 @@ def test_comfyui_flavor_quick_stop_and_restart(start_machine: Callable[..., Mach
     m.connect().close()
     assert m.exec("cat /root/.ssh/authorized_keys")[1].splitlines().count(m.public_line) == 1
     assert count(m, "-f '[s]tandin_ui.py'") == 1
+
+
+@pytest.mark.docker
+def test_comfyui_activity_is_written_by_cloudsds_custom_node(start_machine: Callable[..., Machine]) -> None:
+    """In the image, the stand-in ComfyUI loads cloudsd's custom node from /opt/cloudsd/app/cloudsd_custom_nodes
+    (named by the app's extra_model_paths.yaml) and the node writes /run/cloudsd/ui-activity: a request counts,
+    the image's health check does not."""
+    m = start_machine({"CLOUDSD_UI_FLAVOR": "comfyui"})
+    m.wait_for(lambda: (m.http_inside(8188, "/system_stats") or "").startswith("{"), "ComfyUI on 8188")
+
+    def stamp() -> float:
+        code, out = m.exec("cat /run/cloudsd/ui-activity")
+        return float(out) if code == 0 and out.strip() else 0.0
+
+    m.wait_for(lambda: stamp() > 0, "the node's first activity record")
+    code, out = m.exec("read pid start < /run/cloudsd/ui.pid && tr '\\0' ' ' < /proc/$pid/cmdline")
+    assert code == 0 and "--app-dir /opt/cloudsd/app" in out, out  # so the stand-in's own writer is off
+    time.sleep(1.3)
+    first = stamp()
+    assert m.exec("/opt/cloudsd/ui/healthcheck")[0] == 0
+    time.sleep(1.3)
+    assert stamp() == first, "the health check counted as use"
+    assert m.http_inside(8188, "/object_info") is not None
+    m.wait_for(lambda: stamp() > first, "the request recorded as use", timeout_s=5)
+
+
+@pytest.mark.docker
+def test_packages_an_extension_installs_persist_on_workspace(
+        docker_env: tuple[Any, str, str], start_machine: Callable[..., Machine], tmp_path: Path) -> None:
+    """A package installed as an extension installs one while the UI runs (`python -m pip install` with the UI's
+    environment) lands on /workspace, and a new container on the same /workspace imports it, after the image's
+    own packages on sys.path."""
+    import tarfile
+
+    from tests.support.standin_upstream import pip_and_one_package
+
+    wheels = pip_and_one_package(tmp_path, "cloudsd-extension-dep", "1.0",
+                                 {"cloudsd_extension_dep/__init__.py": "VALUE = 42\n"})
+    (pip_wheel,) = (p.name for p in wheels.glob("pip-*.whl"))
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        tar.add(wheels, arcname="wheels")
+    client = docker_env[0]
+    volume = client.volumes.create(name=f"cloudsd-test-workspace-{uuid.uuid4().hex[:10]}",
+                                   labels={"cloudsd.test": "test_images"})
+    mount = {volume.name: {"bind": "/workspace", "mode": "rw"}}
+    imports = "python3 -c 'import sys, cloudsd_extension_dep as d; print(d.VALUE, d.__file__); print(*sys.path)'"
+    machines: list[Machine] = []
+    try:
+        first = start_machine(volumes=mount)
+        machines.append(first)
+        first.wait_for(lambda: first.http_inside(7860, "/internal/ping") == "{}", "the UI")
+        assert first.container.put_archive("/tmp", archive.getvalue())
+        # As A1111's launch.run_pip from an extension's install.py: pip, in a child of the UI, with its environment.
+        install = (f"read pid start < /run/cloudsd/ui.pid && cd /tmp && python3 -c \"import os, sys; "
+                   f"env = dict(kv.split('=', 1) for kv in open('/proc/$pid/environ').read().split(chr(0)) if kv); "
+                   f"os.execve(sys.executable, [sys.executable, '/tmp/wheels/{pip_wheel}/pip', 'install', "
+                   f"'--no-index', '--find-links', '/tmp/wheels', 'cloudsd-extension-dep'], env)\"")
+        code, out = first.exec(install)
+        assert code == 0, out
+        code, out = first.exec(imports)
+        assert code == 0 and out.split()[0] == "42", out
+        assert out.split()[1].startswith("/workspace/cloudsd/python/a1111/lib/"), out
+        first.container.remove(force=True)
+        machines.remove(first)
+
+        second = start_machine(volumes=mount)  # a new machine, the same volume
+        machines.append(second)
+        second.wait_for(lambda: second.http_inside(7860, "/internal/ping") == "{}", "the UI on the new machine")
+        code, out = second.exec(imports)
+        assert code == 0, out
+        value, where, *path = out.split()
+        assert value == "42" and where.startswith("/workspace/cloudsd/python/a1111/"), out
+        own = next(i for i, p in enumerate(path) if p.endswith(("-packages",)) and not p.startswith("/workspace"))
+        ours = next(i for i, p in enumerate(path) if p.startswith("/workspace/cloudsd/python/a1111/"))
+        assert own < ours, f"the volume's packages come before the image's: {path}"
+    finally:
+        for machine in machines:
+            machine.container.remove(force=True)
+        volume.remove(force=True)
 
 
 @pytest.mark.docker

@@ -126,6 +126,9 @@ def test_install_killed_midway_resumes_then_a_second_boot_finds_it_done(
     assert machine.ok(f"git -C {ROOT}/app rev-parse HEAD").strip() == first
     assert machine.ok(f"{ROOT}/venv/bin/python -c 'import torch; print(torch.version.cuda)'").strip() == "12.4"
     wait_until(lambda: ui_answers(machine), "the UI answers on 127.0.0.1:8188")
+    # cloudsd's custom node is installed beside the app, and the UI loads it: it writes the activity file.
+    assert machine.ok(f"ls {ROOT}/app/cloudsd_custom_nodes").split() == ["cloudsd_ui_activity"]
+    wait_until(lambda: machine.run("test -s /run/cloudsd/ui-activity")[0] == 0, "the node records activity")
     venv_made = machine.ok(f"stat -c %Y.%i {ROOT}/venv/bin/python3 {ROOT}/app/.git/HEAD")
 
     # Second boot: every step is found done; nothing is installed again, and the UI starts.

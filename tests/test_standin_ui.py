@@ -469,3 +469,68 @@ def test_the_built_in_extension_records_activity_through_the_app_hook(tmp_path: 
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_the_comfyui_custom_node_records_requests_prompts_and_the_queue(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With its app folder, the ComfyUI stand-in loads cloudsd's real custom node (images/ui/comfyui, found
+    through the app's extra_model_paths.yaml as ComfyUI finds it) and gives it a PromptServer with the hooks it
+    uses; the node, not the stand-in, writes the activity file: every request but cloudsd's health probes, and
+    a running queue with no requests at all."""
+    app_dir = tmp_path / "app"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "images" / "ui" / "comfyui", app_dir)
+    activity = tmp_path / "run" / "ui-activity"
+    monkeypatch.setenv("CLOUDSD_STANDIN_STEP_S", "2.5")  # 4 steps: a 10 s render
+    server = standin.make_server("comfyui", "127.0.0.1", 0, tmp_path / "data", str(activity), log=False,
+                                 app_dir=app_dir)
+    assert server.activity.path is None  # the stand-in's own writer is off
+    assert len(server.app.prompt_server.app.middlewares) == 1  # the node's, in the frozen app
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    port = server.server_address[1]
+    write_model(tmp_path / "data" / "models" / "checkpoints" / "m.safetensors", b"x")
+
+    def call(method: str, path: str, agent: str, body: Any = None) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            payload = None if body is None else json.dumps(body).encode()
+            conn.request(method, path, body=payload, headers={"User-Agent": agent})
+            resp = conn.getresponse()
+            resp.read()
+            return resp.status
+        finally:
+            conn.close()
+
+    def stamp() -> float:
+        try:
+            return float(activity.read_text())
+        except (OSError, ValueError):
+            return 0.0
+
+    def wait_past(t: float, limit_s: float = 3.0) -> None:
+        deadline = time.time() + limit_s
+        while stamp() < t - 0.01 and time.time() < deadline:
+            time.sleep(0.05)
+
+    try:
+        wait_past(1.0)  # loading the node counts as activity
+        started = stamp()
+        assert started > 0
+        time.sleep(1.3)  # past the once-a-second limit
+        assert call("GET", "/system_stats", "cloudsd-health") == 200
+        time.sleep(1.3)
+        assert stamp() == started, "a cloudsd health probe counted as use"
+        before = time.time()
+        assert call("GET", "/object_info", "Mozilla/5.0") == 200
+        wait_past(before)
+        assert before - 0.01 <= stamp() <= time.time()
+        # A queued render keeps the UI in use while nobody sends a request.
+        assert call("POST", "/prompt", "Mozilla/5.0", {"prompt": comfy_graph("m.safetensors")}) == 200
+        queued = time.time()
+        time.sleep(7.5)  # more than the node's queue poll (5 s) + its once-a-second write
+        assert stamp() > queued + 4, "a running queue did not count as use"
+    finally:
+        call("POST", "/interrupt", "cloudsd-health")
+        server.shutdown()
+        server.server_close()

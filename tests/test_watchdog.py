@@ -120,6 +120,20 @@ def test_idle_counts_web_ui_requests_then_stops(fake_runpod_api: Any, machine: M
     assert fake_runpod_api.cloud.actions == [(pod.id, "stop", pod.id)]
 
 
+def test_status_carries_the_web_uis_restarts(machine: Machine) -> None:
+    """--status (what `cloudsd status` runs over SSH) adds the boot layer's restart count, if there is one."""
+    restarts = machine.root / "ui-restarts"
+    config = machine.config("local", ui_restarts_file=str(restarts))
+
+    def status() -> Any:
+        return json.loads(subprocess.run([sys.executable, str(SCRIPT), "--status", "--config", str(config)],
+                                         capture_output=True, text=True, check=True).stdout)
+
+    assert status()["ui_restarts"] is None  # the UI never restarted
+    restarts.write_text("2 1796600000\n")
+    assert status()["ui_restarts"] == [2, 1796600000.0]
+
+
 def test_vast_destroys_with_the_container_key(fake_vast: Any, machine: Machine) -> None:
     (instance,) = fake_vast.seed_instances(1, label_prefix="cloudsd-w")
     machine.env(CONTAINER_API_KEY=fake_vast.container_api_key(instance), CONTAINER_ID=str(instance),

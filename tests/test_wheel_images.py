@@ -16,6 +16,9 @@ def test_the_wheel_carries_the_boot_layer_and_every_install_script(tmp_path: Pat
     wheel = next(tmp_path.glob("cloudsd-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     wanted = {"boot/entrypoint.sh", "ui/start", "ui/install-steps.sh", "ui/install-on-boot",
+              # cloudsd's code inside the UI, which install-on-boot copies beside it
+              "ui/extension/scripts/cloudsd_ui_activity.py", "ui/comfyui/extra_model_paths.yaml",
+              "ui/comfyui/cloudsd_custom_nodes/cloudsd_ui_activity/__init__.py",
               *(f"{ui}/install.sh" for ui in ("a1111", "forge", "comfyui")),
               *(f"{ui}/upstream.env" for ui in ("a1111", "forge", "comfyui"))}
     missing = sorted(w for w in wanted if f"cloudsd/images_data/{w}" not in names)

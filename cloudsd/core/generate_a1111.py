@@ -138,8 +138,9 @@ class A1111Backend:
                     ahead = None
                 detail = (f"step {state.get('sampling_step', 0)}/{state.get('sampling_steps', 0)}"
                           if state.get("sampling_steps") else "")
-                on_progress(min(1.0, float(progress.get("progress") or 0.0)),
-                            float(progress.get("eta_relative") or 0.0) or None, detail)
+                # A1111 computes the ETA from progress before capping it at 1: it goes negative in the last step
+                eta = float(progress.get("eta_relative") or 0.0)
+                on_progress(min(1.0, float(progress.get("progress") or 0.0)), eta if eta > 0 else None, detail)
         del self._posts[job.number]
         self._clients.append(post.client)
         answer = post.answer

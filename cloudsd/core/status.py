@@ -44,6 +44,8 @@ class StatusRow:
     budget_warning: bool = False  # at or past the warning share (`warn_at`)
     watchdog_reported_at: float | None = None  # when the machine's watchdog last reported (laptop clock)
     watchdog_silent: bool = False  # a budget is armed but its watchdog does not run or stopped reporting
+    ui_restarts: int | None = None  # the web UI crashed and the boot layer started it again this often (asked
+    ui_restarted_at: float | None = None  # of the machine with the watchdog's state; None: never, or not asked)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -80,11 +82,12 @@ def _row(record: MachineRecord, live: str, cost: SessionCost, note: str = "",
 
 def _with_watchdog(row: StatusRow, record: MachineRecord, plan: Plan, events: list[Event], now: float) -> StatusRow:
     """When the machine's watchdog last reported (asked over SSH; else the last reading in the ledger), and a
-    warning when it is silent: on RunPod and Vast.ai it is the only thing that ends the machine at its budget."""
+    warning when it is silent: on RunPod and Vast.ai it is the only thing that ends the machine at its budget.
+    The same answer carries the web UI's restarts (the boot layer's count), shown when there were any."""
     seen = [data.get("reported_at") or at for at, _, kind, data in events
             if kind in ("watchdog-installed", "watchdog-seen")]
     reported_at: float | None = max(seen) if seen else None
-    running, why = True, ""
+    running, why, restarts, restarted_at = True, "", None, None
     # SSH and the watchdog reader load only when a machine has a watchdog to ask (`status` with none stays light).
     from cloudsd.core.access import reconnect_record
     from cloudsd.core.watchdog import read
@@ -96,6 +99,7 @@ def _with_watchdog(row: StatusRow, record: MachineRecord, plan: Plan, events: li
         finally:
             connection.close()
         running, reported_at = reading.running, reading.reported_at or reported_at
+        restarts, restarted_at = reading.ui_restarts, reading.ui_restarted_at
     except CloudsdError as exc:
         why = f" (could not ask it: {exc.message})"
     silent = not running or reported_at is None or now - reported_at > SILENT_AFTER_S
@@ -105,8 +109,13 @@ def _with_watchdog(row: StatusRow, record: MachineRecord, plan: Plan, events: li
                 f"budget: `cloudsd tunnel {record.name}` restarts it, `cloudsd down {record.name}` ends the machine")
     else:
         text = f"watchdog last reported {ago}"
+    if restarts:
+        last = "" if restarted_at is None else f", last {max(0.0, now - restarted_at):.0f} s ago"
+        text += (f"; the web UI crashed and was started again {restarts} time{'s' if restarts != 1 else ''}{last}: "
+                 f"see `cloudsd ssh {record.name} -- tail -n 50 /var/log/cloudsd/ui.log`")
     note = f"{row.note}; {text}" if row.note else text
-    return replace(row, note=note, watchdog_reported_at=reported_at, watchdog_silent=silent)
+    return replace(row, note=note, watchdog_reported_at=reported_at, watchdog_silent=silent, ui_restarts=restarts,
+                   ui_restarted_at=restarted_at)
 
 
 def status(ledger: Ledger, providers: Providers, *, sweep: tuple[str, ...] = ()) -> list[StatusRow]:

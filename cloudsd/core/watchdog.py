@@ -57,6 +57,8 @@ class Reading:
     ending: dict[str, Any] | None  # {"action", "reason", "at", …} once it decided to end the machine
     script: str | None = None
     reported_at: float | None = None  # when the watchdog last wrote its state (it does so every poll)
+    ui_restarts: int | None = None  # how often the boot layer started a crashed web UI again (None: never)
+    ui_restarted_at: float | None = None  # the last of those restarts
 
     def to_event(self) -> dict[str, Any]:
         return {"offset_s": round(self.offset_s, 3), "running": self.running,
@@ -153,6 +155,9 @@ def _parse(out: str, sent: float, received: float, script: str | None = None) ->
     def laptop(value: Any) -> float | None:
         return None if value is None else to_laptop_time(float(value), offset)
 
+    restarts = data.get("ui_restarts")  # [count, machine epoch]; absent from a watchdog older than this cloudsd
+    if not (isinstance(restarts, list) and len(restarts) == 2):
+        restarts = [None, None]
     ending = state.get("ending")
     if isinstance(ending, dict):
         ending = {**ending, "at": laptop(ending.get("at")), "done_at": laptop(ending.get("done_at"))}
@@ -162,4 +167,5 @@ def _parse(out: str, sent: float, received: float, script: str | None = None) ->
         activity_source=state.get("activity_source"), idle_deadline_at=laptop(state.get("idle_deadline")),
         ending=ending if isinstance(ending, dict) else None, script=data.get("script") or script,
         reported_at=laptop(state.get("now")),
+        ui_restarts=None if restarts[0] is None else int(restarts[0]), ui_restarted_at=laptop(restarts[1]),
     )

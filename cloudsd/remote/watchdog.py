@@ -5,12 +5,14 @@ Runs on the rented machine with nothing but python3 (3.8 or newer) and needs no 
 SSH and starts it detached (`setsid`), so it outlives the SSH connection, the tunnel and the laptop.
 
     watchdog.py [--config /etc/cloudsd/watchdog.json]   run (one instance per machine: a lock file)
-    watchdog.py --status [--config …]                   print this machine's clock and the watchdog's state
+    watchdog.py --status [--config …]                   print this machine's clock, the watchdog's state and
+                                                        the web UI's restarts (the boot layer's ui_restarts_file)
 
 Config (JSON, written by cloudsd, re-read whenever it changes): provider (a name, for the log), end_calls
 ({"stop": call, "terminate": call}, built by the provider; see `end_machine`), deadlines [{at, reason}] in
 this machine's epoch seconds, idle_s, idle_action (stop | terminate),
-idle_reason, activity_file, gpu_busy_percent, poll_s, env_file, state_file, log_file, lock_file.
+idle_reason, activity_file, gpu_busy_percent, poll_s, env_file, state_file, log_file, lock_file,
+ui_restarts_file.
 
 Activity, for idle: the web UI's last request (the epoch in `activity_file`, written by the UI), a shell on a
 pty whose terminal was used within the idle window, or GPU use at or above `gpu_busy_percent` (where
@@ -53,6 +55,7 @@ DEFAULTS: dict[str, Any] = {
     "activity_file": "/run/cloudsd/ui-activity", "gpu_busy_percent": 10.0, "poll_s": 20.0,
     "env_file": "/etc/cloudsd/env", "state_file": "/run/cloudsd/watchdog-state.json",
     "log_file": "/var/log/cloudsd/watchdog.log", "lock_file": "/run/cloudsd/watchdog.lock",
+    "ui_restarts_file": "/run/cloudsd/ui-restarts",
 }
 MAX_BACKOFF_S = 60.0
 REISSUE_S = 60.0  # a machine still alive this long after a successful call gets the call again
@@ -387,7 +390,19 @@ def status(config_path: str) -> dict[str, Any]:
     running = lock is None
     if lock is not None:
         lock.close()
-    return {"now": time.time(), "running": running, "state": state}
+    return {"now": time.time(), "running": running, "state": state,
+            "ui_restarts": ui_restarts(config["ui_restarts_file"])}
+
+
+def ui_restarts(path: str) -> list[float] | None:
+    """[count, epoch of the last] from the boot layer's file ("<count> <epoch>"); None when the UI never
+    restarted (no file) or the file is not that."""
+    try:
+        with open(path) as handle:
+            count, last = handle.read().split()[:2]
+        return [int(count), float(last)]
+    except (OSError, ValueError):
+        return None
 
 
 def install(payload: dict[str, Any]) -> None:

@@ -20,19 +20,12 @@ step_venv() {
     && "$VENV"/bin/pip install pip==24.2 setuptools==80.9.0 wheel==0.45.1
 }
 
-# PyTorch first (about 3 GB), before the upstream is fetched (see the Dockerfile).
 step_torch() {
-    "$VENV"/bin/pip install -r "$PINS/torch-cu${CUDA//./}.txt" \
-    && check_torch
+    install_torch
 }
 
-# A fresh checkout of exactly the pinned commit (a half-done one from an interrupted run is removed).
 step_clone() {
-    rm -rf "$APP" && mkdir -p "$APP" && cd "$APP" \
-    && git init -q . \
-    && git fetch -q --depth 1 "$COMFYUI_REPO" "$COMFYUI_COMMIT" \
-    && git checkout -q FETCH_HEAD \
-    && test "$(git rev-parse HEAD)" = "$COMFYUI_COMMIT"
+    clone_pinned "$COMFYUI_REPO" "$COMFYUI_COMMIT"
 }
 
 step_requirements() {

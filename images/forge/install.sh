@@ -20,19 +20,12 @@ step_venv() {
     && "$VENV"/bin/pip install pip==24.2 setuptools==69.5.1 wheel==0.45.1
 }
 
-# PyTorch first (about 3 GB), before the upstream is fetched (see the Dockerfile).
 step_torch() {
-    "$VENV"/bin/pip install -r "$PINS/torch-cu${CUDA//./}.txt" \
-    && check_torch
+    install_torch
 }
 
-# A fresh checkout of exactly the pinned commit (a half-done one from an interrupted run is removed).
 step_clone() {
-    rm -rf "$APP" && mkdir -p "$APP" && cd "$APP" \
-    && git init -q . \
-    && git fetch -q --depth 1 "$FORGE_REPO" "$FORGE_COMMIT" \
-    && git checkout -q FETCH_HEAD \
-    && test "$(git rev-parse HEAD)" = "$FORGE_COMMIT"
+    clone_pinned "$FORGE_REPO" "$FORGE_COMMIT"
 }
 
 # pip 24.2 applies PIP_CONSTRAINT to build environments too, so CLIP's setup.py gets a setuptools that still

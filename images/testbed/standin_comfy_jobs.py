@@ -244,6 +244,9 @@ class ComfyJobs:
             data = json.loads(body or b"{}")
         except ValueError:
             return json_reply({"error": _error("invalid_prompt", "Invalid JSON"), "node_errors": {}}, 400)
+        server = self.app.prompt_server
+        if server is not None:  # as server.py's post_prompt: the JSON passes through the on_prompt handlers
+            data = server.trigger_on_prompt(data)
         graph = data.get("prompt") if isinstance(data, dict) else None
         if not isinstance(graph, dict):
             return json_reply({"error": _error("no_prompt", "No prompt provided"), "node_errors": {}}, 400)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from standin_comfy_jobs import ComfyJobs
+from standin_comfy_nodes import load_custom_nodes
 from standin_common import (
     COMFYUI_FOLDERS,
     VRAM_TOTAL,
@@ -27,11 +28,13 @@ COMFY_MODEL_EXTS = (".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pk
 
 class ComfyApp:
     """ComfyUI: folder listings are cached and rescanned when a directory's mtime changes; prompts run
-    at once and write output/<prefix>_<5 digits>_.png."""
+    at once and write output/<prefix>_<5 digits>_.png. With `app_dir` (where main.py is), the custom nodes
+    of <base>/custom_nodes and of the app's extra_model_paths.yaml are loaded as ComfyUI loads them, and
+    their aiohttp middlewares run on every request (standin_comfy_nodes.py)."""
 
     title = "ComfyUI"
 
-    def __init__(self, base_dir: Path, argv: list[str] | None = None) -> None:
+    def __init__(self, base_dir: Path, argv: list[str] | None = None, app_dir: Path | None = None) -> None:
         self.base_dir = base_dir
         self.argv = list(argv) if argv is not None else list(sys.argv)  # what /system_stats reports
         for rel in COMFYUI_FOLDERS.values():
@@ -43,6 +46,9 @@ class ComfyApp:
         self.history: dict[str, dict[str, Any]] = {}
         self.number = 0
         self.jobs = ComfyJobs(self)  # /prompt validation, the queue and its worker, /interrupt, /upload/image
+        # As main.py: PromptServer, then the custom nodes, then the app starts (frozen).
+        self.prompt_server = load_custom_nodes(base_dir, app_dir, self.jobs) if app_dir else None
+        self.aiohttp_app = self.prompt_server.app if self.prompt_server else None
 
     def list_folder(self, folder: str) -> list[str]:
         root = self.folders[folder]

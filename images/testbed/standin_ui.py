@@ -8,9 +8,11 @@ It answers the routes cloudsd relies on with the shapes the real UIs use (A1111/
 listing rules (A1111 scans at start and after refresh-*, hashing with a cache.json; ComfyUI rescans a
 folder when its mtime changes), and renders small deterministic PNGs instead of images. /bench/* routes
 serve bytes for tunnel benchmarks. The time of the last request (and of the start) goes to
-/run/cloudsd/ui-activity, at most once a second, for the idle watchdog: for A1111/Forge with their app
-folder (the testbed), written by cloudsd's built-in extension (images/ui/extension/scripts/
-cloudsd_ui_activity.py) through the same on_app_started hook the real UIs call; otherwise by the stand-in.
+/run/cloudsd/ui-activity, at most once a second, for the idle watchdog: with the UI's app folder (the
+testbed), written by cloudsd's own code in the real UIs, through the same hooks: for A1111/Forge the built-in
+extension (images/ui/extension/scripts/cloudsd_ui_activity.py, on_app_started), for ComfyUI the custom node
+(images/ui/comfyui/cloudsd_custom_nodes/cloudsd_ui_activity, an aiohttp middleware, an on_prompt handler
+and the prompt queue); without an app folder, by the stand-in itself.
 
 Runs from its own directory: standin_common.py, standin_a1111.py and standin_comfyui.py sit beside it
 (in the testbed image, all four are in /opt/cloudsd/ui/). In the image it is started through stand-ins for
@@ -153,6 +155,9 @@ class Handler(BaseHTTPRequestHandler):
         if asgi is not None:
             asgi.request(method, url.path, [(k.lower().encode("latin-1"), v.encode("latin-1"))
                                             for k, v in self.headers.items()])
+        aiohttp_app = getattr(self.server.app, "aiohttp_app", None)  # ComfyUI: custom nodes' middlewares
+        if aiohttp_app is not None:
+            aiohttp_app.request(method, url.path, self.headers)
         query = parse_qs(url.query)
         try:
             body = self._read_body()
@@ -240,16 +245,17 @@ def make_server(
     """Build (not start) a stand-in server; `port=0` picks a free port.
 
     `app_dir` is where the real UI would be installed (A1111/Forge load the always-on scripts of its
-    extensions-builtin/ folder, and the activity file is then the cloudsd extension's to write, through
-    its on_app_started hook on every request, as in the real UI); `api=False` leaves out /sdapi/v1 as A1111 without --api does;
+    extensions-builtin/ folder, ComfyUI the custom nodes its extra_model_paths.yaml names, and the activity
+    file is then cloudsd's extension's or custom node's to write, through their hooks, as in the real UI); `api=False` leaves out /sdapi/v1 as A1111 without --api does;
     `cmd_flags` is what /sdapi/v1/cmd-flags answers, `argv` what ComfyUI's /system_stats reports."""
+    if app_dir:  # cloudsd's extension or custom node records activity (its own file), as in the real UI
+        os.environ["CLOUDSD_UI_ACTIVITY_FILE"] = activity_file or ""
+        activity_file = None
     if flavor == "comfyui":
-        app: A1111App | ComfyApp = ComfyApp(Path(data_dir or COMFYUI_BASE_DIR), argv)
+        app: A1111App | ComfyApp = ComfyApp(Path(data_dir or COMFYUI_BASE_DIR), argv,
+                                            Path(app_dir) if app_dir else None)
         default_port = COMFYUI_PORT
     elif flavor in ("a1111", "forge"):
-        if app_dir:  # the built-in extension records activity (its own file), as in the real UI
-            os.environ["CLOUDSD_UI_ACTIVITY_FILE"] = activity_file or ""
-            activity_file = None
         app = A1111App(Path(data_dir or A1111_DATA_DIR), Path(app_dir) if app_dir else None, api, cmd_flags)
         default_port = A1111_PORT
     else:
@@ -268,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=None, help=f"default {A1111_DATA_DIR} or {COMFYUI_BASE_DIR}")
     parser.add_argument("--activity-file", default=ACTIVITY_FILE, help="'' to disable")
     parser.add_argument("--quiet", action="store_true", help="no per-request log lines")
-    parser.add_argument("--app-dir", default=None, help="where the real UI would be (extensions-builtin/)")
+    parser.add_argument("--app-dir", default=None, help="where the real UI would be (extensions-builtin/, extra_model_paths.yaml)")
     args = parser.parse_args(argv)
     # Set by the stand-in entry points (/opt/cloudsd/app/launch.py, main.py) from the flags they parsed.
     cmd_flags = json.loads(os.environ.get("CLOUDSD_STANDIN_CMD_FLAGS") or "{}")

@@ -7,6 +7,7 @@
 #
 # A flavor script sets STEPS (their order), INPUTS (the variables its steps read: upstream URL and commit,
 # package names) and one function step_<name> per step, then calls `run_steps [STEP...]` (no STEP: all).
+# Steps alike in every flavor are helpers here (install_torch, clone_pinned) that those functions call.
 #
 # Resumable: a step that ends well writes its marker $STATE/<step>.done holding a fingerprint of what it
 # read (its own text, the INPUTS it names, the pin files if it runs pip). A later run skips a step whose
@@ -44,9 +45,33 @@ check_torch() {
     "$VENV/bin/python" -c 'import sys, torch; assert torch.version.cuda == sys.argv[1], torch.version.cuda' "$CUDA"
 }
 
+# The steps every flavor shares, which a flavor's step_<name> calls with its own pins (so its fingerprint holds
+# them; a helper's text counts in the fingerprint of each step that calls it: SHARED_STEPS).
+SHARED_STEPS="install_torch clone_pinned check_torch" # callers before what they call
+
+# install_torch: PyTorch first (about 3 GB), before the upstream is fetched, so that bumping the upstream
+# commit reuses the torch layer (see the Dockerfiles).
+install_torch() {
+    "$VENV"/bin/pip install -r "$PINS/torch-cu${CUDA//./}.txt" \
+    && check_torch
+}
+
+# clone_pinned REPO COMMIT: a fresh checkout of exactly the pinned commit (a half-done one from an
+# interrupted run is removed).
+clone_pinned() {
+    rm -rf "$APP" && mkdir -p "$APP" && cd "$APP" \
+    && git init -q . \
+    && git fetch -q --depth 1 "$1" "$2" \
+    && git checkout -q FETCH_HEAD \
+    && test "$(git rev-parse HEAD)" = "$2"
+}
+
 _fingerprint() { # STEP
-    local body var
+    local body var helper
     body=$(declare -f "step_$1")
+    for helper in $SHARED_STEPS; do
+        case $body in *"$helper"*) body+=$'\n'$(declare -f "$helper") ;; esac
+    done
     {
         printf '%s\n' "$body"
         for var in $INPUTS CUDA; do

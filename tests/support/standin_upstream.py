@@ -130,16 +130,31 @@ def make_wheels(where: Path, flavor: str = "comfyui") -> Path:
     for name in COMFYUI_REQUIREMENTS:
         module = name.replace("-", "_")
         packages.append(_package(sources, name, versions[name], {f"{module}/__init__.py": ""}))
-    # pip: the real one (the venv keeps using it), under the pinned version
-    pip_src = _package(sources, "pip", versions["pip"], {})
+    packages.append(_pip_package(sources, versions["pip"]))  # the real one (the venv keeps using it)
+    return _wheels(packages, where / "wheels")
+
+
+def _pip_package(sources: Path, version: str) -> Path:
+    """The running interpreter's real pip, under `version`."""
+    pip_src = _package(sources, "pip", version, {})
     shutil.copytree(Path(host_pip.__file__).parent, pip_src / "src" / "pip",
                     ignore=shutil.ignore_patterns("__pycache__"))
     (pip_src / "ENTRY_POINTS").write_text(PIP_ENTRY_POINTS)
-    packages.append(pip_src)
-    wheels = where / "wheels"
+    return pip_src
+
+
+def _wheels(packages: list[Path], wheels: Path) -> Path:
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-index", "-q", "-w", str(wheels),
                     *map(str, packages)], check=True, capture_output=True)
     return wheels
+
+
+def pip_and_one_package(where: Path, name: str, version: str, files: dict[str, str]) -> Path:
+    """A folder of two wheels: the running interpreter's pip (run it from its wheel where no pip is installed:
+    `python3 <folder>/pip-<version>-py3-none-any.whl/pip install …`) and a small package `name`."""
+    sources = where / "sources"
+    return _wheels([_pip_package(sources, host_pip.__version__), _package(sources, name, version, files)],
+                   where / "wheels")
 
 
 def _git(*args: str, cwd: Path) -> str:

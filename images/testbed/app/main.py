@@ -3,7 +3,8 @@
 
 It takes the flags the real main.py takes (comfy/cli_args.py; those images/ui/start may pass and a few
 more), refuses any other flag as the real parser does, binds where the real one would (a bare --listen
-means every address), then runs the stand-in UI, which reports this command line in /system_stats.
+means every address), then runs the stand-in UI, which reports this command line in /system_stats and loads
+the custom nodes the real one would (<base>/custom_nodes and those of extra_model_paths.yaml beside it).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def main() -> None:
     env = dict(os.environ)
     env["CLOUDSD_STANDIN_ARGV"] = json.dumps(["main.py", *sys.argv[1:]])
     argv = [sys.executable, "-u", str(STANDIN), "--host", host, "--port", str(args.port),
-            "--flavor", "comfyui", "--data-dir", str(base)]
+            "--flavor", "comfyui", "--data-dir", str(base), "--app-dir", str(HERE)]
     os.execve(sys.executable, argv, env)
 
 
