@@ -107,13 +107,9 @@ class Connection:
             raise SSHError(f"lost the SSH connection to {self.endpoint} ({exc or type(exc).__name__}).") from None
         return channel
 
-    def open_forward_channel(self, port: int, origin: tuple[str, int]) -> paramiko.Channel:
-        """A direct-tcpip channel to 127.0.0.1:`port` on the machine, with a large window."""
-        return self.request_forward_channel(port, origin).wait(FORWARD_OPEN_TIMEOUT_S)
-
     def request_forward_channel(self, port: int, origin: tuple[str, int], *,
                                 signal: ChannelSignal | None = None) -> PendingChannel:
-        """Ask for a direct-tcpip channel to 127.0.0.1:`port` and return at once; `wait()` on the result.
+        """Ask for a direct-tcpip channel to 127.0.0.1:`port` (8 MiB window) and return at once.
 
         Any number of requests can be in flight together, so a burst of connections (a web UI's page load)
         pays one round trip for all of them, where opening them one after another pays one each.
