@@ -1,12 +1,14 @@
 """Start-up time of `cloudsd --help` and `cloudsd status` (no machines) beside `python -c pass`.
 
-    .venv/bin/python benchmarks/cli_start.py [--runs 20] [--goal 0.06]
+    .venv/bin/python benchmarks/cli_start.py [--runs 20] [--goal 0.06] [--python PATH] [--baseline PATH]
 
 Runs each command `--runs` times, alternating, after one untimed warm-up of each (so the page cache is
 warm for all), and prints median and p90 wall time, the difference of the medians, and whether the
 medians of `cloudsd --help` and `cloudsd status` are within the goal. `status` runs with an empty
 CLOUDSD_HOME and HOME and no provider keys in the environment: an empty ledger and no cloud to ask, the
-case where nothing but start-up is measured. Writes benchmarks/results/cli_start.json.
+case where nothing but start-up is measured. `--baseline` names another install's interpreter (another
+version of cloudsd, e.g. main's); its `--help` and `status` run in the same rounds, for a before/after.
+Writes benchmarks/results/cli_start.json.
 
 What is measured is the install behind `--python`: the project's .venv holds an editable install, whose
 import finder (`__editable___cloudsd_…_finder`, loaded by `site` in every run of that interpreter, `python -c
@@ -85,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=20, help="timed runs of each command (default 20)")
     parser.add_argument("--goal", type=float, default=GOAL_S, help=f"goal for the median, seconds (default {GOAL_S})")
     parser.add_argument("--python", default=sys.executable, help="interpreter (default: this one)")
+    parser.add_argument("--baseline", help="another install's interpreter, run in the same rounds (before/after)")
     args = parser.parse_args(argv)
     runs = max(1, min(args.runs, 1000))
 
@@ -100,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
         "cloudsd --help": (cloudsd_command(args.python, "--help"), env),
         "cloudsd status": (cloudsd_command(args.python, "status"), status_env),
     }
+    if args.baseline:
+        baseline_home = Path(tempfile.mkdtemp(prefix="cloudsd-start-base-"))
+        commands["baseline --help"] = (cloudsd_command(args.baseline, "--help"), env)
+        commands["baseline status"] = (cloudsd_command(args.baseline, "status"), empty_home_env(env, baseline_home))
     samples: dict[str, list[float]] = {name: [] for name in commands}
     cpu_samples: dict[str, list[float]] = {name: [] for name in commands}
     for cmd, cmd_env in commands.values():
@@ -113,8 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     load_after = os.getloadavg()
     stats = {name: summary(values) for name, values in samples.items()}
     base = stats["python -c pass"]
-    overhead = {name: stats[name]["median_s"] - base["median_s"] for name in ("cloudsd --help", "cloudsd status")}
-    met = {name: stats[name]["median_s"] <= args.goal for name in overhead}
+    measured = [name for name in commands if name != "python -c pass"]
+    overhead = {name: stats[name]["median_s"] - base["median_s"] for name in measured}
+    met = {name: stats[name]["median_s"] <= args.goal for name in ("cloudsd --help", "cloudsd status")}
 
     cpu_median = {name: statistics.median(values) for name, values in cpu_samples.items()}
     rows = [
@@ -124,10 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print(f"{runs} runs each, ms; {kind} install ({args.python}); load average "
           f"{load_before[0]:.1f} before, {load_after[0]:.1f} after")
+    if args.baseline:
+        print(f"baseline: {install_kind(args.baseline)} install ({args.baseline})")
     print(table(["command", "median", "p90", "min", "CPU median"], rows))
     for name, extra in overhead.items():
         print(f"{name} minus python -c pass (medians): {extra * 1000:.1f} ms")
-        print(f"goal: median of {name} <= {args.goal * 1000:.0f} ms: {'met' if met[name] else 'MISSED'}")
+    for name, ok in met.items():
+        print(f"goal: median of {name} <= {args.goal * 1000:.0f} ms: {'met' if ok else 'MISSED'}")
 
     path = write_json(
         "cli_start.json",
@@ -137,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             "runs": runs,
             "install": kind,
             "python": args.python,
+            "baseline": args.baseline,
             "load_average": {"before": load_before, "after": load_after},
             "commands": {name: " ".join(Path(c).name if i == 0 else c for i, c in enumerate(cmd))
                          for name, (cmd, _) in commands.items()},

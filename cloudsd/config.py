@@ -83,6 +83,8 @@ def provider_choices() -> list[str]:
 
 @dataclass(frozen=True)
 class Setting:
+    """One setting: its default, how a value from a flag, env or file is checked, and where it is read."""
+
     key: str
     default: Any
     convert: Callable[[Any], Any]
@@ -167,6 +169,8 @@ BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
 
 @dataclass(frozen=True)
 class Resolved:
+    """A setting's value and where it came from."""
+
     value: Any
     source: str  # "flag --port", "env CLOUDSD_PORT", "/home/u/.cloudsd/config.yaml:4", "default"
 

@@ -11,7 +11,6 @@ timeout and short transactions keep them from corrupting it or losing rows.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -467,6 +466,8 @@ class Ledger:
     @staticmethod
     def _event(db: sqlite3.Connection, name: str, kind: EventKind, data: dict[str, Any]) -> None:
         """An event of the name's newest session, in the same transaction as any change to its row."""
+        import json  # here and in _event_row: `status` on an empty ledger reads no event
+
         db.execute(
             "INSERT INTO events (at, machine, kind, data, record_id) "
             "VALUES (?, ?, ?, ?, (SELECT max(id) FROM machines WHERE name = ?))",
@@ -498,6 +499,8 @@ class Ledger:
 
 def _event_row(at: Any, machine: Any, kind: Any, data: Any) -> tuple[float, str, str, dict[str, Any]]:
     """An event row; damaged data is kept as `{"unreadable": text}`, never a crash of `cost` or `status`."""
+    import json
+
     try:
         value = json.loads(data)
     except (TypeError, ValueError):

@@ -66,6 +66,8 @@ class Offer:
 
 @dataclass(frozen=True)
 class SSHEndpoint:
+    """Where a machine's sshd answers."""
+
     host: str
     port: int
     user: str = "root"

@@ -24,6 +24,8 @@ _CUDA_TAG = re.compile(r"-cu(\d{2,3})$")
 
 @dataclass(frozen=True)
 class UIProfile:
+    """What cloudsd knows of one web UI: its port, health check and folders on the machine."""
+
     name: str
     title: str
     internal_port: int  # where the UI listens on 127.0.0.1 inside the machine

@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from cloudsd.machine import LABEL_PREFIX, label_for
-
 MOUNT_PATH = "/workspace"  # where every provider mounts a volume: the UI's data folder and the agent's index
 # Vendors quote storage per GB-month and bill it per hour (or second) with a 720-hour month in their examples.
 HOURS_PER_MONTH = 720.0
@@ -29,6 +27,8 @@ class VolumeRequest:
 
     @property
     def label(self) -> str:
+        from cloudsd.machine import label_for  # here: `status` lists volumes without cloudsd.machine
+
         return label_for(self.name)
 
 
@@ -47,6 +47,8 @@ class VolumeInfo:
 
     @property
     def name(self) -> str | None:
+        from cloudsd.machine import LABEL_PREFIX
+
         if self.label and self.label.startswith(LABEL_PREFIX):
             return self.label[len(LABEL_PREFIX):]
         return None

@@ -7,9 +7,7 @@ and the providers are opened on first use, so a command that needs none of them 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
-
-import click
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 if TYPE_CHECKING:
     from cloudsd.config import Settings
@@ -67,4 +65,9 @@ class App:
             self._ledger.close()
 
 
-pass_app = click.make_pass_decorator(App, ensure=True)
+def pass_app(func: F) -> F:
+    """click's `make_pass_decorator(App, ensure=True)`: the command gets the run's `App` as its first argument.
+    click is imported here, not at the top, so `cloudsd status` can open an `App` without it (`main.py`)."""
+    import click
+
+    return cast(F, click.make_pass_decorator(App, ensure=True)(func))

@@ -297,43 +297,9 @@ def doctor(app: App, as_json: bool) -> None:
 @pass_app
 def status(app: App, as_json: bool) -> None:
     """Machines in the ledger with the provider's live view, their cost so far, and strays (alias: ls)."""
-    from cloudsd.core.status import status as machine_status
+    from cloudsd.cli.status import show_status  # click-free: `cloudsd status` also runs it without click
 
-    rows = machine_status(app.ledger, app.providers, sweep=app.providers.configured_clouds())
-    if as_json:
-        click.echo(_json(r.to_dict() for r in rows))
-        return
-    from cloudsd.core.volumes import listing, volume_clouds
-
-    volumes = listing(app.ledger, app.providers, time.time(), sweep=volume_clouds(app.providers.configured_clouds()))
-    if not rows and not volumes:  # the first thing a new user sees, without loading rich for it
-        click.echo("No machines. Start one with `cloudsd up`.")
-        return
-    from cloudsd.cli import render
-
-    volume_lines = render.volume_status_lines(v.to_dict() for v in volumes)
-    if not rows:
-        click.echo("\n".join(["No machines. Start one with `cloudsd up`.", *volume_lines]))
-        return
-    render.print_table(render.status_table(rows, render.console().width))
-    for line in volume_lines:
-        render.console().print(line)
-    for row in rows:
-        if row.stray:
-            what = "storage " if row.live == "stopped" else ""
-            render.console().print(f"stray {row.name} on {row.provider} ({row.provider_id}) bills {what}"
-                                   f"{render.money(row.rate_per_hour, 4)}/h: end it with `cloudsd down --all`")
-        elif row.note:
-            render.console().print(f"{row.name}: {row.note}")
-        if row.budget_warning and row.budget_used is not None:
-            render.console().print(render.styled(("warning:", "yellow"), f" {row.name} has used "
-                                                 f"{row.budget_used:.0%} of its budget (${row.cost_usd:.4f} so far)"))
-
-
-def _json(rows: Any) -> str:
-    import json
-
-    return json.dumps(list(rows), indent=2, default=str)
+    show_status(app, as_json)
 
 
 @click.command()

@@ -39,6 +39,8 @@ _TRANSITIONS: dict[str, str] = {EventKind.CREATED: RUNNING, EventKind.RESUMED: R
 
 @dataclass(frozen=True)
 class Interval:
+    """A stretch of a session at one rate: running, or stopped and billing storage."""
+
     start: float
     end: float
     state: str  # running | stopped
@@ -243,6 +245,8 @@ def split_by_day(interval: Interval) -> list[tuple[str, Interval]]:
 
 @dataclass(frozen=True)
 class Group:
+    """Sessions summed under one key: a provider, a GPU, a day or a machine's name."""
+
     key: str
     sessions: int
     seconds: float

@@ -8,15 +8,20 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from cloudsd.config import Settings
 from cloudsd.errors import CloudsdError, ProviderError, ProvisioningError, RateLimited
 from cloudsd.ledger import Ledger, MachineRecord, Status
-from cloudsd.machine import MachineInfo, MachineStatus
 from cloudsd.providers import Provider, cloud_names, get_provider
 from cloudsd.providers.credentials import has_key
-from cloudsd.sync.progress import NullProgress, Progress
+
+if TYPE_CHECKING:
+    from cloudsd.machine import MachineInfo
+    from cloudsd.sync.progress import Progress
+
+# `status` builds Providers on every run, most often with no machine to wait for: cloudsd.machine (dataclasses
+# made at import) and cloudsd.sync.progress (threading) are imported where they are used.
 
 POLL_S = 1.0
 
@@ -47,6 +52,8 @@ class QuietReporter:
 
     @contextmanager
     def transfer(self) -> Iterator[Progress]:
+        from cloudsd.sync.progress import NullProgress
+
         yield NullProgress()
 
 
@@ -92,6 +99,8 @@ def wait_until_running(
 ) -> MachineInfo:
     """Poll `get` until the machine runs with an SSH endpoint; ProvisioningError on failure or timeout.
     A rate limit never ends the wait: it backs off and keeps polling until the deadline."""
+    from cloudsd.machine import MachineStatus
+
     started = time.monotonic()
     last: MachineInfo | None = None
     pause = provider.poll_interval_s
@@ -160,6 +169,7 @@ def refresh_record(ledger: Ledger, providers: Providers, record: MachineRecord) 
     # Reconciling (and the budget rules behind it) loads here, not with `Providers`, which `status` needs
     # on an empty ledger too.
     from cloudsd.core import lifecycle
+    from cloudsd.machine import MachineStatus
 
     if not record.provider_id or record.status not in (Status.RUNNING, Status.BOOTING):
         return record

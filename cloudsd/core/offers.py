@@ -25,6 +25,8 @@ def _version(text: str | None) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class Filter:
+    """One of the user's conditions on offers, named as the user wrote it."""
+
     name: str  # as the user would write it: "--gpu RTX 4090"
     keep: Callable[[Offer], bool]
 

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 
 from cloudsd.errors import CloudsdError, ConfigError
 from cloudsd.ledger import Ledger, MachineRecord, Status
-from cloudsd.machine import MachineStatus
 
 if TYPE_CHECKING:
     from cloudsd.core.cost import Event, SessionCost
@@ -25,6 +24,8 @@ SILENT_AFTER_S = 120.0  # a watchdog that has not written its state for this lon
 
 @dataclass(frozen=True)
 class StatusRow:
+    """One machine as `status` shows it: the ledger's record, the provider's word now and the cost so far."""
+
     name: str
     provider: str
     provider_id: str | None
@@ -125,6 +126,8 @@ def status(ledger: Ledger, providers: Providers, *, sweep: tuple[str, ...] = ())
     rows = _ledger_rows(ledger, providers, now) if ledger.machines() else []
     known = {(r.provider, r.provider_id) for r in ledger.machines() if r.provider_id}
     for provider_name in sweep:
+        from cloudsd.machine import MachineStatus  # loaded with a provider anyway; an empty `status` has none
+
         try:
             machines = providers.get(provider_name).list_machines()
         except CloudsdError:
@@ -153,6 +156,7 @@ def _ledger_rows(ledger: Ledger, providers: Providers, now: float) -> list[Statu
     from cloudsd.core import lifecycle
     from cloudsd.core.cost import session_cost
     from cloudsd.core.guard import plan_of
+    from cloudsd.machine import MachineStatus
 
     rows: list[StatusRow] = []
     for record in ledger.machines(active_only=True):

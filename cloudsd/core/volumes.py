@@ -14,21 +14,26 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cloudsd.core import offers as offer_choice
-from cloudsd.core.cost import month_start
 from cloudsd.core.machines import Providers
 from cloudsd.errors import CloudsdError, ConfigError, NoCapacity
 from cloudsd.ledger import Ledger, VolumeRecord, VolumeStatus
-from cloudsd.machine import Offer, OfferSpec
-from cloudsd.names import name_problem
 from cloudsd.providers import Provider, provider_class, provider_names
-from cloudsd.volumes import HOURS_PER_MONTH, VolumeInfo, VolumeRequest
+
+if TYPE_CHECKING:
+    from cloudsd.machine import Offer, OfferSpec
+    from cloudsd.volumes import VolumeInfo, VolumeRequest
+
+# `status` lists volumes on every run: what only a volume's cost, its live view or `volume create` needs
+# (core.cost, cloudsd.volumes, core.offers, cloudsd.names: dataclasses made at import) is imported where it is
+# used, so an empty list costs little.
 
 
 @dataclass(frozen=True)
 class VolumeCost:
+    """What a volume costs a month, has cost since it was created, and this month."""
+
     per_month_usd: float
     total_usd: float  # since it was created
     month_to_date_usd: float  # since the first of this month (UTC)
@@ -36,6 +41,9 @@ class VolumeCost:
 
 def volume_cost(record: VolumeRecord, now: float) -> VolumeCost:
     """What a volume has cost, from its create until its delete (or `now`)."""
+    from cloudsd.core.cost import month_start
+    from cloudsd.volumes import HOURS_PER_MONTH
+
     per_month = record.size_gb * record.price_per_gb_month
     end = min(record.deleted_at or now, now)
 
@@ -87,6 +95,8 @@ def needed(ledger: Ledger, name: str) -> VolumeRecord:
 
 
 def as_info(record: VolumeRecord) -> VolumeInfo:
+    from cloudsd.volumes import VolumeInfo
+
     return VolumeInfo(provider=record.provider, provider_id=record.provider_id or "", label=None,
                       size_gb=record.size_gb, placement=record.placement or "",
                       price_per_gb_month=record.price_per_gb_month, region=record.region)
@@ -108,6 +118,9 @@ def create(ledger: Ledger, providers: Providers, request: VolumeRequest, provide
            spec: OfferSpec | None = None) -> VolumeRecord:
     """Create a volume; the ledger has its row before the provider is asked. With `spec` (the user named a GPU),
     a volume tied to one host goes on a host with an offer that fits it now."""
+    from cloudsd.core import offers as offer_choice
+    from cloudsd.names import name_problem
+
     problem = name_problem(request.name)
     if problem:
         raise ConfigError(f"{problem}.")
@@ -132,6 +145,8 @@ def create(ledger: Ledger, providers: Providers, request: VolumeRequest, provide
 
 @dataclass(frozen=True)
 class VolumeRow:
+    """One volume as `volume ls` and `status` show it: the ledger's record and the provider's view."""
+
     record: VolumeRecord | None  # None for a stray
     live: VolumeInfo | None
     cost: VolumeCost | None
@@ -268,6 +283,8 @@ class VolumeLine:
 
 
 def window_cost(record: VolumeRecord, since: float | None, until: float | None, now: float) -> float:
+    from cloudsd.volumes import HOURS_PER_MONTH
+
     start = max(record.created_at, since if since is not None else record.created_at)
     end = min(record.deleted_at or now, until if until is not None else now, now)
     return record.size_gb * record.price_per_gb_month * max(0.0, end - start) / 3600.0 / HOURS_PER_MONTH

@@ -23,7 +23,6 @@ from typing import Any
 from urllib.parse import quote
 
 from cloudsd.errors import CloudsdError, ConfigError, CredentialsError
-from cloudsd.redact import remember
 
 ARGUMENT = "argument"
 
@@ -38,6 +37,8 @@ class KeyFile:
 
 @dataclass(frozen=True)
 class Credential:
+    """A provider's API key and where it was found (the key itself is never in its repr)."""
+
     key: str = field(repr=False)
     source: str  # "argument", "env RUNPOD_API_KEY", "/home/me/.runpod/config.toml"
 
@@ -80,6 +81,8 @@ def resolve(
 
 
 def _found(key: str, source: str) -> Credential:
+    from cloudsd.redact import remember  # only once a key is found: `status` without keys starts without it
+
     remember(key)  # from here on every error line masks it, wherever the key came from
     return Credential(key, source)
 
