@@ -22,8 +22,8 @@ it measures, with every forwarder of a path up at once and each measurement take
   machine where MB/s is not);
 - keep-alive: 200 sequential GET /bench/small (4 KiB, headers and body written separately, as uvicorn
   does) on one HTTP/1.1 connection, after one untimed request; p50 and p99 in ms;
-- concurrent: 1,000 connections opened at once, each fetching /bench/small; how many were served, and
-  the seconds until the last one finished.
+- concurrent: 1,000 connections opened at once, each fetching /bench/small; how many were served, the
+  seconds until the last one finished, and the forwarder's CPU seconds for them (robust to a busy machine).
 
 Prints a table with cloudsd ÷ ssh ratios and the goals, and writes benchmarks/results/tunnel.json.
 The container, the proxy and the forwarders are removed on exit, also on Ctrl-C and SIGTERM. Every wait
@@ -492,8 +492,11 @@ def measure_path(forwarders: list[Forwarder], setup: Setup, ssh_port: int, sizes
                     measure_keepalive(forwarder.port, sizes.keepalive_requests, timeout_s))
         for _ in range(repeat):
             for forwarder in forwarders:
-                runs[forwarder.name]["concurrent"].append(
-                    measure_concurrent(forwarder.port, sizes.concurrent, timeout_s))
+                pid = forwarder.proc.pid if forwarder.proc else 0
+                cpu_before = process_cpu_s(pid)
+                result = measure_concurrent(forwarder.port, sizes.concurrent, timeout_s)
+                result["forwarder_cpu_s"] = process_cpu_s(pid) - cpu_before
+                runs[forwarder.name]["concurrent"].append(result)
                 time.sleep(1)  # let the last connections' threads and channels wind down
     finally:
         for forwarder in started:
@@ -507,6 +510,7 @@ def measure_path(forwarders: list[Forwarder], setup: Setup, ssh_port: int, sizes
             "keepalive_p99_ms": statistics.median(k["p99_ms"] for k in r["keepalive"]),
             "concurrent_served": min(c["served"] for c in r["concurrent"]),
             "concurrent_seconds": statistics.median(c["seconds"] for c in r["concurrent"]),
+            "concurrent_cpu_s": statistics.median(c["forwarder_cpu_s"] for c in r["concurrent"]),
             "runs": r,
             "forwarder_counters": counters.get(name, {}),
         }
@@ -534,6 +538,7 @@ def report(results: dict[str, dict[str, dict[str, Any]]], sizes: Sizes) -> tuple
         ("keep-alive p99 ms", "keepalive_p99_ms", "{:.2f}", True),
         (f"{sizes.concurrent} concurrent: served", "concurrent_served", "{}", False),
         (f"{sizes.concurrent} concurrent: seconds", "concurrent_seconds", "{:.2f}", True),
+        (f"{sizes.concurrent} concurrent: forwarder CPU-s", "concurrent_cpu_s", "{:.2f}", True),
     ]
     for path, by_forwarder in results.items():
         ssh, cl = by_forwarder.get("ssh"), by_forwarder.get("cloudsd")
@@ -629,7 +634,8 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  {name:8} download {r['download_mb_per_s']:.1f} MB/s "
                       f"({r['download_cpu_s_per_gb']:.2f} CPU-s/GB in the forwarder), keep-alive p50 "
                       f"{r['keepalive_p50_ms']:.2f} ms p99 {r['keepalive_p99_ms']:.2f} ms, concurrent "
-                      f"{r['concurrent_served']}/{sizes.concurrent} in {r['concurrent_seconds']:.2f} s", flush=True)
+                      f"{r['concurrent_served']}/{sizes.concurrent} in {r['concurrent_seconds']:.2f} s "
+                      f"({r['concurrent_cpu_s']:.2f} CPU-s in the forwarder)", flush=True)
 
         text, goals = report(results, sizes)
         print()
@@ -647,7 +653,7 @@ def run(args: argparse.Namespace) -> int:
             "ratios_cloudsd_over_ssh": {
                 path: {k: ratio(r["cloudsd"][k], r["ssh"][k])
                        for k in ("download_mb_per_s", "download_cpu_s_per_gb", "keepalive_p50_ms", "keepalive_p99_ms",
-                          "concurrent_seconds")}
+                          "concurrent_seconds", "concurrent_cpu_s")}
                 for path, r in results.items() if "cloudsd" in r and "ssh" in r
             },
             "goals": goals,

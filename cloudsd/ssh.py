@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 from cloudsd.errors import HostKeyMismatch, SSHError
 from cloudsd.machine import SSHEndpoint
@@ -25,7 +26,7 @@ from cloudsd.openssh import host_key_mismatch
 # run the `Match exec` lines of an ssh_config, which cloudsd never reads; paramiko catches the ImportError.
 _blocked = sys.modules.setdefault("invoke", None) is None  # type: ignore[arg-type]
 import paramiko  # noqa: E402
-from paramiko.common import cMSG_CHANNEL_REQUEST  # noqa: E402
+from paramiko.common import cMSG_CHANNEL_OPEN, cMSG_CHANNEL_REQUEST  # noqa: E402
 from paramiko.packet import NeedRekeyException, Packetizer  # noqa: E402
 
 if _blocked:
@@ -41,6 +42,7 @@ PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128
 WINDOW_BYTES = 8 * 1024 * 1024
 MAX_PACKET_BYTES = 32768
 KEEPALIVE_S = 15
+FORWARD_OPEN_TIMEOUT_S = 30.0
 # paramiko starts a rekey after 512 MiB, and its transport thread can deadlock in it: a CHANNEL_CLOSE that
 # arrives before the server's KEXINIT is answered as a user message, which waits for the kex that only that
 # thread can finish (paramiko#822, open); 30 s later the session dies. So never start one from here, as the
@@ -118,11 +120,16 @@ class Connection:
             raise SSHError(f"lost the SSH connection to {self.endpoint} ({exc or type(exc).__name__}).") from None
         return ChannelStream(channel)
 
-    def open_forward_channel(self, port: int, origin: tuple[str, int]) -> paramiko.Channel:
-        """A direct-tcpip channel to 127.0.0.1:`port` on the machine, with a large window."""
-        return self.transport.open_channel(
-            "direct-tcpip", ("127.0.0.1", port), origin, window_size=WINDOW_BYTES, max_packet_size=MAX_PACKET_BYTES,
-            timeout=30,
+    def request_forward_channel(self, port: int, origin: tuple[str, int], *,
+                                signal: ChannelSignal | None = None) -> PendingChannel:
+        """Ask for a direct-tcpip channel to 127.0.0.1:`port` (8 MiB window) and return at once.
+
+        Any number of requests can be in flight together, so a burst of connections (a web UI's page load)
+        pays one round trip for all of them, where opening them one after another pays one each.
+        """
+        return PendingChannel.request(
+            self.transport, "direct-tcpip", ("127.0.0.1", port), origin,
+            window_bytes=WINDOW_BYTES, max_packet_bytes=MAX_PACKET_BYTES, signal=signal,
         )
 
     def open_pty_keeper(self) -> paramiko.Channel:
@@ -173,6 +180,100 @@ class ChannelStream:
 
     def close(self) -> None:
         self.channel.close()
+
+
+class ChannelSignal(Protocol):
+    """What paramiko calls on a channel's event: `set` on the open's answer, on data, EOF and close."""
+
+    def set(self) -> None: ...
+
+    def clear(self) -> None: ...
+
+
+class PendingChannel:
+    """A channel whose CHANNEL_OPEN is on its way to sshd: `outcome()` says whether it opened, `wait()` blocks.
+
+    paramiko's `open_channel` sends the request and then wakes up every 0.1 s until the answer came: with a
+    thousand opens in flight on a 50 ms path that is ten thousand wake-ups a second, each taking the GIL from
+    the threads that move the data. Here the request is sent by the same steps (under the transport's lock: a
+    channel id, the channel registered with its window, an event that paramiko's transport thread sets on
+    the answer, on a refusal and when the connection dies), and nothing polls. The same event is the
+    channel's data event (paramiko sets it on data, EOF and close), so one `signal` tells an event loop
+    everything that happens on the channel; without one, `wait()` sleeps on a threading.Event.
+    """
+
+    def __init__(self, transport: paramiko.Transport, channel: paramiko.Channel, event: threading.Event) -> None:
+        self.transport = transport
+        self.channel = channel  # paramiko keeps its channels in a WeakValueDictionary: this holds it meanwhile
+        self.event = event
+
+    @classmethod
+    def request(cls, transport: paramiko.Transport, kind: str, dest: tuple[str, int], origin: tuple[str, int], *,
+                window_bytes: int, max_packet_bytes: int, signal: ChannelSignal | None = None) -> PendingChannel:
+        if not transport.is_active():
+            raise paramiko.SSHException("SSH session not active")
+        t: Any = transport
+        event = threading.Event()
+        with t.lock:
+            window_bytes = t._sanitize_window_size(window_bytes)
+            max_packet_bytes = t._sanitize_packet_size(max_packet_bytes)
+            chanid = t._next_channel()
+            message = paramiko.Message()
+            message.add_byte(cMSG_CHANNEL_OPEN)
+            message.add_string(kind)
+            message.add_int(chanid)
+            message.add_int(window_bytes)
+            message.add_int(max_packet_bytes)
+            message.add_string(dest[0])
+            message.add_int(dest[1])
+            message.add_string(origin[0])
+            message.add_int(origin[1])
+            channel: Any = paramiko.Channel(chanid)
+            t._channels.put(chanid, channel)
+            t.channel_events[chanid] = signal if signal is not None else event
+            t.channels_seen[chanid] = True
+            channel._set_transport(transport)
+            channel._set_window(window_bytes, max_packet_bytes)
+            if signal is not None:
+                channel.in_buffer.set_event(signal)
+        t._send_user_message(message)
+        return cls(transport, channel, event)
+
+    def outcome(self) -> paramiko.Channel | None:
+        """The channel once sshd opened it; None while it has not answered. SSHException (ChannelException when
+        sshd refused, as when nothing listens on the port) or EOFError when it will not open."""
+        t: Any = self.transport
+        channel: Any = self.channel
+        if channel.active:
+            return self.channel  # opened (and maybe closed again since: its data is still there to read)
+        if channel.closed or t._channels.get(channel.chanid) is not channel or not t.is_active():
+            self.forget()
+            raise t.get_exception() or paramiko.SSHException("Unable to open channel.")
+        return None
+
+    def wait(self, timeout_s: float) -> paramiko.Channel:
+        """Block until `outcome()` is known, or SSHException after `timeout_s`.
+
+        paramiko sets no event when the connection is closed from this side, hence the check every second.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self.event.wait(min(1.0, max(0.0, deadline - time.monotonic())))
+            channel = self.outcome()
+            if channel is not None:
+                return channel
+            if time.monotonic() >= deadline:
+                self.forget()
+                raise paramiko.SSHException("Timeout opening channel.")
+
+    def forget(self) -> None:
+        """Stop waiting for the answer (paramiko then ignores it)."""
+        t: Any = self.transport
+        chanid = self.channel.get_id()
+        with t.lock:
+            t.channel_events.pop(chanid, None)
+            if t._channels.get(chanid) is self.channel:
+                t._channels.delete(chanid)
 
 
 class BufferedReads:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import http.client
+import os
+import socket
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -79,3 +82,88 @@ def test_ui_port_closed_means_closed_connection_not_a_hang(session: Session) -> 
         with pytest.raises((http.client.RemoteDisconnected, ConnectionError)):
             conn.request("GET", "/")
             conn.getresponse()
+
+
+def _raw_get(sock: socket.socket, path: str) -> bytes:
+    """One keep-alive GET on `sock`; returns the body (the stand-in always sends Content-Length)."""
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(65536)
+        assert chunk, "the connection closed before the reply's headers"
+        head += chunk
+    head, _, body = head.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "the connection closed in the middle of the reply"
+        body += chunk
+    return body
+
+
+def test_open_connections_cost_no_thread(session: Session) -> None:
+    # A page load opens dozens of connections and keeps them alive: the tunnel serves them all from one loop.
+    threads_before = threading.active_count()
+    served_before = session.forward.connections_served
+    sockets = [socket.create_connection(("127.0.0.1", session.forward.local_port), timeout=30) for _ in range(150)]
+    try:
+        for sock in sockets:
+            assert len(_raw_get(sock, "/bench/small")) == 4096
+        assert threading.active_count() - threads_before < 10
+        assert session.forward.connections_served - served_before == 150
+        assert all(len(_raw_get(sock, "/bench/small")) == 4096 for sock in sockets)  # still alive, all of them
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def test_many_channel_opens_in_flight_at_once(session: Session) -> None:
+    pending = [session.connection.request_forward_channel(session.forward.remote_port, ("127.0.0.1", 40000 + i))
+               for i in range(40)]  # all asked for before any answer is awaited
+    channels = [p.wait(30) for p in pending]
+    for channel in channels:
+        channel.settimeout(30)
+        channel.sendall(b"GET /bench/small HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    for channel in channels:
+        reply = b""
+        while chunk := channel.recv(65536):
+            reply += chunk
+        assert reply.startswith(b"HTTP/1.1 200") and len(reply.partition(b"\r\n\r\n")[2]) == 4096
+        channel.close()
+
+
+def test_upload_larger_than_sshds_window(session: Session) -> None:
+    # sshd grants a forwarded channel 2 MiB of window; the rest of the body waits for its window adjusts.
+    conn = http.client.HTTPConnection("127.0.0.1", session.forward.local_port, timeout=30)
+    conn.request("POST", "/nowhere", body=os.urandom(9 * 1024 * 1024))
+    response = conn.getresponse()
+    assert response.status == 404  # the stand-in replies once it has read the whole body
+    response.read()
+    conn.request("GET", "/bench/small")  # the same connection: not a byte lost or added
+    response = conn.getresponse()
+    assert response.status == 200 and len(response.read()) == 4096
+    conn.close()
+
+
+def test_half_close_passes_through(session: Session) -> None:
+    with socket.create_connection(("127.0.0.1", session.forward.local_port), timeout=30) as sock:
+        sock.sendall(b"GET /bench/small HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        sock.shutdown(socket.SHUT_WR)  # the UI sees EOF after the request, answers it, then closes
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 200") and len(reply.partition(b"\r\n\r\n")[2]) == 4096
+
+
+def test_closing_the_forward_closes_its_connections(session: Session) -> None:
+    from cloudsd.tunnel import LocalForward
+
+    with LocalForward(session.connection, session.forward.remote_port, 0) as forward:
+        sock = socket.create_connection(("127.0.0.1", forward.local_port), timeout=30)
+        assert len(_raw_get(sock, "/bench/small")) == 4096
+    try:
+        assert sock.recv(1) == b""  # EOF, not a connection left open behind a closed tunnel
+    except ConnectionResetError:
+        pass
+    finally:
+        sock.close()
