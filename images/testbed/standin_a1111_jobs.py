@@ -19,16 +19,13 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import random
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
-from standin_common import HTTPError, Reply, image_size, json_reply, parse_json, png_image
+from standin_common import HTTPError, Reply, image_size, json_reply, parse_json, png_image, step_seconds
 
-STEP_FILE = "/run/cloudsd/standin-step-s"
 VRAM_PIXELS = 4096 * 4096  # more pixels than this in one batch runs the stand-in "GPU" out of memory
 SAMPLERS = [
     ("DPM++ 2M", ["k_dpmpp_2m"]), ("DPM++ SDE", ["k_dpmpp_sde"]), ("DPM++ 2M SDE", ["k_dpmpp_2m_sde"]),
@@ -121,18 +118,6 @@ class A1111Jobs:
                 self.state["interrupted"] = True
         return json_reply({})
 
-    def _step_s(self, pixels: int) -> float:
-        raw = os.environ.get("CLOUDSD_STANDIN_STEP_S")
-        try:
-            raw = Path(STEP_FILE).read_text().strip() or raw
-        except OSError:
-            pass
-        try:
-            per = float(raw) if raw else 0.005
-        except ValueError:
-            per = 0.005
-        return per * pixels / (512 * 512)
-
     # -- txt2img / img2img ----------------------------------------------------------------------------------
     def process(self, body: bytes, *, img2img: bool) -> Reply:
         sent = parse_json(body)
@@ -188,7 +173,7 @@ class A1111Jobs:
             self.state.update(job_count=n_iter, job_no=0, sampling_step=0, sampling_steps=total_steps,
                               interrupted=False, job="scripts_img2img" if img2img else "scripts_txt2img",
                               job_timestamp=time.strftime("%Y%m%d%H%M%S"), time_start=time.time())
-        step_s = self._step_s(final[0] * final[1] * batch)
+        step_s = step_seconds(final[0] * final[1] * batch)
         images: list[bytes] = []
         seeds: list[int] = []
         infotexts: list[str] = []

@@ -26,12 +26,10 @@ import time
 import uuid
 from email.parser import BytesParser
 from email.policy import HTTP
-from pathlib import Path
 from typing import Any
 
-from standin_common import Reply, image_size, json_reply, png_image
+from standin_common import Reply, image_size, json_reply, png_image, step_seconds
 
-STEP_FILE = "/run/cloudsd/standin-step-s"
 VRAM_PIXELS = 4096 * 4096
 MAX_RESOLUTION = 16384
 SAMPLERS = ["euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "heun", "heunpp2", "dpm_2",
@@ -348,18 +346,6 @@ class ComfyJobs:
         self.send("status", {"status": {"exec_info": {"queue_remaining": remaining}}})
 
     # -- running --------------------------------------------------------------------------------------------
-    def _step_s(self, pixels: int) -> float:
-        raw = os.environ.get("CLOUDSD_STANDIN_STEP_S")
-        try:
-            raw = Path(STEP_FILE).read_text().strip() or raw
-        except OSError:
-            pass
-        try:
-            per = float(raw) if raw else 0.005
-        except ValueError:
-            per = 0.005
-        return per * pixels / (512 * 512)
-
     def _worker(self) -> None:
         while True:
             with self.cond:
@@ -411,7 +397,7 @@ class ComfyJobs:
         executed: list[str] = []
         for node_id in samplers:
             steps = int(graph[node_id]["inputs"]["steps"])
-            step_s = self._step_s(width * height * batch)
+            step_s = step_seconds(width * height * batch)
             self.send("executing", {"node": node_id, "display_node": node_id, "prompt_id": prompt_id}, sid)
             for step in range(steps):
                 if step:

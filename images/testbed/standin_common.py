@@ -36,6 +36,22 @@ COMFYUI_FOLDERS = {
     "outputs": "output",
 }
 ACTIVITY_FILE = "/run/cloudsd/ui-activity"
+STEP_FILE = "/run/cloudsd/standin-step-s"  # seconds per sampling step at 512x512; tests write it to slow jobs
+
+
+def step_seconds(pixels: int) -> float:
+    """How long one sampling step of `pixels` takes: STEP_FILE, else $CLOUDSD_STANDIN_STEP_S, else 0.005 s at
+    512x512, scaled by the pixel count."""
+    raw = os.environ.get("CLOUDSD_STANDIN_STEP_S")
+    try:
+        raw = Path(STEP_FILE).read_text().strip() or raw
+    except OSError:
+        pass
+    try:
+        per = float(raw) if raw else 0.005
+    except ValueError:
+        per = 0.005
+    return per * pixels / (512 * 512)
 
 Reply = tuple[int, bytes, str]  # status, body, content type
 Route = Callable[[dict[str, list[str]], bytes], Reply]
