@@ -18,8 +18,9 @@ from cloudsd.core.hold import BudgetGuard, HoldLine, hold
 from cloudsd.core.machines import Providers, QuietReporter, wait_until_running
 from cloudsd.errors import ProvisioningError
 from cloudsd.ledger import EventKind, Ledger, Status
-from cloudsd.machine import CreateRequest, MachineStatus, OfferSpec, SSHEndpoint
+from cloudsd.machine import CreateRequest, MachineStatus, OfferSpec
 from cloudsd.providers.memory import MemoryProvider, World
+from tests.support.memory_machines import running_machine
 
 
 @dataclass
@@ -42,15 +43,7 @@ class StandInSession:
 
 
 def _running(world: World, ledger: Ledger, budget: Budget | None = None, name: str = "box") -> str:
-    world.add_offer("a", price_per_hour=3.6)
-    provider = MemoryProvider()
-    offer = provider.offers(OfferSpec())[0]
-    ledger.reserve(name, "memory", "img")
-    lifecycle.priced(ledger, name, offer, "/nonexistent/key")
-    provider_id = provider.create(offer, CreateRequest(name=name, image="img", public_key="ssh-ed25519 AAAA"))
-    lifecycle.created(ledger, name, provider_id, offer, None)
-    provider.get(provider_id)
-    lifecycle.running(ledger, name, SSHEndpoint("127.0.0.1", 9))
+    provider_id = running_machine(world, ledger, name, price_per_hour=3.6)
     if budget is not None:
         ledger.event(name, EventKind.BUDGET, {"budget": budget.to_dict(), "deadlines": []})
     return provider_id

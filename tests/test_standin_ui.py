@@ -389,6 +389,14 @@ def test_comfyui_bench_and_index(make_ui: Any) -> None:
 # -- as a program ---------------------------------------------------------------------------------------------
 
 
+def _stamp(activity: Path) -> float:
+    """The activity file's time, 0 while it is missing or half-written."""
+    try:
+        return float(activity.read_text())
+    except (OSError, ValueError):
+        return 0.0
+
+
 def test_cli_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [
@@ -445,10 +453,7 @@ def test_the_built_in_extension_records_activity_through_the_app_hook(tmp_path: 
             conn.close()
 
     def stamp() -> float:
-        try:
-            return float(activity.read_text())
-        except (OSError, ValueError):
-            return 0.0
+        return _stamp(activity)
 
     try:
         deadline = time.time() + 3
@@ -503,10 +508,7 @@ def test_the_comfyui_custom_node_records_requests_prompts_and_the_queue(
             conn.close()
 
     def stamp() -> float:
-        try:
-            return float(activity.read_text())
-        except (OSError, ValueError):
-            return 0.0
+        return _stamp(activity)
 
     def wait_past(t: float, limit_s: float = 3.0) -> None:
         deadline = time.time() + limit_s

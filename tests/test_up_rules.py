@@ -13,15 +13,15 @@ from typing import Any
 import pytest
 
 from cloudsd.config import resolve
-from cloudsd.core import lifecycle
 from cloudsd.core.machines import Providers, QuietReporter
 from cloudsd.core.status import status
 from cloudsd.core.teardown import down
 from cloudsd.core.up import MAX_OFFERS_TRIED, UpOptions, up
 from cloudsd.errors import CloudsdError, NoCapacity, ProvisioningError, SSHError
 from cloudsd.ledger import EventKind, Ledger, Status
-from cloudsd.machine import CreateRequest, MachineStatus, OfferSpec, SSHEndpoint
-from cloudsd.providers.memory import MemoryProvider, World
+from cloudsd.machine import MachineStatus
+from cloudsd.providers.memory import World
+from tests.support.memory_machines import running_machine
 
 
 def _up(world: World, *, keep: bool = False, confirm: Any = None, **settings: Any) -> tuple[Ledger, QuietReporter]:
@@ -130,23 +130,9 @@ def test_a_budget_already_used_up_fails_before_anything_is_asked(world: World) -
     assert world.calls == []
 
 
-def _running(world: World, ledger: Ledger, name: str = "box") -> str:
-    """A machine up and running on the memory provider, recorded as `up` records it."""
-    world.add_offer("a")
-    provider = MemoryProvider()
-    offer = provider.offers(OfferSpec())[0]
-    ledger.reserve(name, "memory", "img")
-    lifecycle.priced(ledger, name, offer, "/nonexistent/key")
-    provider_id = provider.create(offer, CreateRequest(name=name, image="img", public_key="ssh-ed25519 AAAA"))
-    lifecycle.created(ledger, name, provider_id, offer, None)
-    provider.get(provider_id)
-    lifecycle.running(ledger, name, SSHEndpoint("127.0.0.1", 9))
-    return provider_id
-
-
 def test_down_destroys_confirms_and_is_safe_to_repeat(world: World) -> None:
     ledger = Ledger()
-    provider_id = _running(world, ledger)
+    provider_id = running_machine(world, ledger)
     providers = Providers(resolve({"provider": "memory"}))
     assert down(["box"], ledger, providers, QuietReporter()) == [("box", "destroyed")]
     assert provider_id not in world.machines
@@ -156,8 +142,8 @@ def test_down_destroys_confirms_and_is_safe_to_repeat(world: World) -> None:
 
 def test_status_records_a_machine_that_went_away_and_one_that_stopped(world: World) -> None:
     ledger = Ledger()
-    gone_id = _running(world, ledger, "gone")
-    stopped_id = _running(world, ledger, "idle")
+    gone_id = running_machine(world, ledger, "gone")
+    stopped_id = running_machine(world, ledger, "idle")
     del world.machines[gone_id]
     world.machines[stopped_id].status = MachineStatus.STOPPED
     rows = {r.name: r for r in status(ledger, Providers(resolve({"provider": "memory"})))}
