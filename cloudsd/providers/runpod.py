@@ -1,4 +1,4 @@
-"""RunPod as a cloudsd provider, over its REST API v2 with plain httpx (no SDK, no GraphQL).
+"""RunPod as a cloudsd provider, over its REST API v2 with plain httpx (no SDK; REST v2 is the only RunPod API it speaks).
 
 Only this module and `runpod_api.py` know RunPod. Catalog rows become `Offer`s here and pods become
 `MachineInfo`s; RunPod's problems become cloudsd errors in `runpod_api`.

@@ -8,7 +8,7 @@ Source of every shape: RunPod's OpenAPI 3.1 document (github:runpod/docs, `api-r
   `errors`) out. A problem is shown as its `detail`, on one line, with the key redacted.
 - Requests are paced from the `RateLimit` header (a window with no requests left waits its reset) and a 429's
   `Retry-After` is honoured (`http.JsonApi`).
-- Nothing here speaks GraphQL: v1 is retired and GraphQL retires in early 2027.
+- Only REST v2 is spoken here: REST v1 is retired, and the older query API retires in early 2027.
 """
 
 from __future__ import annotations
