@@ -233,3 +233,24 @@ def test_a_nul_byte_in_a_name_is_a_reply_not_a_crash(agent: LocalAgent, tmp_path
     assert "null byte" in list(parse_frames(out))[0][0]["missing"]
     code, out = run_stream(path, "recv", frame({"op": "file", "fid": 1, "path": bad, "len": 3}, b"abc"))
     assert code == 3 and json.loads(out.splitlines()[-1])["error"] == "bad-name"
+
+
+@pytest.mark.parametrize(("job", "stdin"), [("recv", b'{"op": "end"}\n'), ("send", b'{"items": []}\n'),
+                                            ("serve", b'{"op": "index", "id": 1, "files": []}\n{"op": "quit"}\n')])
+def test_a_job_starts_without_the_web_or_typing(tmp_path: Path, job: str, stdin: bytes) -> None:
+    """Each data stream and each sync starts a Python on the machine: what it imports is paid per stream (http.client
+    with ssl and email, urllib and typing were most of a stream's start). Only fetch, resolve and refresh need them."""
+    import subprocess
+    import sys
+
+    path = install_agent(tmp_path / "state")
+    # -S: without site, whose imports (this venv's editable finder) would hide the agent's own
+    proc = subprocess.run([sys.executable, "-I", "-S", "-X", "importtime", str(path), job], input=stdin,
+                          capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.decode().splitlines() if "|" in line}
+    assert "cloudsd_agent.main" in imported
+    heavy = {"http.client", "ssl", "email.parser", "urllib.parse", "urllib.request", "typing", "cloudsd_agent.web"}
+    assert not heavy & imported, sorted(heavy & imported)
+    if job != "serve":
+        assert "cloudsd_agent.serve" not in imported

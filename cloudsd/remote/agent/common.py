@@ -8,8 +8,10 @@ import hashlib
 import json
 import os
 import threading
-import urllib.parse
-from typing import Any
+
+TYPE_CHECKING = False  # typing costs a stream's start a few ms; only the type checker needs it
+if TYPE_CHECKING:
+    from typing import Any
 
 CHUNK = 1 << 20
 PARTIAL_SUFFIX = ".partial"
@@ -180,6 +182,7 @@ class Index:
 def origin(url: str) -> str:
     """scheme://host:port, the unit a token belongs to: the laptop (`cloudsd.sync.sources`) pairs a token with
     its origin and the agent sends it only where the origin is equal, so both compute it here."""
+    import urllib.parse  # only fetches need it: a data stream starts without it
     parts = urllib.parse.urlsplit(url)
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)

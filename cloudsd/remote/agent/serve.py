@@ -4,12 +4,10 @@ the request's id, plus `event` lines (download progress) that carry none."""
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import os
 import stat
 import threading
-from typing import Any
 
 from .common import (
     CHUNK,
@@ -25,7 +23,10 @@ from .common import (
     sha256_of,
     write_json,
 )
-from .web import fetch, resolve
+
+TYPE_CHECKING = False  # typing costs a stream's start a few ms; only the type checker needs it
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class Follower(threading.Thread):
@@ -241,6 +242,8 @@ class Serve:
 
     # -- the web: metadata, downloads, and the UI's refresh calls ----------------------------------------
     def op_resolve(self, req: dict[str, Any]) -> dict[str, Any]:
+        from .web import resolve  # http.client, ssl, urllib: only what talks to the web loads them
+
         out = []
         for ref in req["refs"]:
             try:
@@ -251,6 +254,8 @@ class Serve:
 
     def op_fetch(self, req: dict[str, Any]) -> dict[str, Any]:
         """Download several files at once (`parallel` at a time); a `fetched` event as each one ends."""
+        from .web import fetch
+
         items, results = list(req["items"]), {}
         lock = threading.Lock()
 
@@ -281,6 +286,8 @@ class Serve:
 
     def op_refresh(self, req: dict[str, Any]) -> dict[str, Any]:
         """POST each path to the web UI on 127.0.0.1 (A1111's refresh-checkpoints and friends)."""
+        import http.client
+
         statuses: dict[str, Any] = {}
         for path in req["paths"]:
             conn = http.client.HTTPConnection("127.0.0.1", req["port"], timeout=req.get("timeout", 300))

@@ -16,10 +16,13 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Iterator
-from typing import BinaryIO
 
 from .common import CHUNK, Fail, bad_name, emit, os_failure, read_exact_into, widen_pipe, write_all
+
+TYPE_CHECKING = False  # typing costs a stream's start a few ms; only the type checker needs it
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import BinaryIO
 
 
 def run_recv() -> int:
