@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     from cloudsd.machine import SSHEndpoint
     from cloudsd.openssh import Master, Target
     from cloudsd.ssh import connect
+    from cloudsd.sync import timeline
     from cloudsd.sync.agent import Link
     from cloudsd.ui import profile
 
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     if master is not None and args.cold:
         master.exit()
         imported = time.perf_counter()
+    timeline.start()
     connection: Link
     if master is not None:
         master.ensure()
@@ -61,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         connection = connect(endpoint, Path(args.key), args.host_key, deadline_s=30)
     connected = time.perf_counter()
+    timeline.mark("connected")
     ui = profile("a1111")
     result: dict[str, object] = {}
     if args.op == "push":
@@ -96,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"seconds": done - imported, "connect_s": connected - imported, "import_s": imported - started,
                       "cpu_s": usage.ru_utime + usage.ru_stime, "children_cpu_s": children.ru_utime + children.ru_stime,
                       "client": "paramiko" if master is None else "openssh",
-                      "reused": bool(master is not None and master.reused), **result}))
+                      "reused": bool(master is not None and master.reused), **result,
+                      "timeline": [[name, round(at, 4)] for name, at in timeline.marks()]}))
     return 0
 
 

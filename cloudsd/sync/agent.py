@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from cloudsd.errors import SSHError, SyncError
 from cloudsd.machine import SSHEndpoint
+from cloudsd.sync import timeline
 from cloudsd.ui import UIProfile
 
 AGENT_PACKAGE = "cloudsd.remote.agent"
@@ -182,6 +183,7 @@ class Serve:
             self._start()
 
     def _start(self) -> None:
+        timeline.mark("agent-open")
         link = _Link(self.agent.open("serve"))
         self._link = link
         threading.Thread(target=self._read, args=(link,), name="cloudsd-agent-serve", daemon=True).start()
@@ -208,6 +210,7 @@ class Serve:
     def _dispatch(self, link: _Link, message: dict[str, Any]) -> None:
         if "id" in message:
             message["_at"] = time.perf_counter()
+            timeline.mark(f"reply {message['id']}")
             with link.lock:
                 waiting = link.replies.get(message["id"])
             if waiting is not None:
@@ -241,6 +244,7 @@ class Serve:
                 raise self._gone(link)
             link.replies[rid] = waiting
         try:
+            timeline.mark(f"request {rid} {op}")
             self._send(link, {"op": op, "id": rid, **fields})
             reply = waiting.get()  # the reader answers it, or puts None when the channel ends
         finally:

@@ -16,6 +16,7 @@ from typing import Any
 
 from cloudsd.errors import SyncError
 from cloudsd.redact import url_digest
+from cloudsd.sync import timeline
 from cloudsd.sync.agent import Agent, AgentFailure, Link, state_dir_for
 from cloudsd.sync.collect import LocalModel, RefModel, apply_resolved, expand_local, source_failure
 from cloudsd.sync.hashcache import HashCache
@@ -87,6 +88,7 @@ def push_models(link: Link, ui: UIProfile, requests: list[ModelRequest], *,
         try:
             local = [m for r in requests if not r.is_ref for m in expand_local(ui, r, hashes)]
             _no_collisions(local)
+            timeline.mark("listed")
             summary = run.go(local, refs)
         finally:
             run.serve.close()

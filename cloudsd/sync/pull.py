@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudsd.errors import SyncError
+from cloudsd.sync import timeline
 from cloudsd.sync.agent import Agent, Stream, lost_connection
 from cloudsd.sync.plan import SPLIT_BYTES
 from cloudsd.sync.progress import Progress
@@ -68,7 +69,9 @@ class Puller:
                 loads[target].append({"fid": job.fid, "path": job.remote, "size": job.size,
                                       "mtime_ns": job.mtime_ns, "off": offset, "len": length})
         loads = [load for load in loads if load]
+        timeline.mark(f"streams {len(loads)}")
         channels = open_streams(self.agent, "send", len(loads))
+        timeline.mark("streams-opened")
         by_fid = {j.fid: j for j in jobs}
         threads = [threading.Thread(target=self._run, args=(c, load, by_fid), daemon=True)
                    for c, load in zip(channels, loads, strict=True)]
@@ -76,6 +79,7 @@ class Puller:
             thread.start()
         for thread in threads:
             thread.join()
+        timeline.mark("data-received")
         close_quietly(channels)
         if self.errors:
             if not self.agent.active:
@@ -91,6 +95,7 @@ class Puller:
             reader = StreamReader(channel)
             for asked in load:
                 head = json.loads(reader.readline())
+                timeline.once("first-head")
                 job = jobs[int(asked["fid"])]
                 if head.get("fid") != asked["fid"]:
                     job.problem = "the machine answered another file than the one asked for"

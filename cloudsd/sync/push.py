@@ -20,6 +20,7 @@ from typing import Any
 
 from cloudsd.errors import SyncError
 from cloudsd.remote.agent.common import partial_path
+from cloudsd.sync import timeline
 from cloudsd.sync.agent import Agent, AgentFailure, Serve, Stream, lost_connection
 from cloudsd.sync.progress import Progress
 from cloudsd.sync.streams import MEASURE_RTT_BYTES, StreamReader, close_quietly, open_streams, stream_count
@@ -67,6 +68,7 @@ class Pusher:
         if total >= MEASURE_RTT_BYTES and self.agent.rtt_s is None:
             self.serve.measure_rtt()
         count = stream_count(self.agent, "push", total, pieces)
+        timeline.mark(f"streams {count}")
         big = [j for j in jobs if j.big]
         opened: list[Stream] = []
         opener = threading.Thread(target=lambda: opened.extend(self._open(count)), daemon=True)
@@ -77,6 +79,7 @@ class Pusher:
                 job.prefix = job.start
                 self.serve.notify("follow", path=job.final, size=job.size, identity=job.identity, ready=job.start)
         opener.join()
+        timeline.mark("streams-opened")
         if self.errors:
             raise self._error()
         units: queue.Queue[Any] = queue.Queue(maxsize=count + 2)
@@ -88,12 +91,14 @@ class Pusher:
             thread.start()
         for thread in workers:
             thread.join()
+        timeline.mark("data-sent")
         if self.failed.is_set():
             for thread in readers:
                 thread.join(timeout=2)  # the agent's own account of what went wrong may still arrive
             close_quietly(opened)
         for thread in readers:
             thread.join()
+        timeline.mark("data-acked")
         close_quietly(opened)
         if self.errors:
             raise self._error()
@@ -221,6 +226,7 @@ class Pusher:
                     message = json.loads(reader.readline())
                 except EOFError:
                     break
+                timeline.once("first-ack")
                 if "ack" in message:
                     self._acked(jobs[message["ack"]], int(message["off"]), int(message["len"]))
                 elif "wrote" in message:
