@@ -99,3 +99,33 @@ def start_sources(files: list[FakeFile], log_path: str = "") -> tuple[Sources, d
 
 __all__ = ["FakeFile", "LocalAgent", "content", "frame", "install_agent", "parse_frames", "run_stream",
            "start_sources", "TOKEN"]
+
+
+class LocalLink:
+    """A `Link` whose commands run on this computer (`sh -c`), each stream an `openssh.ProcessStream`: the whole
+    sync (agent, streams, verification) with no SSH in between, for tests of what is sent when."""
+
+    receive_window_bytes = send_window_bytes = 2 * 1024 * 1024
+
+    def __init__(self) -> None:
+        from cloudsd.machine import SSHEndpoint
+
+        self.endpoint = SSHEndpoint("127.0.0.1", 22)
+        self.commands: list[str] = []
+
+    @property
+    def active(self) -> bool:
+        return True
+
+    def open_stream(self, command: str) -> Any:
+        from cloudsd.openssh import ProcessStream
+
+        self.commands.append(command)
+        return ProcessStream(subprocess.Popen(["sh", "-c", command.replace("exec python3 ", f"exec {sys.executable} ")],
+                                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                              bufsize=0))
+
+    def run(self, command: str, *, timeout_s: float = 60.0, stdin: bytes | None = None) -> tuple[int, str, str]:
+        self.commands.append(command)
+        proc = subprocess.run(["sh", "-c", command], input=stdin or b"", capture_output=True, timeout=timeout_s)
+        return proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")

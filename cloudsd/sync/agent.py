@@ -233,6 +233,16 @@ class Serve:
         raise SyncError("cloudsd's agent would not start on the machine.")
 
     def _request(self, op: str, fields: dict[str, Any]) -> dict[str, Any]:
+        return self._submit(op, fields)()
+
+    def submit(self, op: str, **fields: Any) -> Callable[[], dict[str, Any]]:
+        """Send a request now and return what waits for its reply: requests sent one after another are
+        answered in order, so a second one sent before the first's reply costs no round trip of its own. Only
+        once the agent runs (after a first `request`)."""
+        assert self._link is not None, "submit comes after a request"
+        return self._submit(op, fields)
+
+    def _submit(self, op: str, fields: dict[str, Any]) -> Callable[[], dict[str, Any]]:
         link = self._link
         assert link is not None
         with self._ids_lock:
@@ -246,15 +256,24 @@ class Serve:
         try:
             timeline.mark(f"request {rid} {op}")
             self._send(link, {"op": op, "id": rid, **fields})
-            reply = waiting.get()  # the reader answers it, or puts None when the channel ends
-        finally:
+        except BaseException:
             with link.lock:
                 link.replies.pop(rid, None)
-        if reply is None:
-            raise self._gone(link)
-        if not reply.get("ok"):
-            raise AgentFailure(reply)
-        return reply
+            raise
+
+        def wait() -> dict[str, Any]:
+            try:
+                reply = waiting.get()  # the reader answers it, or puts None when the channel ends
+            finally:
+                with link.lock:
+                    link.replies.pop(rid, None)
+            if reply is None:
+                raise self._gone(link)
+            if not reply.get("ok"):
+                raise AgentFailure(reply)
+            return reply
+
+        return wait
 
     def measure_rtt(self, samples: int = 3) -> float:
         """The shortest of `samples` `ping` round trips, sent together once the agent runs (so they cost one

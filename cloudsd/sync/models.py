@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import posixpath
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,7 @@ class _Run:
         self.serve = agent.serve(on_event=self._event)
         self.summary = PushSummary()
         self._fetch_keys: dict[str, tuple[str, int]] = {}
+        self._refreshed: Callable[[], dict[str, Any]] | None = None  # a refresh sent right behind a commit
 
     def go(self, local: list[LocalModel], refs: list[RefModel]) -> PushSummary:
         if refs:
@@ -134,13 +136,16 @@ class _Run:
         actions = self._plan(local, remote)
         fetches = [m for m in refs if not self._ref_present(m, remote[m.remote])]
         self._check_disk(actions, fetches, remote, index["free"])
-        self._push(actions)
+        self._push(actions, refresh=not fetches)
         if fetches:
             self._fetch(fetches, remote)
         changed = any(r.outcome in ("sent", "resumed", "fetched") for r in self.summary.results)
-        if changed and self.ui.refresh_calls:
-            reply = self.serve.request("refresh", port=self.ui.internal_port, paths=list(self.ui.refresh_calls))
-            self.summary.refresh = reply["statuses"]
+        statuses = self._refreshed()["statuses"] if self._refreshed is not None else None
+        if changed and statuses is None and self.ui.refresh_calls:
+            statuses = self.serve.request("refresh", port=self.ui.internal_port,
+                                          paths=list(self.ui.refresh_calls))["statuses"]
+        if changed and statuses is not None:
+            self.summary.refresh = statuses
         return self.summary
 
     # -- deciding -----------------------------------------------------------------------------------------
@@ -186,7 +191,9 @@ class _Run:
                     hint="Start a machine with a bigger disk (`cloudsd up --disk N`), or sync fewer models.")
 
     # -- sending ------------------------------------------------------------------------------------------
-    def _push(self, actions: list[tuple[LocalModel, PushAction]], retry: bool = True) -> None:
+    def _push(self, actions: list[tuple[LocalModel, PushAction]], retry: bool = True, refresh: bool = False) -> None:
+        """Send, then commit; with `refresh` (nothing left to fetch after this), the UI's rescan goes right
+        behind the commit, which the agent answers first: one round trip for both."""
         if not actions:
             return
         jobs = [PushJob(i, m.file.key, Path(m.file.path), m.file.remote, m.file.size, m.file.mtime_ns,
@@ -211,7 +218,13 @@ class _Run:
             commits.append({"path": job.final, "size": job.size, "sha256": job.sha256, "mtime_ns": job.mtime_ns,
                             "written_sha256": job.written_sha256})
         again, known = [], []
-        for reply in self.serve.request("commit", files=commits)["files"]:
+        committed = self.serve.submit("commit", files=commits)
+        if refresh and commits and self.ui.refresh_calls:
+            if self._refreshed is not None:
+                self._refreshed()
+            self._refreshed = self.serve.submit("refresh", port=self.ui.internal_port,
+                                                paths=list(self.ui.refresh_calls))
+        for reply in committed()["files"]:
             model, action, job = models[reply["path"]]
             if reply.get("ok"):
                 known.append((job.local, model.stat, str(job.sha256)))
@@ -224,7 +237,7 @@ class _Run:
                 self._local_result(model, "failed", job.sha256, f"{model.file.key}: {reply.get('message')}")
                 self.progress.finish(job.key, "failed")
         self.hashes.put_many(known)
-        self._push(again, retry=False)
+        self._push(again, retry=False, refresh=refresh)
 
     def _fetch(self, fetches: list[RefModel], remote: dict[str, RemoteFile]) -> None:
         self.progress.begin(len(fetches), sum(m.size or m.size_hint or 0 for m in fetches))

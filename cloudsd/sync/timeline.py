@@ -33,3 +33,8 @@ def once(name: str) -> None:
 
 def marks() -> list[tuple[str, float]]:
     return list(_marks or [])
+
+
+def stop() -> None:
+    global _marks
+    _marks = None
