@@ -27,6 +27,7 @@ import stat
 import subprocess
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,11 @@ CIPHERS = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@opens
 SOCKET_PATH_MAX = 104 - 18
 PIPE_BYTES = 1 << 20
 F_SETPIPE_SZ = 1031  # Linux
+# Lines of ssh's DEBUG1 log around one round trip each, logged as the request goes and as its answer comes:
+# the key exchange's reply (plus the server's key agreement, ~1 ms) and the key query (plus an authorized_keys
+# lookup). The shortest is the master's round trip, which the stream count needs (load only lengthens them).
+ROUND_TRIPS = (("expecting SSH2_MSG_KEX_ECDH_REPLY", "SSH2_MSG_KEX_ECDH_REPLY received"),
+               ("Offering public key", "Server accepts key"))
 
 
 def host_key_mismatch(endpoint: SSHEndpoint) -> HostKeyMismatch:
@@ -230,6 +236,7 @@ class Master:
         self.socket_path = folder / target.digest
         self.known_hosts = folder / f"{target.digest}.hosts"
         self.alias = f"cloudsd-{target.digest}"
+        self.rtt_path = folder / f"{target.digest}.rtt"
         self.reused = False  # the master was already running when this command began
 
     @classmethod
@@ -242,19 +249,29 @@ class Master:
             return None
         return cls(ssh, target, folder)
 
-    def options(self) -> list[str]:
+    def options(self, log_level: str = "ERROR") -> list[str]:
         t = self.target
         return ["-F", "/dev/null", "-i", str(t.key_path), "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none",
                 "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
                 "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
                 "-o", f"HostKeyAlias={self.alias}", "-o", "CheckHostIP=no", "-o", "UpdateHostKeys=no",
                 "-o", "ForwardAgent=no", "-o", "ForwardX11=no", "-o", "ClearAllForwardings=yes",
-                "-o", "PermitLocalCommand=no", "-o", "LogLevel=ERROR", "-o", f"Ciphers={CIPHERS}",
+                "-o", "PermitLocalCommand=no", "-o", f"LogLevel={log_level}", "-o", f"Ciphers={CIPHERS}",
                 "-o", f"ControlPath={self.socket_path}", "-p", str(t.endpoint.port), "-l", t.endpoint.user]
 
     @property
     def active(self) -> bool:
         return _alive(self.socket_path)
+
+    @property
+    def rtt_s(self) -> float | None:
+        """The master's round trip, as timed while it connected (None if that could not be read): a sync
+        needs no ping of its own to choose its stream count."""
+        try:
+            rtt = float(self.rtt_path.read_text())
+        except (OSError, ValueError):
+            return None
+        return rtt if 0 <= rtt < 60 else None
 
     def ensure(self, *, timeout_s: float = 30.0) -> None:
         """A running master: the one left by an earlier command, or a new one (connect and auth now).
@@ -266,24 +283,31 @@ class Master:
             return
         self.reused = False
         self.known_hosts.write_text(f"{self.alias} {self.target.host_key}\n")
+        with contextlib.suppress(OSError):
+            self.rtt_path.unlink()
         persist = os.environ.get(PERSIST_ENV, "")
-        argv = [self.ssh, *self.options(), "-o", "ControlMaster=yes",
+        # DEBUG1 (as -o, not -v: with -v the master would keep our stderr after it forks) to time round trips
+        argv = [self.ssh, *self.options("DEBUG1"), "-o", "ControlMaster=yes",
                 "-o", f"ControlPersist={int(persist) if persist.isdigit() else PERSIST_S}",
                 "-o", f"ConnectTimeout={max(1, int(timeout_s / 2))}", "-o", "ServerAliveInterval=15",
                 "-o", "ServerAliveCountMax=3", "-N", "-f", "-T", self.endpoint.host]
         try:
             # -f: the foreground process returns once the master is authenticated and listening
-            result = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout_s)
+            returncode, lines = _run_timed(argv, timeout_s)
         except subprocess.TimeoutExpired:
             raise SSHError(f"the system ssh did not reach {self.endpoint} within {timeout_s:.0f} s.") from None
         except OSError as exc:
             raise SSHError(f"cannot run {self.ssh} ({exc.strerror}).") from None
-        err = result.stderr.decode(errors="replace")
+        err = "\n".join(line for _, line in lines if not line.startswith("debug"))
         if "IDENTIFICATION HAS CHANGED" in err or "Host key verification failed" in err:
             raise host_key_mismatch(self.endpoint)
-        if result.returncode != 0 or not _alive(self.socket_path):
+        if returncode != 0 or not _alive(self.socket_path):
             raise SSHError(f"the system ssh could not connect to {self.endpoint} "
-                           f"({err.strip().splitlines()[-1] if err.strip() else f'exit {result.returncode}'}).")
+                           f"({err.strip().splitlines()[-1] if err.strip() else f'exit {returncode}'}).")
+        rtt = handshake_rtt(lines)
+        if rtt is not None:
+            with contextlib.suppress(OSError):
+                self.rtt_path.write_text(f"{rtt:.6f}")
 
     def _argv(self, command: str) -> list[str]:
         # ControlMaster=no: if the master went away meanwhile, this connects on its own (same trust options)
@@ -316,9 +340,48 @@ class Master:
                            stdin=subprocess.DEVNULL, capture_output=True, timeout=10)
         with contextlib.suppress(OSError):
             self.socket_path.unlink()
+        with contextlib.suppress(OSError):
+            self.rtt_path.unlink()
 
     def close(self) -> None:
         """What a command does when it is done with the link: nothing; the master persists for the next one."""
+
+
+def _run_timed(argv: list[str], timeout_s: float) -> tuple[int, list[tuple[float, str]]]:
+    """Run `argv`; its exit status and each line of its stderr with the time it arrived."""
+    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert process.stderr is not None
+    lines: list[tuple[float, str]] = []
+
+    def read() -> None:
+        assert process.stderr is not None
+        with contextlib.suppress(OSError, ValueError):
+            for raw in process.stderr:
+                lines.append((time.perf_counter(), raw.decode(errors="replace").rstrip("\r\n")))
+
+    reader = threading.Thread(target=read, name="cloudsd-ssh-log", daemon=True)
+    reader.start()
+    try:
+        returncode = process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise
+    finally:
+        reader.join(5)
+        process.stderr.close()
+    return returncode, list(lines)
+
+
+def handshake_rtt(lines: list[tuple[float, str]]) -> float | None:
+    """The shortest round trip among those ssh's DEBUG1 log shows (`ROUND_TRIPS`), or None if none is found."""
+    samples = []
+    for asked, answered in ROUND_TRIPS:
+        sent = next((at for at, line in lines if asked in line), None)
+        got = next((at for at, line in lines if answered in line and sent is not None and at >= sent), None)
+        if sent is not None and got is not None:
+            samples.append(got - sent)
+    return min(samples) if samples else None
 
 
 def end_master(target: Target) -> None:

@@ -20,8 +20,9 @@ from cloudsd import keys
 from cloudsd.errors import HostKeyMismatch
 from cloudsd.ledger import Ledger
 from cloudsd.machine import SSHEndpoint
-from cloudsd.openssh import Master, ProcessStream, Target, _alive, control_dir, end_master
+from cloudsd.openssh import Master, ProcessStream, Target, _alive, control_dir, end_master, handshake_rtt
 from cloudsd.ssh import connect
+from cloudsd.sync import timeline
 from cloudsd.sync.agent import Agent
 from cloudsd.sync.manifest import ModelRequest
 from cloudsd.sync.models import push_models
@@ -85,6 +86,9 @@ def test_system_ssh_streams_carry_push_and_pull_verified(pinned: tuple[Any, Targ
     assert master is not None
     master.ensure()
     assert master.active and not master.reused
+    # the master timed its round trip as it connected: no sync over it pings to choose its stream count
+    assert master.rtt_s is not None and 0 < master.rtt_s < 1
+    timeline.start()
     opened: list[object] = []
     real_open = Agent.open
 
@@ -115,6 +119,28 @@ def test_system_ssh_streams_carry_push_and_pull_verified(pinned: tuple[Any, Targ
     assert {rel: sha((dest / rel).read_bytes()) for rel in outputs} == {rel: sha(d) for rel, d in outputs.items()}
     assert len(opened) == 4 and all(isinstance(s, ProcessStream) for s in opened)
     assert pull_outputs(master, profile("a1111"), dest).pulled == []  # once only, as over paramiko
+    marks = [name for name, _ in timeline.marks()]
+    timeline.stop()
+    assert "streams 3" in marks and "ping" not in marks, marks
+    master.exit()
+    assert not master.rtt_path.exists()
+
+
+def test_the_round_trip_is_read_from_ssh_debug_log() -> None:
+    """OpenSSH 9.2's DEBUG1 lines as a master connected through a 50 ms path (times in seconds): the shortest
+    of the key exchange's and the key query's round trips."""
+    lines = [(0.005, "debug1: Connection established."),
+             (0.141, "debug1: Remote protocol version 2.0, remote software version OpenSSH_9.2p1"),
+             (0.419, "debug1: expecting SSH2_MSG_KEX_ECDH_REPLY"),
+             (0.481, "debug1: SSH2_MSG_KEX_ECDH_REPLY received"),
+             (0.990, "debug1: SSH2_MSG_NEWKEYS sent"),
+             (1.224, "debug1: Offering public key: /k ED25519 SHA256:x explicit"),
+             (1.277, "debug1: Server accepts key: /k ED25519 SHA256:x explicit"),
+             (1.506, 'Authenticated to 127.0.0.1 ([127.0.0.1]:40653) using "publickey".')]
+    assert handshake_rtt(lines) == pytest.approx(0.053)
+    assert handshake_rtt(lines[:4]) == pytest.approx(0.062)
+    assert handshake_rtt([(0.1, "debug1: Server accepts key: /k"), (0.2, "debug1: Offering public key: /k")]) is None
+    assert handshake_rtt([]) is None
 
 
 @pytest.mark.docker

@@ -116,7 +116,8 @@ class Agent:
         self.data, self.name = build_agent()
         self.path = posixpath.join(state_dir, self.name)
         self.execs = 0  # agent runs started: tests and benchmarks count round trips with it
-        self.rtt_s: float | None = None  # the shortest request round trip seen (`Serve.measure_rtt`)
+        # the link's round trip: timed by an OpenSSH master as it connected, else by `Serve.measure_rtt`
+        self.rtt_s: float | None = getattr(self.bulk, "rtt_s", None)
 
     @property
     def active(self) -> bool:
@@ -291,6 +292,7 @@ class Serve:
             for rid in ids:
                 waiting[rid] = link.replies[rid] = queue.Queue()
         lines = b"".join(json.dumps({"op": "ping", "id": rid}).encode() + b"\n" for rid in ids)
+        timeline.mark("ping")
         try:
             sent = time.perf_counter()
             with self._send_lock:

@@ -67,8 +67,8 @@ def pull_outputs(link: Link, ui: UIProfile, dest: Path, *,
                               local={rel: o.size for rel, o in local.items()})
         outputs = [RemoteOutput(f["rel"], f["size"], f["mtime_ns"], f.get("sha256")) for f in reply["files"]]
         actions = plan_pull(outputs, record, local)
-        if sum(a.output.size for a in actions if a.action == "pull") >= MEASURE_RTT_BYTES:
-            serve.measure_rtt()  # how many streams the pull wants
+        if sum(a.output.size for a in actions if a.action == "pull") >= MEASURE_RTT_BYTES and agent.rtt_s is None:
+            serve.measure_rtt()  # how many streams the pull wants (an OpenSSH master timed it as it connected)
     finally:
         serve.close()
     if any(a.action == "hash" for a in actions):

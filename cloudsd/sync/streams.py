@@ -4,8 +4,8 @@ One stream carries at most one window per round trip. The windows are the link's
 channel for data going up; data coming down gets cloudsd's 8 MiB over paramiko and OpenSSH's fixed 2 MiB over
 the system client. So the count follows from the round trip and the window: enough streams that together
 they could carry `TARGET_BYTES_PER_S`. On loopback every extra stream is only overhead (an agent process, an
-SSH channel), so it is one or two there. The round trip is the shortest of several pings
-(`Serve.measure_rtt`), which load only ever lengthens.
+SSH channel), so it is one or two there. The round trip is the one the OpenSSH master timed as it connected
+(`openssh.Master.rtt_s`), else the shortest of several pings (`Serve.measure_rtt`); load only lengthens either.
 """
 
 from __future__ import annotations
