@@ -203,3 +203,28 @@ def test_a_source_file_name_with_control_characters_is_refused(name: str) -> Non
                    Endpoints.from_env({}))
     assert model.failure and "no usable file name" in model.failure and "`file:`" in model.failure
     assert model.remote == ""
+
+
+def test_listing_a_folder_reads_its_cached_digests_in_one_query(tmp_path: Path) -> None:
+    """A re-sync of 1,000 files asked the digest cache 1,000 times; now once per folder named. A file cached
+    after that, a changed file and a sibling folder whose name starts the same are still answered right."""
+    lora = tmp_path / "sd" / "Lora"
+    lora.mkdir(parents=True)
+    sibling = tmp_path / "sd" / "Lora2"
+    sibling.mkdir()
+    files = [lora / f"l{i}.safetensors" for i in range(30)]
+    for path in [*files, sibling / "s.safetensors"]:
+        path.write_bytes(os.urandom(1000))
+    cache = HashCache(tmp_path / "h")
+    cache.put_many([(p, p.stat(), f"sha-{p.name}") for p in [*files, sibling / "s.safetensors"]])
+    files[0].write_bytes(os.urandom(1001))  # changed since it was cached
+    statements: list[str] = []
+    cache._db.set_trace_callback(statements.append)
+    models = expand_local(profile("a1111"), ModelRequest(str(lora)), cache)
+    assert sum(s.lstrip().upper().startswith("SELECT") for s in statements) == 1, statements
+    assert {Path(m.file.path).name: m.file.sha256 for m in models} == {
+        p.name: None if p == files[0] else f"sha-{p.name}" for p in files}
+    assert cache.get(sibling / "s.safetensors", (sibling / "s.safetensors").stat()) == "sha-s.safetensors"
+    cache.put_many([(files[0], files[0].stat(), "sha-new")])
+    assert cache.get(files[0], files[0].stat()) == "sha-new"
+    cache.close()

@@ -57,13 +57,15 @@ def expand_local(ui: UIProfile, request: ModelRequest, hashes: Any) -> list[Loca
     if root.is_file():
         found.append((root, [root.parent.name], root.name))
     else:
+        hashes.load_under(root)  # one query for the folder's cached digests, not one per file
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            # strings, not a Path per step: a re-sync of 1,000 files spent most of its listing in pathlib
+            below = os.path.relpath(dirpath, root)
+            parts = [] if below == os.curdir else below.split(os.sep)
             for name in sorted(filenames):
                 if is_model_file(name):
-                    path = Path(dirpath) / name
-                    relative = path.relative_to(root)
-                    found.append((path, [root.name, *relative.parent.parts], relative.as_posix()))
+                    found.append((Path(dirpath, name), [root.name, *parts], "/".join([*parts, name])))
         if not found:
             raise ConfigError(f"no model files in {root} (looked for .safetensors, .ckpt, .pt, .pth, .bin, …).")
     models = []
