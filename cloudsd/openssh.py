@@ -2,10 +2,10 @@
 machine that outlives each command, and agent streams as `ssh` processes multiplexed over it.
 
 Why: OpenSSH's client receives at about 1 CPU-s/GB where paramiko takes 2 and hands the GIL over once per
-32 KiB packet (benchmarks/README.md), and a master kept for a while (ControlPersist) lets the next command
-skip TCP, key exchange and auth (4-5 round trips). Each stream is an `ssh -S SOCKET` process whose stdin and
-stdout the master takes over (the client passes its descriptors), so the bytes go from the master's socket to
-our pipe with no copy in between.
+32 KiB packet (benchmarks/README.md), and a master kept up (ControlPersist) lets every command skip TCP, key
+exchange and auth (6-8 round trips): `up` and `start` bring it up and it lives as long as the machine. Each
+stream is an `ssh -S SOCKET` process whose stdin and stdout the master takes over (the client passes its
+descriptors), so the bytes go from the master's socket to our pipe with no copy in between.
 
 Trust is the same as paramiko's path: a known_hosts file holding only the pinned key (under an alias, so an
 address reused by another machine cannot match), StrictHostKeyChecking=yes, the machine's own key and no
@@ -28,6 +28,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +38,10 @@ from cloudsd.machine import SSHEndpoint
 
 CLIENT_ENV = "CLOUDSD_SSH_CLIENT"
 PERSIST_ENV = "CLOUDSD_SSH_PERSIST_S"
-PERSIST_S = 600  # a master with no session ends this long after the last one
+# A master lives as long as its machine: `up` and `start` bring it up, `down` and `stop` end it, and it ends by
+# itself when the machine stops answering (ServerAlive: 3 x 15 s). CLOUDSD_SSH_PERSIST_S=N ends it N seconds
+# after its last session instead.
+PERSIST = "yes"
 # OpenSSH gives each session channel a fixed 2 MiB window, whatever we ask: one stream carries 2 MiB per RTT.
 WINDOW_BYTES = 2 * 1024 * 1024
 CIPHERS = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,aes128-ctr,aes256-ctr"
@@ -274,13 +278,21 @@ class Master:
         return rtt if 0 <= rtt < 60 else None
 
     def ensure(self, *, timeout_s: float = 30.0) -> None:
-        """A running master: the one left by an earlier command, or a new one (connect and auth now).
+        """A running master: the one left by an earlier command, or a new one (connect and auth now). Two
+        commands (or `up` warming it while it pushes) that find none start one between them, not two.
 
         HostKeyMismatch when the machine shows another key; SSHError for anything else that failed.
         """
         if _alive(self.socket_path):
             self.reused = True
             return
+        with _locked(self.socket_path.with_name(f"{self.target.digest}.lock"), timeout_s):
+            if _alive(self.socket_path):  # another command started it while this one waited
+                self.reused = True
+                return
+            self._start(timeout_s)
+
+    def _start(self, timeout_s: float) -> None:
         self.reused = False
         self.known_hosts.write_text(f"{self.alias} {self.target.host_key}\n")
         with contextlib.suppress(OSError):
@@ -288,7 +300,7 @@ class Master:
         persist = os.environ.get(PERSIST_ENV, "")
         # DEBUG1 (as -o, not -v: with -v the master would keep our stderr after it forks) to time round trips
         argv = [self.ssh, *self.options("DEBUG1"), "-o", "ControlMaster=yes",
-                "-o", f"ControlPersist={int(persist) if persist.isdigit() else PERSIST_S}",
+                "-o", f"ControlPersist={int(persist) if persist.isdigit() else PERSIST}",
                 "-o", f"ConnectTimeout={max(1, int(timeout_s / 2))}", "-o", "ServerAliveInterval=15",
                 "-o", "ServerAliveCountMax=3", "-N", "-f", "-T", self.endpoint.host]
         try:
@@ -340,11 +352,41 @@ class Master:
                            stdin=subprocess.DEVNULL, capture_output=True, timeout=10)
         with contextlib.suppress(OSError):
             self.socket_path.unlink()
-        with contextlib.suppress(OSError):
-            self.rtt_path.unlink()
+        for path in (self.rtt_path, self.socket_path.with_name(f"{self.target.digest}.lock")):
+            with contextlib.suppress(OSError):
+                path.unlink()
 
     def close(self) -> None:
         """What a command does when it is done with the link: nothing; the master persists for the next one."""
+
+
+@contextlib.contextmanager
+def _locked(path: Path, timeout_s: float) -> Iterator[None]:
+    """An exclusive lock on `path` (made if missing), waited for up to `timeout_s`; without one (a folder
+    that refuses it) the caller goes on unlocked, as before locks."""
+    try:
+        import fcntl
+
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise SSHError("another cloudsd command is still connecting to this machine.",
+                                   hint="Try again in a moment.") from None
+                time.sleep(0.05)
+            except OSError:
+                break
+        yield
+    finally:
+        os.close(fd)
 
 
 def _run_timed(argv: list[str], timeout_s: float) -> tuple[int, list[tuple[float, str]]]:

@@ -175,6 +175,15 @@ def test_sync_commands_share_a_master_that_down_ends_and_paramiko_carries_them_w
     master = Master.for_target(Target(SSHEndpoint(record.ssh_host, record.ssh_port, record.ssh_user or "root"),
                                       Path(record.key_path), record.host_key))
     assert master is not None
+    # `up` brought the master up as soon as SSH answered, with its round trip timed: the first sync reuses it
+    assert master.active and master.rtt_s is not None
+    pid = master_pid(master)
+    warm = tmp_path / "warm"
+    (warm / "Lora").mkdir(parents=True)
+    (warm / "Lora" / "warm.safetensors").write_bytes(os.urandom(MB))
+    assert [r["outcome"] for r in cloudsd_json("sync", "models", "om", str(warm))["results"]] == ["sent"]
+    assert master_pid(master) == pid
+    master.exit()
 
     # no `ssh` on PATH, then the switch: paramiko carries the sync, and no master is left behind
     no_ssh = tmp_path / "bin"
@@ -212,12 +221,32 @@ def test_sync_commands_share_a_master_that_down_ends_and_paramiko_carries_them_w
     assert {r["outcome"] for r in cloudsd_json("sync", "models", "om", str(models))["results"]} == {"present"}
     pid = master_pid(master)
 
+    # `stop` ends it with the machine's sleep; `start` brings a new one up for the machine's next evening
+    assert cloudsd("stop", "om").returncode == 0
+    assert not master.socket_path.exists() and not _gone_within(pid, 10)
+    assert cloudsd("start", "om", "--detach").returncode == 0
+    ledger = Ledger()
+    record = ledger.get("om")
+    ledger.close()
+    master = Master.for_target(Target(SSHEndpoint(record.ssh_host or "", record.ssh_port or 0, record.ssh_user or "root"),
+                                      Path(record.key_path or ""), record.host_key or ""))
+    assert master is not None and master.active
+    pid = master_pid(master)
+
     assert cloudsd("down", "om", "--yes", "--no-outputs").returncode == 0
     assert not master.socket_path.exists()
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
         time.sleep(0.1)
     assert not Path(f"/proc/{pid}").exists()
+
+
+def _gone_within(pid: int, seconds: float) -> bool:
+    """False once process `pid` has ended (within `seconds`), True if it still runs."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+        time.sleep(0.1)
+    return Path(f"/proc/{pid}").exists()
 
 
 def test_control_sockets_live_in_a_private_folder_short_enough_for_a_socket(tmp_path: Path,

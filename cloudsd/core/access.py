@@ -5,13 +5,14 @@ and the wait for the web UI to answer through it; a `Session` is a ready machine
 from __future__ import annotations
 
 import http.client
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from cloudsd import keys
-from cloudsd.errors import HostKeyMismatch, ProvisioningError, SSHError
+from cloudsd.errors import CloudsdError, HostKeyMismatch, ProvisioningError, SSHError
 from cloudsd.ledger import Ledger, MachineRecord
 from cloudsd.machine import SSHEndpoint
 from cloudsd.openssh import Master, Target, end_master
@@ -94,6 +95,22 @@ def open_master(record: MachineRecord, *, timeout_s: float = 30.0) -> Master | N
     except SSHError:
         return None
     return master
+
+
+def warm_master(record: MachineRecord, *, timeout_s: float = 30.0) -> Callable[[], None]:
+    """Start the machine's OpenSSH master in the background (`up`, `start`: as soon as SSH answers, while the
+    web UI starts), so that every later command finds it up; returns what waits for it (call it before this
+    process may exit: the master's start reads ssh's log, and ssh would die writing to a closed pipe). Quiet:
+    a command that needs the master and finds none starts one and says why it could not."""
+    def start() -> None:
+        try:
+            open_master(record, timeout_s=timeout_s)
+        except CloudsdError:
+            pass  # a host key mismatch: the sync that needs the master reports it
+
+    thread = threading.Thread(target=start, name="cloudsd-warm-master", daemon=True)
+    thread.start()
+    return lambda: thread.join(timeout_s + 5)
 
 
 def end_master_of(record: MachineRecord) -> None:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cloudsd.core import lifecycle
-from cloudsd.core.access import Session, end_master_of, reconnect_record, tunnel_to_ready_ui
+from cloudsd.core.access import Session, end_master_of, reconnect_record, tunnel_to_ready_ui, warm_master
 from cloudsd.core.budget import check_new_budget
 from cloudsd.core.cost import session_cost
 from cloudsd.core.guard import arm, plan_of
@@ -125,12 +125,15 @@ def start(name: str, ledger: Ledger, providers: Providers, reporter: Reporter, o
     ui = profile(record.ui or "a1111")
     reporter.phase("ssh", f"connecting to {info.ssh}")
     connection = reconnect_record(record, deadline_s=options.ssh_timeout_s, ledger=ledger)
+    end_master_of(record)  # one left from before the machine slept (stopped by its watchdog) talks to no one
+    master_up = warm_master(ledger.get(name))  # every later command skips connect and auth
     forward = tunnel_to_ready_ui(
         record, connection, ui, options.port or record.local_port or ui.internal_port,
         deadline_s=options.ui_timeout_s, phase=reporter.phase,
         prepare=lambda: resume_installed_ui(connection, ui.name,  # installed on boot: the image starts only sshd
                                             on_progress=lambda text: reporter.phase("install", text)))
     lifecycle.attached(ledger, name, forward.local_port, forward.url)
+    master_up()
     session = Session(ledger.get(name), connection, forward, ui)
     try:
         _rearm(ledger, session, provider, options, reporter)

@@ -18,7 +18,7 @@ from cloudsd import keys
 from cloudsd.config import Settings
 from cloudsd.core import lifecycle, volumes
 from cloudsd.core import offers as offer_choice
-from cloudsd.core.access import Session, tunnel_to_ready_ui
+from cloudsd.core.access import Session, tunnel_to_ready_ui, warm_master
 from cloudsd.core.budget import Budget, check_new_budget, provider_deadline
 from cloudsd.core.guard import arm
 from cloudsd.core.machines import Providers, Reporter, wait_until_running
@@ -279,6 +279,7 @@ def _make_ready(name: str, provider: Provider, provider_id: str, ui: UIProfile, 
                          on_attempt=lambda n, why: reporter.phase("ssh", f"attempt {n}: {why}"))
     lifecycle.host_key_pinned(ledger, name, connection.host_key.text)
     keys.write_known_hosts(pair, info.ssh.host, info.ssh.port, connection.host_key.text)
+    master_up = warm_master(ledger.get(name))  # every later command skips connect and auth
     def install() -> None:
         install_ui(connection, ui.name, choice.cuda or DEFAULT_CUDA, deadline_s=options.install_timeout_s,
                    on_progress=lambda text: reporter.phase("install", text), env=options.env)
@@ -286,5 +287,6 @@ def _make_ready(name: str, provider: Provider, provider_id: str, ui: UIProfile, 
     forward = tunnel_to_ready_ui(ledger.get(name), connection, ui, options.port, deadline_s=options.ui_timeout_s,
                                  phase=reporter.phase, prepare=install if choice.install else None)
     lifecycle.ready(ledger, name, forward.local_port, forward.url)
+    master_up()
     reporter.phase("ready", forward.url)
     return Session(ledger.get(name), connection, forward, ui)
