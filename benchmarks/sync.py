@@ -109,9 +109,10 @@ class Bench:
 
     def cloudsd(self, port: int, op: str, timeout: float, *args: str, tree: Path | None = None) -> dict[str, Any]:
         """One cloudsd operation in its own process; `--cold` in `args` ends the OpenSSH master first. `tree`:
-        another checkout's sync_client.py and cloudsd (`--baseline`), which knows no `--cold`."""
+        another checkout's sync_client.py and cloudsd (`--baseline`); one whose client knows no `--cold` runs
+        without it (over the master this checkout's run left)."""
         client = (tree / "benchmarks" if tree else BENCH_DIR) / "sync_client.py"
-        if tree is not None:
+        if tree is not None and "--cold" not in client.read_text():
             args = tuple(a for a in args if a != "--cold")
         argv = [sys.executable, str(client), op, "--ssh", f"127.0.0.1:{port}",
                 "--key", str(self.key), "--host-key", self.host_key, *args]
@@ -182,7 +183,7 @@ def measure_path(bench: Bench, port: int, path: str, sizes: Sizes, local: dict[s
                 note(f"push_{shape}/cloudsd_warm", report["seconds"], report)
                 if baseline is not None:
                     clean_remote(bench)
-                    report = bench.cloudsd(port, "push", timeout, "--source", str(src), tree=baseline)
+                    report = bench.cloudsd(port, "push", timeout, "--source", str(src), "--cold", tree=baseline)
                     note(f"push_{shape}/baseline", report["seconds"], report)
             if "pull" in only:
                 remote = f"{DATA}/bench-{shape}"
@@ -217,6 +218,8 @@ def measure_path(bench: Bench, port: int, path: str, sizes: Sizes, local: dict[s
             assert report["outcomes"] == ["present"] and report["agent_runs"] == 1, report
             note("noop_small/cloudsd_cold", report["seconds"], report)
             if baseline is not None:
+                # once unmeasured: its agent (another version) replaces this checkout's, an upload not to time
+                bench.cloudsd(port, "push", timeout, "--source", str(local["small"]), tree=baseline)
                 report = bench.cloudsd(port, "push", timeout, "--source", str(local["small"]), tree=baseline)
                 assert report["outcomes"] == ["present"], report
                 note("noop_small/baseline", report["seconds"], report)
