@@ -19,7 +19,7 @@ from cloudsd.core.teardown import down
 from cloudsd.core.up import UpOptions, up
 from cloudsd.errors import SyncError
 from cloudsd.ledger import Ledger
-from cloudsd.sync.agent import build_agent, state_dir_for
+from cloudsd.sync.agent import agent_path, state_dir_for
 from cloudsd.sync.outputs import _place, pull_outputs
 
 
@@ -78,12 +78,12 @@ def test_a_pull_takes_no_more_than_the_machine_listed(machine: Session, tmp_path
     connection = machine.connection
     outputs = _outputs(machine)
     assert connection.run(f"mkdir -p {outputs}/day && head -c 1000 /dev/urandom > {outputs}/day/a.png")[0] == 0
-    _, name = build_agent()
-    agent = posixpath.join(state_dir_for(machine.profile), name)
-    real = posixpath.join(state_dir_for(machine.profile), "real.pyz")
+    agent = agent_path(state_dir_for(machine.profile))
+    real = posixpath.join(state_dir_for(machine.profile), "real")
     pull_outputs(connection, machine.profile, tmp_path / "warmup")  # puts the real agent there
     script = HOSTILE.format(extra=5_000_000, real=real)
-    status, _, err = connection.run(f"mv {agent} {real} && cat > {agent}", stdin=script.encode())
+    status, _, err = connection.run(f"mv {agent} {real} && mkdir {agent} && cat > {agent}/__main__.py",
+                                    stdin=script.encode())
     assert status == 0, err
 
     dest = tmp_path / "pulled"

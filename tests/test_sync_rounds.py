@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from cloudsd.sync import timeline
+from cloudsd.sync.agent import agent_path
 from cloudsd.sync.manifest import ModelRequest
 from cloudsd.sync.models import push_models
 from cloudsd.ui import UIProfile, profile
@@ -82,3 +83,24 @@ def test_nothing_to_send_is_one_request_and_no_refresh(ui: tuple[UIProfile, list
     again = push_models(link, profile_, [ModelRequest(str(tmp_path / "src"))])
     assert again.agent_runs == 1 and again.refresh == {} and seen == []
     assert [r.outcome for r in again.results] == ["present"]
+
+
+def test_the_agent_is_unpacked_with_its_bytecode_compiled_once(ui: tuple[UIProfile, list[tuple[str, list[str]]]],
+                                                              tmp_path: Path) -> None:
+    """A zip cannot hold Python's bytecode cache, so every start of the agent (each sync, each stream) compiled
+    its modules again; unpacked, it is compiled by the machine's python3 at upload, once, and another version's
+    copy is removed."""
+    profile_, _ = ui
+    state = tmp_path / "machine" / ".cloudsd"
+    (state / "agent-0000000000000000.pyz").parent.mkdir(parents=True)
+    (state / "agent-0000000000000000.pyz").write_bytes(b"an older agent")
+    (tmp_path / "src" / "Lora").mkdir(parents=True)
+    (tmp_path / "src" / "Lora" / "a.safetensors").write_bytes(os.urandom(5000))
+    link = LocalLink()
+    assert [r.outcome for r in push_models(link, profile_, [ModelRequest(str(tmp_path / "src"))]).results] == ["sent"]
+    folder = Path(agent_path(str(state)))
+    assert sorted(p.name for p in state.iterdir() if p.name.startswith("agent-")) == [folder.name]
+    cached = {p.name.split(".")[0] for p in (folder / "cloudsd_agent" / "__pycache__").glob("*.pyc")}
+    assert {"main", "common", "serve", "streams", "web"} <= cached
+    again = push_models(link, profile_, [ModelRequest(str(tmp_path / "src"))])
+    assert again.agent_runs == 1 and [r.outcome for r in again.results] == ["present"]

@@ -1,5 +1,7 @@
-"""The agent on the machine, seen from the laptop: built into one zip file, uploaded when missing, run as
-`serve` (requests and replies, one JSON line each) and as `recv`/`send` data streams.
+"""The agent on the machine, seen from the laptop: built into one zip file, uploaded when missing and unpacked
+there into a folder with its bytecode compiled by the machine's own python3 (so no start compiles it again:
+a zip cannot hold a cache, and each stream is a Python start), run as `serve` (requests and replies, one JSON
+line each) and as `recv`/`send` data streams.
 
 A sync with nothing to do costs one `exec`: the `serve` command line itself checks that the agent of this
 version is there (`test -f … || exit 97`), so a missing agent is found by the first request, not by an
@@ -33,6 +35,23 @@ ZIP_MAIN = b"import sys\nfrom cloudsd_agent.main import main\nsys.exit(main(sys.
 MISSING = 97
 STREAM_READ_BYTES = 8 * 1024 * 1024  # all a paramiko channel holds (a smaller read memmoves the rest)
 RESUME_HINT = "Run the same command again: verified files stay, and big files resume where they stopped."
+# Run on the machine by `upload` (python3 3.8+, the zip on stdin): unpack into a temporary folder, compile it,
+# rename it into place (a concurrent upload of the same version may have won: then drop ours), and remove other
+# versions.
+INSTALL = """import compileall, io, os, shutil, sys, zipfile
+folder, name = sys.argv[1], sys.argv[2]
+tmp = os.path.join(folder, ".%s.%d" % (name, os.getpid()))
+zipfile.ZipFile(io.BytesIO(sys.stdin.buffer.read())).extractall(tmp)
+compileall.compile_dir(tmp, quiet=1)
+try:
+    os.rename(tmp, os.path.join(folder, name))
+except OSError:
+    shutil.rmtree(tmp, ignore_errors=True)
+for entry in os.listdir(folder):
+    if entry.startswith("agent-") and entry != name:
+        path = os.path.join(folder, entry)
+        shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
+"""
 
 
 @functools.lru_cache(maxsize=1)
@@ -52,6 +71,11 @@ def build_agent() -> tuple[bytes, str]:
                 add(f"{ZIP_PACKAGE}/{entry.name}", entry.read_bytes())
     data = out.getvalue()
     return data, f"agent-{hashlib.sha256(data).hexdigest()[:16]}.pyz"
+
+
+def agent_path(state_dir: str) -> str:
+    """Where this version of the agent lives on the machine: a folder named after the zip's digest."""
+    return posixpath.join(state_dir, build_agent()[1].removesuffix(".pyz"))
 
 
 def state_dir_for(ui: UIProfile) -> str:
@@ -114,7 +138,7 @@ class Agent:
         self.bulk = bulk or link
         self.state_dir = state_dir
         self.data, self.name = build_agent()
-        self.path = posixpath.join(state_dir, self.name)
+        self.path = agent_path(state_dir)
         self.execs = 0  # agent runs started: tests and benchmarks count round trips with it
         # the link's round trip: timed by an OpenSSH master as it connected, else by `Serve.measure_rtt`
         self.rtt_s: float | None = getattr(self.bulk, "rtt_s", None)
@@ -125,7 +149,7 @@ class Agent:
 
     def command(self, job: str) -> str:
         path = shlex.quote(self.path)
-        return f"test -f {path} || exit {MISSING}; exec python3 -I {path} {job}"
+        return f"test -f {path}/__main__.py || exit {MISSING}; exec python3 -I {path} {job}"
 
     def open(self, job: str, *, bulk: bool = False) -> Stream:
         link = self.bulk if bulk else self.link
@@ -137,11 +161,14 @@ class Agent:
         return stream
 
     def upload(self) -> None:
-        folder, tmp = shlex.quote(self.state_dir), shlex.quote(self.path + ".tmp")
-        command = (f"mkdir -p {folder} && cat > {tmp} && mv -f {tmp} {shlex.quote(self.path)} && "
-                   f"find {folder} -maxdepth 1 -name 'agent-*.pyz' ! -name {shlex.quote(self.name)} -delete")
+        folder = shlex.quote(self.state_dir)
+        command = (f"mkdir -p {folder} && exec python3 -I -c {shlex.quote(INSTALL)} {folder} "
+                   f"{shlex.quote(posixpath.basename(self.path))}")
         status, _, err = self.link.run(command, stdin=self.data, timeout_s=120)
         self.execs += 1
+        if status == 127:
+            raise SyncError("the machine has no python3, which cloudsd's agent needs.",
+                            hint="cloudsd's images have it; install python3 in a foreign image.")
         if status != 0:
             raise SyncError(f"could not put cloudsd's agent into {self.state_dir} on the machine "
                             f"({err.strip() or f'exit {status}'}).")

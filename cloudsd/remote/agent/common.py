@@ -156,8 +156,10 @@ class Index:
         with self.lock:
             self.entries[path] = self.changed[path] = [st.st_size, st.st_mtime_ns, digest]
 
-    def sha256(self, path: str) -> str:
-        st = os.stat(path)
+    def sha256(self, path: str, st: os.stat_result | None = None) -> str:
+        """The file's digest, from the index while its size and mtime are those of `st` (the caller's stat,
+        else one made now), else read now and recorded."""
+        st = st or os.stat(path)
         entry = self.entries.get(path)
         if isinstance(entry, list) and len(entry) == 3 and entry[:2] == [st.st_size, st.st_mtime_ns]:
             return str(entry[2])

@@ -133,7 +133,7 @@ class Serve:
             if st is not None and stat.S_ISREG(st.st_mode):
                 entry.update(size=st.st_size, mtime_ns=st.st_mtime_ns)
                 if item.get("size") == st.st_size or item.get("hash"):
-                    entry["sha256"] = self.index.sha256(final)
+                    entry["sha256"] = self.index.sha256(final, st)
             partial = partial_path(final)
             if os.path.isfile(partial):
                 entry["partial"] = {"size": os.path.getsize(partial), "note": read_json(partial + ".json")}
