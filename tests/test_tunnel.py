@@ -167,3 +167,55 @@ def test_closing_the_forward_closes_its_connections(session: Session) -> None:
         pass
     finally:
         sock.close()
+
+
+_BLOCKS_SERVER = """
+import hashlib, pathlib, socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 7001))
+s.listen()
+pathlib.Path("/tmp/blocks.ready").touch()
+c, _ = s.accept()
+for i in range(768):
+    c.sendall(hashlib.sha256(i.to_bytes(4, "big")).digest() * 1024)
+c.close()
+"""
+
+
+def test_slow_reader_gets_every_byte_in_order_within_the_window(session: Session) -> None:
+    # Each 32 KiB block differs, so a byte written out of turn shows. The reader stalls now and then: the
+    # forward then buffers what the local socket does not take, and hands data over directly again once that
+    # is written out; meanwhile it holds no more than the channel's window (backpressure is sshd's window).
+    import hashlib
+    import time
+
+    from cloudsd.ssh import WINDOW_BYTES
+    from cloudsd.tunnel import LocalForward
+
+    status, _, err = session.connection.run(
+        "rm -f /tmp/blocks.ready && cat > /tmp/blocks.py && (nohup python3 /tmp/blocks.py >/dev/null 2>&1 &)",
+        stdin=_BLOCKS_SERVER.encode())
+    assert status == 0, err
+    deadline = time.monotonic() + 20
+    while session.connection.run("test -e /tmp/blocks.ready")[0] != 0:
+        assert time.monotonic() < deadline, "the block server did not start"
+        time.sleep(0.1)
+    expected = b"".join(hashlib.sha256(i.to_bytes(4, "big")).digest() * 1024 for i in range(768))
+    with LocalForward(session.connection, 7001, 0) as forward:
+        sock = socket.create_connection(("127.0.0.1", forward.local_port), timeout=30)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        got = bytearray()
+        held_most = 0
+        try:
+            while chunk := sock.recv(65536):
+                got += chunk
+                if len(got) // (3 << 20) != (len(got) - len(chunk)) // (3 << 20):
+                    time.sleep(0.5)  # a stall: sshd's window fills up behind the forward
+                    held = sum(len(link.pipe or b"") + len(link.to_client) for link in list(forward._links))
+                    held_most = max(held_most, held)
+        finally:
+            sock.close()
+    assert len(got) == len(expected)
+    assert got == expected
+    assert 0 < held_most <= WINDOW_BYTES
