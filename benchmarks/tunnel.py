@@ -332,6 +332,8 @@ class CloudsdForwarder(Forwarder):
                                          start_new_session=True)
         setup.processes.append(self.proc)
         line = _read_line(self.proc, 60)
+        while line.startswith("py-spy>"):  # a --cloudsd-wrap profiler says hello on the same stdout
+            line = _read_line(self.proc, 60)
         if not line.startswith("listening "):
             stop_process(self.proc)
             raise RuntimeError(f"{self.name} forward did not start (said {line!r})")
