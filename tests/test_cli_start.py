@@ -194,3 +194,31 @@ def test_the_console_script_runs_them_without_garbage_collection(tmp_path: Path)
             "True False", "False True"], out
     ran = cloudsd("version")  # any click command, in this process: untouched
     assert ran.code == 2 and gc.isenabled()
+
+
+@pytest.mark.parametrize("code", [0, 3, 130])
+def test_an_exit_code_set_by_a_command_comes_through(code: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ctx.exit(code)` ends cloudsd with that code, as in click's standalone mode (with standalone_mode=False,
+    which `main` uses, click returns the code instead of exiting); a command's return value is no exit code."""
+    import click
+
+    from cloudsd.cli.commands import LazyGroup, cli
+
+    @click.command()
+    @click.pass_context
+    def exits(ctx: click.Context) -> None:
+        ctx.exit(code)
+
+    @click.command()
+    def returns() -> int:
+        return code
+
+    real = LazyGroup.get_command
+    extra = {"exits": exits, "returns": returns}
+    monkeypatch.setattr(LazyGroup, "get_command", lambda self, ctx, name: extra.get(name) or real(self, ctx, name))
+    assert cloudsd("exits").code == code
+    assert cloudsd("returns").code == 0
+    for name, expected in (("exits", code), ("returns", 0)):  # what click itself does, standalone
+        with pytest.raises(SystemExit) as exc:
+            cli.main([name], prog_name="cloudsd")
+        assert exc.value.code == expected
