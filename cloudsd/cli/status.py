@@ -23,8 +23,9 @@ NO_MACHINES = "No machines. Start one with `cloudsd up`."
 
 
 def show_status(app: App, as_json: bool) -> None:
+    ledger = app.ledger  # opened before the settings are read: a CLOUDSD_HOME that is a file is said so
     clouds = app.providers.configured_clouds()
-    if not clouds and app.ledger.is_empty():
+    if not clouds and ledger.is_empty():
         # Every row comes from the ledger or from an account swept for strays: with neither, there is none to
         # show. A new user's first command, answered without the status and volume rules (core.status,
         # core.volumes and the dataclasses they make at import).
