@@ -61,6 +61,23 @@ def test_status_with_no_machines_imports_no_click(tmp_path: Path) -> None:
         assert not {m for m in modules if m.split(".")[0] in never or m in never}, sorted(modules)
 
 
+def test_status_with_only_ended_machines_imports_no_rules(tmp_path: Path) -> None:
+    """A returning user's `status` with every machine ended: the rows are read, none may bill and none was ended
+    by its watchdog, so the rules behind a row (cost, budgets, reconciling with a provider) are not imported."""
+    from cloudsd.ledger import Ledger
+
+    ledger = Ledger(tmp_path / "cloudsd" / "ledger.sqlite3")
+    ledger.reserve("old", "local", "img")
+    ledger.update("old", status="terminated", terminated_at=1.0)
+    ledger.close()
+    listing = ("cloudsd.core.status", "cloudsd.core.volumes")  # a ledger with rows is listed by these
+    never = (*(m for m in STATUS_NEVER if m not in listing), "json", "cloudsd.core.guard", "cloudsd.core.budget")
+    text, modules = _imported(["status"], tmp_path)
+    assert text == "No machines. Start one with `cloudsd up`.\n"
+    assert set(listing) <= modules
+    assert not {m for m in modules if m.split(".")[0] in never or m in never}, sorted(modules)
+
+
 def _help_by(code: str, columns: int) -> str:
     """What `code` prints in its own process (click's CliRunner would force a width of 80)."""
     env = {**os.environ, "COLUMNS": str(columns)}
