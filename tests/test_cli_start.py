@@ -242,3 +242,17 @@ def test_an_exit_code_set_by_a_command_comes_through(code: int, monkeypatch: pyt
         with pytest.raises(SystemExit) as exc:
             cli.main([name], prog_name="cloudsd")
         assert exc.value.code == expected
+
+
+def test_python_m_cloudsd_runs_it_and_importing_its_main_module_does_not(tmp_path: Path) -> None:
+    """`python -m cloudsd` runs the CLI; importing cloudsd.__main__ (pkgutil.walk_packages, pydoc, a
+    multiprocessing child that imports its parent's main module as `__mp_main__`) runs nothing."""
+    from cloudsd import __version__
+
+    env = {**os.environ, "CLOUDSD_HOME": str(tmp_path / "cloudsd"), "HOME": str(tmp_path)}
+    code = ("import runpy\nrunpy.run_module('cloudsd.__main__', run_name='__mp_main__')\n"
+            "import cloudsd.__main__\nprint('imported')\n")
+    ran = subprocess.run([sys.executable, "-c", code, "status"], capture_output=True, text=True, env=env)
+    assert (ran.returncode, ran.stdout, ran.stderr) == (0, "imported\n", ""), ran
+    ran = subprocess.run([sys.executable, "-m", "cloudsd", "--version"], capture_output=True, text=True, env=env)
+    assert (ran.returncode, ran.stdout) == (0, f"cloudsd, version {__version__}\n"), ran
