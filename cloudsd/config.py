@@ -232,6 +232,9 @@ def read_file(path: Path) -> dict[str, tuple[Any, int]]:
         path.stat()
     except FileNotFoundError:
         return {}
+    except NotADirectoryError:
+        if path.parent == paths.home():  # said as the commands that write there say it, not "cannot read"
+            raise paths.home_is_a_file(path.parent) from None
     except OSError:
         pass  # compose_file says what is wrong with it, in its words
     import yaml
