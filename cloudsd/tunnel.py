@@ -113,10 +113,12 @@ class _ClientPipe(BufferedPipe):  # type: ignore[type-arg]  # generic only in th
     transport thread while that socket takes it.
 
     Only what the socket does not take (a slow reader) is buffered here, and then the loop is woken to write it
-    out: new data queues behind it (`held`) until the loop has written all of it and lets go. Without this every
-    32 KiB packet woke the loop and crossed threads (buffer, lock, doorbell, epoll, a second copy): about 40% of
-    the tunnel's CPU per GB. Backpressure stays sshd's window: bytes sent here are granted back at once, bytes
-    buffered only once the loop has taken them, as `Channel.recv` does.
+    out: new data queues behind it (`held`) until the loop has written all of it and finds nothing more. Without
+    this every 32 KiB packet woke the loop and crossed threads (buffer, lock, doorbell, epoll, a second copy):
+    over a third of the tunnel's CPU per GB. Backpressure is sshd's window, granted back only for bytes the local
+    socket has taken (`Channel.recv` grants them when read, which let a stalled reader's connection hold two
+    windows). The transport thread never waits for a key exchange, which only it can finish: a grant that
+    falls into one is left `owed` to the loop.
     """
 
     def __init__(self, channel: paramiko.Channel, client: socket.socket) -> None:
