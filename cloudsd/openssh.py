@@ -24,6 +24,7 @@ import os
 import shutil
 import socket
 import stat
+import statistics
 import subprocess
 import tempfile
 import threading
@@ -50,9 +51,11 @@ SOCKET_PATH_MAX = 104 - 18
 PIPE_BYTES = 1 << 20
 F_SETPIPE_SZ = 1031  # Linux
 # Lines of ssh's DEBUG1 log around one round trip each, logged as the request goes and as its answer comes:
-# the key exchange's reply (plus the server's key agreement, ~1 ms) and the key query (plus an authorized_keys
-# lookup). The shortest is the master's round trip, which the stream count needs (load only lengthens them).
+# the key exchange's reply (plus the server's key agreement, ~1 ms), the service request (the keys are listed
+# just before it goes; nothing to do for the server) and the key query (plus an authorized_keys lookup). The
+# shortest is the master's round trip, which the stream count needs (load only lengthens them).
 ROUND_TRIPS = (("expecting SSH2_MSG_KEX_ECDH_REPLY", "SSH2_MSG_KEX_ECDH_REPLY received"),
+               ("Will attempt key", "SSH2_MSG_SERVICE_ACCEPT received"),
                ("Offering public key", "Server accepts key"))
 
 
@@ -242,6 +245,7 @@ class Master:
         self.alias = f"cloudsd-{target.digest}"
         self.rtt_path = folder / f"{target.digest}.rtt"
         self.reused = False  # the master was already running when this command began
+        self.log: list[tuple[float, str]] = []  # what ssh logged as this command started the master
 
     @classmethod
     def for_target(cls, target: Target) -> Master | None:
@@ -305,18 +309,18 @@ class Master:
                 "-o", "ServerAliveCountMax=3", "-N", "-f", "-T", self.endpoint.host]
         try:
             # -f: the foreground process returns once the master is authenticated and listening
-            returncode, lines = _run_timed(argv, timeout_s)
+            returncode, self.log = _run_timed(argv, timeout_s)
         except subprocess.TimeoutExpired:
             raise SSHError(f"the system ssh did not reach {self.endpoint} within {timeout_s:.0f} s.") from None
         except OSError as exc:
             raise SSHError(f"cannot run {self.ssh} ({exc.strerror}).") from None
-        err = "\n".join(line for _, line in lines if not line.startswith("debug"))
+        err = "\n".join(line for _, line in self.log if not line.startswith("debug"))
         if "IDENTIFICATION HAS CHANGED" in err or "Host key verification failed" in err:
             raise host_key_mismatch(self.endpoint)
         if returncode != 0 or not _alive(self.socket_path):
             raise SSHError(f"the system ssh could not connect to {self.endpoint} "
                            f"({err.strip().splitlines()[-1] if err.strip() else f'exit {returncode}'}).")
-        rtt = handshake_rtt(lines)
+        rtt = handshake_rtt(self.log)
         if rtt is not None:
             with contextlib.suppress(OSError):
                 self.rtt_path.write_text(f"{rtt:.6f}")
@@ -390,16 +394,22 @@ def _locked(path: Path, timeout_s: float) -> Iterator[None]:
 
 
 def _run_timed(argv: list[str], timeout_s: float) -> tuple[int, list[tuple[float, str]]]:
-    """Run `argv`; its exit status and each line of its stderr with the time it arrived."""
+    """Run `argv`; its exit status and each line of its stderr with the time it was read. Lines read together
+    (this thread was late and they had piled up) share one time: `handshake_rtt` takes no round trip from them."""
     process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     assert process.stderr is not None
     lines: list[tuple[float, str]] = []
 
     def read() -> None:
         assert process.stderr is not None
+        pending = b""
         with contextlib.suppress(OSError, ValueError):
-            for raw in process.stderr:
-                lines.append((time.perf_counter(), raw.decode(errors="replace").rstrip("\r\n")))
+            while chunk := os.read(process.stderr.fileno(), 65536):
+                at = time.perf_counter()
+                *whole, pending = (pending + chunk).split(b"\n")
+                lines.extend((at, raw.decode(errors="replace").rstrip("\r")) for raw in whole)
+        if pending:
+            lines.append((time.perf_counter(), pending.decode(errors="replace")))
 
     reader = threading.Thread(target=read, name="cloudsd-ssh-log", daemon=True)
     reader.start()
@@ -416,14 +426,20 @@ def _run_timed(argv: list[str], timeout_s: float) -> tuple[int, list[tuple[float
 
 
 def handshake_rtt(lines: list[tuple[float, str]]) -> float | None:
-    """The shortest round trip among those ssh's DEBUG1 log shows (`ROUND_TRIPS`), or None if none is found."""
+    """The round trip ssh's DEBUG1 log shows (`ROUND_TRIPS`, each line with the time it was read), or None when
+    it cannot be trusted: fewer than two samples, or samples that disagree (a late reader can shorten one as much
+    as lengthen it; the stream count would then follow a round trip the link does not have). A caller without
+    one measures it another way."""
     samples = []
     for asked, answered in ROUND_TRIPS:
         sent = next((at for at, line in lines if asked in line), None)
-        got = next((at for at, line in lines if answered in line and sent is not None and at >= sent), None)
+        # read in a later chunk than the request (lines read together share a time, which says nothing)
+        got = next((at for at, line in lines if answered in line and sent is not None and at > sent), None)
         if sent is not None and got is not None:
             samples.append(got - sent)
-    return min(samples) if samples else None
+    if len(samples) < 2 or max(samples) - min(samples) > max(0.002, 0.5 * min(samples)):
+        return None
+    return statistics.median(samples)
 
 
 def end_master(target: Target) -> None:
