@@ -5,6 +5,7 @@ taken from the file behind the writes, by a thread of its own."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 from cloudsd.openssh import ProcessStream
 from cloudsd.sync.digest import CHUNK, TrailingDigest
 from cloudsd.sync.streams import StreamReader
+from tests.sync_helpers import frame, install_agent, parse_frames
 
 
 def producer(data: bytes) -> ProcessStream:
@@ -111,3 +113,54 @@ def test_leaving_the_trailing_digest_without_a_digest_stops_its_thread(tmp_path:
         digest.advance(10)
         raise RuntimeError("the writer failed")
     assert not digest._thread.is_alive()
+
+
+# The agent's side: `recv` splices a block's bytes from its stdin pipe into the partial file, `send` hands a file's
+# pages to its stdout with sendfile. Where the kernel refuses (stdin a regular file; stdout opened to append),
+# both read and write instead, with the same bytes.
+
+def run_agent(agent_path: Path, job: str, data: bytes, *, stdin_file: Path | None = None,
+              stdout_file: Path | None = None) -> tuple[int, bytes]:
+    argv = [sys.executable, "-I", str(agent_path), job]
+    out = stdout_file.open("ab") if stdout_file is not None else None
+    try:
+        if stdin_file is None:
+            proc = subprocess.run(argv, input=data, stdout=out or subprocess.PIPE, timeout=60)
+        else:
+            stdin_file.write_bytes(data)
+            with stdin_file.open("rb") as given:
+                proc = subprocess.run(argv, stdin=given, stdout=out or subprocess.PIPE, timeout=60)
+    finally:
+        if out is not None:
+            out.close()
+    return proc.returncode, stdout_file.read_bytes() if stdout_file is not None else proc.stdout
+
+
+@pytest.mark.parametrize("stdin", ["pipe", "file"])
+def test_recv_writes_blocks_bigger_than_its_buffer_from_a_pipe_or_a_file(tmp_path: Path, stdin: str) -> None:
+    agent_path = install_agent(tmp_path / "state")
+    data = os.urandom(3 * (1 << 20) + 999)
+    partial = tmp_path / ".big.partial"
+    partial.write_bytes(bytes(len(data)))
+    cut = (1 << 20) + 5
+    frames = (frame({"op": "data", "fid": 1, "path": str(partial), "off": cut, "len": len(data) - cut}, data[cut:])
+              + frame({"op": "data", "fid": 1, "path": str(partial), "off": 0, "len": cut}, data[:cut]))
+    code, out = run_agent(agent_path, "recv", frames, stdin_file=tmp_path / "in" if stdin == "file" else None)
+    assert code == 0 and [json.loads(x)["off"] for x in out.splitlines()] == [cut, 0]
+    assert partial.read_bytes() == data
+
+
+@pytest.mark.parametrize("stdout", ["pipe", "append-mode-file"])
+def test_send_frames_a_file_through_a_pipe_or_a_file_that_refuses_sendfile(tmp_path: Path, stdout: str) -> None:
+    agent_path = install_agent(tmp_path / "state")
+    source = tmp_path / "a.png"
+    data = os.urandom(2 * (1 << 20) + 77)
+    source.write_bytes(data)
+    item = {"fid": 1, "path": str(source), "size": len(data), "mtime_ns": source.stat().st_mtime_ns,
+            "off": 10, "len": len(data) - 20}
+    code, out = run_agent(agent_path, "send", json.dumps({"items": [item]}).encode() + b"\n",
+                          stdout_file=tmp_path / "out" if stdout != "pipe" else None)
+    assert code == 0
+    (head, body, trailer), end = list(parse_frames(out))
+    assert head == {"fid": 1, "off": 10, "len": len(data) - 20} and body == data[10:-10]
+    assert trailer == {"sha256": hashlib.sha256(body).hexdigest(), "short": False} and end[0] == {"end": True}
