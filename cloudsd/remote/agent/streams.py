@@ -79,7 +79,7 @@ def _write_block(inp: io.BufferedReader[io.FileIO], view: memoryview, fd: int, o
     """The next `length` bytes of the stream into file `fd` at `offset`. What `inp` has buffered is written
     from there; the kernel moves the rest from the pipe into the file (splice, Python 3.10+ on Linux), so the
     bytes never pass through Python. The follower in `serve` hashes them from the file, as it always did."""
-    ahead = inp.peek(1)[:length]  # buffered bytes (one read if none are): the header's read-ahead
+    ahead = inp.peek(1)[:length] if length else b""  # buffered bytes (one read if none): the header's read-ahead
     if ahead:
         _pwrite_all(fd, memoryview(inp.read(len(ahead))), offset)
         offset, length = offset + len(ahead), length - len(ahead)
