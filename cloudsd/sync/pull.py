@@ -1,8 +1,10 @@
 """Pulling files from the machine over `send` streams, each range checked against the machine's sha256.
 
 Files are spread over the streams by size; a big file is cut into one byte range per stream. The agent
-hashes what it sends and puts the digest after the bytes; here the bytes are hashed as they are written to
-a local partial file. Renaming into place is the caller's business, once every range matched.
+hashes what it sends and puts the digest after the bytes; here the bytes of a small range are hashed as they
+are written to a local partial file, and a big range goes from the stream into the file without passing
+through Python (splice, over the system client) and is hashed from the file by a thread just behind the
+writes. Renaming into place is the caller's business, once every range matched.
 
 The machine is not trusted with the laptop's disk: each stream must answer exactly the ranges it was asked for,
 in order, so no file grows past the size the machine listed for it.

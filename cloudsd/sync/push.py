@@ -1,11 +1,13 @@
 """Pushing files to the machine over several `recv` streams at once.
 
-Small files travel whole, one per frame, and the agent hashes each as it writes it. A big file is read once,
-in order, by one thread that hashes it and cuts it into blocks; the blocks go out over all streams, and as
-the machine acks them the contiguous written prefix is reported to the agent's `serve`, whose follower
-hashes the file on the machine just behind the writes. So each file is read once here and once there, and
-checking a big file at the end costs only the last block. Nothing is renamed into place here: the caller
-commits what was sent, and the agent checks each digest first.
+Small files travel whole, one per frame, and the agent hashes each as it writes it. A big file is hashed in
+order by one thread (one reused buffer) that cuts it into blocks; the blocks go out over all streams straight
+from the file (`Stream.send_from_file`: sendfile over the system client, so the kernel hands the cached pages
+to the ssh pipe and Python never copies them), and as the machine acks them the contiguous written prefix is
+reported to the agent's `serve`, whose follower hashes the file on the machine just behind the writes. So
+checking a big file at the end costs only the last block. Bytes that change between their hash and their
+send make the machine's digest differ: the file is refused, never put in place torn. Nothing is renamed into
+place here: the caller commits what was sent, and the agent checks each digest first.
 """
 
 from __future__ import annotations
