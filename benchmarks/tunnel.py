@@ -412,9 +412,10 @@ def make_key(workdir: Path) -> tuple[Path, str]:
     return pair.private_path, pair.public_line
 
 
-def remove_stale_containers(client: Any) -> None:
-    """Containers left by an earlier run of this script that was killed hard (its pid is gone)."""
-    for container in client.containers.list(all=True, filters={"label": f"{LABEL}=tunnel"}):
+def remove_stale_containers(client: Any, kind: str = "tunnel") -> None:
+    """Containers left by an earlier run of a benchmark (`kind`) that was killed hard (its pid is gone); never
+    those of a run still going (another session's, on the same engine)."""
+    for container in client.containers.list(all=True, filters={"label": f"{LABEL}={kind}"}):
         pid = int(container.labels.get(f"{LABEL}.pid", "0") or 0)
         if pid and pid != os.getpid() and not Path(f"/proc/{pid}").exists():
             container.remove(force=True)

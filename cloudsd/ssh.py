@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import socket
 import sys
 import threading
@@ -20,7 +21,7 @@ from typing import Any, Protocol
 
 from cloudsd.errors import HostKeyMismatch, SSHError
 from cloudsd.machine import SSHEndpoint
-from cloudsd.openssh import host_key_mismatch
+from cloudsd.openssh import host_key_mismatch, pwrite_all
 
 # paramiko.config imports `invoke` (and with it unittest.mock: 50-150 ms, a third of paramiko's import) only to
 # run the `Match exec` lines of an ssh_config, which cloudsd never reads; paramiko catches the ImportError.
@@ -165,6 +166,21 @@ class ChannelStream:
             return self.channel.recv(size)
         except paramiko.SSHException as exc:
             raise OSError(str(exc)) from None
+
+    def send_from_file(self, fd: int, offset: int, size: int) -> None:
+        """Send `size` bytes of file `fd` from `offset`; EOFError if the file ends first."""
+        while size:
+            data = os.pread(fd, min(size, 1 << 20), offset)
+            if not data:
+                raise EOFError("the file ended before the bytes asked for")
+            self.sendall(data)
+            offset, size = offset + len(data), size - len(data)
+
+    def recv_into_file(self, fd: int, offset: int, size: int) -> int:
+        """Up to `size` bytes of the stream written to file `fd` at `offset`; 0 at the end."""
+        data = self.recv(size)
+        pwrite_all(fd, data, offset)
+        return len(data)
 
     def shutdown_write(self) -> None:
         self.channel.shutdown_write()
