@@ -6,7 +6,8 @@ Runs each command `--runs` times, alternating, after one untimed warm-up of each
 warm for all), and prints median and p90 wall time, the difference of the medians, and whether the
 medians of `cloudsd --help` and `cloudsd status` are within the goal. `status` runs with an empty
 CLOUDSD_HOME and HOME and no provider keys in the environment: an empty ledger and no cloud to ask, the
-case where nothing but start-up is measured. `--baseline` names another install's interpreter (another
+case where nothing but start-up is measured. `status, ended` runs with a ledger that holds one ended machine
+and nothing else: a returning user with nothing running (the rows are read; none may bill). `--baseline` names another install's interpreter (another
 version of cloudsd, e.g. main's); its `--help` and `status` run in the same rounds, for a before/after.
 Writes benchmarks/results/cli_start.json.
 
@@ -50,6 +51,17 @@ def empty_home_env(env: dict[str, str], home: Path) -> dict[str, str]:
     """The environment with an empty cloudsd home and user home, and no provider keys."""
     clean = {k: v for k, v in env.items() if not k.startswith(("CLOUDSD_", "RUNPOD_", "VAST_"))}
     return {**clean, "CLOUDSD_HOME": str(home / "cloudsd"), "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config")}
+
+
+ENDED_LEDGER = ("from cloudsd.ledger import Ledger\nledger = Ledger()\nledger.reserve('old', 'local', 'img')\n"
+                "ledger.update('old', status='terminated', terminated_at=1.0)\nledger.close()\n")
+
+
+def ended_home_env(python: str, env: dict[str, str], home: Path) -> dict[str, str]:
+    """An empty home as above whose ledger holds one ended machine, written by `python`'s own cloudsd."""
+    ended = empty_home_env(env, home)
+    subprocess.run([python, "-c", ENDED_LEDGER], env=ended, check=True, timeout=RUN_TIMEOUT_S)
+    return ended
 
 
 def install_kind(python: str) -> str:
@@ -102,11 +114,16 @@ def main(argv: list[str] | None = None) -> int:
         "python -c pass": ([args.python, "-c", "pass"], env),
         "cloudsd --help": (cloudsd_command(args.python, "--help"), env),
         "cloudsd status": (cloudsd_command(args.python, "status"), status_env),
+        "cloudsd status, ended": (cloudsd_command(args.python, "status"),
+                                  ended_home_env(args.python, env, Path(tempfile.mkdtemp(prefix="cloudsd-start-ended-")))),
     }
     if args.baseline:
         baseline_home = Path(tempfile.mkdtemp(prefix="cloudsd-start-base-"))
         commands["baseline --help"] = (cloudsd_command(args.baseline, "--help"), env)
         commands["baseline status"] = (cloudsd_command(args.baseline, "status"), empty_home_env(env, baseline_home))
+        commands["baseline status, ended"] = (
+            cloudsd_command(args.baseline, "status"),
+            ended_home_env(args.baseline, env, Path(tempfile.mkdtemp(prefix="cloudsd-start-base-ended-"))))
     samples: dict[str, list[float]] = {name: [] for name in commands}
     cpu_samples: dict[str, list[float]] = {name: [] for name in commands}
     for cmd, cmd_env in commands.values():

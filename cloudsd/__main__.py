@@ -1,3 +1,4 @@
 from cloudsd.cli.main import main
 
-main()
+if __name__ == "__main__":  # `python -m cloudsd`; importing the module (pydoc, pkgutil, a spawned child) runs nothing
+    main()

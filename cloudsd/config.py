@@ -7,16 +7,20 @@ The file is YAML with sections (`timeouts:`, `local:` …); a setting's key is i
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from cloudsd import paths, values
 from cloudsd.durations import parse_duration
 from cloudsd.errors import ConfigError
 from cloudsd.providers import provider_names
 from cloudsd.ui import DEFAULT_REGISTRY
+
+TYPE_CHECKING = False  # `typing` is not imported at run time: `cloudsd status` imports this module
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Any
 
 
 def _to_positive_duration(value: Any) -> float:
@@ -175,7 +179,7 @@ class Resolved:
     source: str  # "flag --port", "env CLOUDSD_PORT", "/home/u/.cloudsd/config.yaml:4", "default"
 
 
-class Settings(Mapping[str, Any]):
+class Settings(Mapping["str", "Any"]):  # quoted: Any is a name for the type checker only
     """The resolved settings; `settings["port"]` is the value, `settings.source("port")` where it came from."""
 
     def __init__(self, resolved: dict[str, Resolved], file: Path) -> None:
@@ -228,6 +232,9 @@ def read_file(path: Path) -> dict[str, tuple[Any, int]]:
         path.stat()
     except FileNotFoundError:
         return {}
+    except NotADirectoryError:
+        if path.parent == paths.home():  # said as the commands that write there say it, not "cannot read"
+            raise paths.home_is_a_file(path.parent) from None
     except OSError:
         pass  # compose_file says what is wrong with it, in its words
     import yaml

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+
+TYPE_CHECKING = False  # `typing` is not imported at run time: `cloudsd status` imports this module
+if TYPE_CHECKING:
+    from typing import Any
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 MAX_SECONDS = 366 * 86400.0  # a year: anything longer is a typo, and overflows dates downstream

@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from enum import Enum
 from pathlib import Path
-from typing import Any
 
 from cloudsd import paths
 from cloudsd.errors import CloudsdError, LedgerError, MachineNotFound
+
+TYPE_CHECKING = False  # `typing` is not imported at run time: `cloudsd status` imports this module
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Any
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS machines (
@@ -356,6 +359,11 @@ class Ledger:
         except sqlite3.OperationalError as exc:  # a full disk, a read-only or locked file
             raise LedgerError(f"cannot write the ledger at {self.path} ({exc}).",
                               hint="Free some disk space (or fix the folder's permissions) and try again.") from exc
+
+    def is_empty(self) -> bool:
+        """No machine and no volume was ever recorded here (a new user's ledger)."""
+        sql = "SELECT NOT EXISTS (SELECT 1 FROM machines) AND NOT EXISTS (SELECT 1 FROM volumes)"
+        return bool(self._db.execute(sql).fetchone()[0])
 
     # -- machines ------------------------------------------------------------------------------------
     def check_free(self, name: str) -> None:

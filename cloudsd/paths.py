@@ -35,14 +35,19 @@ def keys_dir() -> Path:
     return home() / "keys"
 
 
+def home_is_a_file(path: Path) -> ConfigError:
+    """What every command says when cloudsd's folder is a file, whether it was to read or to write there."""
+    return ConfigError(f"{path} is a file, not cloudsd's folder.",
+                       hint="Move it aside, or point CLOUDSD_HOME at a folder.")
+
+
 def ensure_home() -> Path:
     """The config dir, made if missing; ConfigError when it cannot be (a file of that name, no permission)."""
     path = home()
     try:
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
     except FileExistsError:
-        raise ConfigError(f"{path} is a file, not cloudsd's folder.",
-                          hint="Move it aside, or point CLOUDSD_HOME at a folder.") from None
+        raise home_is_a_file(path) from None
     except OSError as exc:
         raise ConfigError(f"cannot make cloudsd's folder {path} ({exc.strerror}).",
                           hint="Point CLOUDSD_HOME at a folder you can write.") from None

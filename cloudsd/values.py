@@ -9,7 +9,10 @@ from __future__ import annotations
 import math
 import re
 import urllib.parse
-from typing import Any
+
+TYPE_CHECKING = False  # `typing` is not imported at run time: `cloudsd status` imports this module
+if TYPE_CHECKING:
+    from typing import Any
 
 MAX_DISK_GB = 10_000
 MAX_PRICE_PER_HOUR = 1_000.0  # USD per hour: no single rented machine costs more

@@ -97,7 +97,8 @@ def test_home_that_is_a_file_or_names_no_user(tmp_path: Path) -> None:
     home.write_text("not a folder")
     code, _, err = run_in_process("init", env={"CLOUDSD_HOME": str(home)})
     assert code == 2 and "is a file" in err and "internal error" not in err, err
-    code, _, err = run_in_process("status", env={"CLOUDSD_HOME": str(home)})
-    assert code != 0 and "internal error" not in err, err
+    for args in (["status"], ["status", "--json"], ["ls"], ["config", "show"], ["offers", "--provider", "local"]):
+        code, _, err = run_in_process(*args, env={"CLOUDSD_HOME": str(home)})
+        assert code == 2 and "is a file, not cloudsd's folder" in err and "internal error" not in err, (args, err)
     code, _, err = run_in_process("status", env={"CLOUDSD_HOME": "~nouser-cloudsd/x"})
     assert code == 2 and "CLOUDSD_HOME" in err and "internal error" not in err, err

@@ -138,3 +138,17 @@ def test_budget_needs_a_limit_and_a_running_machine(world: World) -> None:
     assert ran.code == 2 and "give at least one of --max-time" in ran.err
     ran = cloudsd("budget", "box", "--max-time", "1h")
     assert ran.code == 9 and "no machine named 'box' in the ledger." in ran.err
+
+
+def test_a_machine_its_watchdog_ended_is_listed_for_a_day(world: World) -> None:
+    import time
+
+    ledger = Ledger()
+    for name, ago in (("recent", 60.0), ("old", 2 * 86400.0)):
+        ledger.reserve(name, "memory", "img")
+        ledger.update(name, status="terminated", terminated_at=time.time() - ago,
+                      detail="ended by the watchdog: time budget 1m reached")
+    ledger.close()
+    rows = json.loads(cloudsd("status", "--json").out)
+    assert [(r["name"], r["live"], r["note"]) for r in rows] == [
+        ("recent", "gone", "ended by the watchdog: time budget 1m reached")]

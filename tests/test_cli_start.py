@@ -25,12 +25,15 @@ from tests.test_cli_inprocess import Ran, cloudsd
 # the interpreter), nothing else.
 HELP_IMPORTS = {"cloudsd", "cloudsd.cli", "cloudsd.cli.main", "cloudsd.errors", "cloudsd.cli.help_text", "gc"}
 # `cloudsd status` with no machines and no keys: no click, no rich/yaml/vendor library, nothing that only
-# `--help` or another command needs, and none of the rules and data that only a machine, a volume or a key
-# brings in (each made at import: dataclasses, compiled patterns, threading).
-STATUS_NEVER = ("click", "rich", "yaml", "httpx", "docker", "paramiko", "shutil", "threading",
+# `--help` or another command needs, none of the rules and data that only a machine, a volume or a key
+# brings in (each made at import: dataclasses, compiled patterns, threading), and no `typing` (cloudsd's
+# annotations are strings, its type-only names imported for the type checker alone).
+STATUS_NEVER = ("click", "rich", "yaml", "httpx", "docker", "paramiko", "shutil", "threading", "typing",
+                "cloudsd.core.reporter",
                 "cloudsd.cli.commands", "cloudsd.cli.machines", "cloudsd.cli.params", "cloudsd.cli.help_text",
                 "cloudsd.machine", "cloudsd.core.cost", "cloudsd.core.offers", "cloudsd.core.lifecycle",
-                "cloudsd.names", "cloudsd.redact", "cloudsd.sync", "cloudsd.volumes")
+                "cloudsd.names", "cloudsd.redact", "cloudsd.sync", "cloudsd.volumes",
+                "cloudsd.core.status", "cloudsd.core.volumes")
 
 
 def _imported(args: list[str], home: Path) -> tuple[str, set[str]]:
@@ -56,6 +59,23 @@ def test_status_with_no_machines_imports_no_click(tmp_path: Path) -> None:
         assert text in ("No machines. Start one with `cloudsd up`.\n", "[]\n")
         never = (*STATUS_NEVER, "json") if "--json" not in args else STATUS_NEVER  # no event read, no JSON
         assert not {m for m in modules if m.split(".")[0] in never or m in never}, sorted(modules)
+
+
+def test_status_with_only_ended_machines_imports_no_rules(tmp_path: Path) -> None:
+    """A returning user's `status` with every machine ended: the rows are read, none may bill and none was ended
+    by its watchdog, so the rules behind a row (cost, budgets, reconciling with a provider) are not imported."""
+    from cloudsd.ledger import Ledger
+
+    ledger = Ledger(tmp_path / "cloudsd" / "ledger.sqlite3")
+    ledger.reserve("old", "local", "img")
+    ledger.update("old", status="terminated", terminated_at=1.0)
+    ledger.close()
+    listing = ("cloudsd.core.status", "cloudsd.core.volumes")  # a ledger with rows is listed by these
+    never = (*(m for m in STATUS_NEVER if m not in listing), "json", "cloudsd.core.guard", "cloudsd.core.budget")
+    text, modules = _imported(["status"], tmp_path)
+    assert text == "No machines. Start one with `cloudsd up`.\n"
+    assert set(listing) <= modules
+    assert not {m for m in modules if m.split(".")[0] in never or m in never}, sorted(modules)
 
 
 def _help_by(code: str, columns: int) -> str:
@@ -194,3 +214,45 @@ def test_the_console_script_runs_them_without_garbage_collection(tmp_path: Path)
             "True False", "False True"], out
     ran = cloudsd("version")  # any click command, in this process: untouched
     assert ran.code == 2 and gc.isenabled()
+
+
+@pytest.mark.parametrize("code", [0, 3, 130])
+def test_an_exit_code_set_by_a_command_comes_through(code: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ctx.exit(code)` ends cloudsd with that code, as in click's standalone mode (with standalone_mode=False,
+    which `main` uses, click returns the code instead of exiting); a command's return value is no exit code."""
+    import click
+
+    from cloudsd.cli.commands import LazyGroup, cli
+
+    @click.command()
+    @click.pass_context
+    def exits(ctx: click.Context) -> None:
+        ctx.exit(code)
+
+    @click.command()
+    def returns() -> int:
+        return code
+
+    real = LazyGroup.get_command
+    extra = {"exits": exits, "returns": returns}
+    monkeypatch.setattr(LazyGroup, "get_command", lambda self, ctx, name: extra.get(name) or real(self, ctx, name))
+    assert cloudsd("exits").code == code
+    assert cloudsd("returns").code == 0
+    for name, expected in (("exits", code), ("returns", 0)):  # what click itself does, standalone
+        with pytest.raises(SystemExit) as exc:
+            cli.main([name], prog_name="cloudsd")
+        assert exc.value.code == expected
+
+
+def test_python_m_cloudsd_runs_it_and_importing_its_main_module_does_not(tmp_path: Path) -> None:
+    """`python -m cloudsd` runs the CLI; importing cloudsd.__main__ (pkgutil.walk_packages, pydoc, a
+    multiprocessing child that imports its parent's main module as `__mp_main__`) runs nothing."""
+    from cloudsd import __version__
+
+    env = {**os.environ, "CLOUDSD_HOME": str(tmp_path / "cloudsd"), "HOME": str(tmp_path)}
+    code = ("import runpy\nrunpy.run_module('cloudsd.__main__', run_name='__mp_main__')\n"
+            "import cloudsd.__main__\nprint('imported')\n")
+    ran = subprocess.run([sys.executable, "-c", code, "status"], capture_output=True, text=True, env=env)
+    assert (ran.returncode, ran.stdout, ran.stderr) == (0, "imported\n", ""), ran
+    ran = subprocess.run([sys.executable, "-m", "cloudsd", "--version"], capture_output=True, text=True, env=env)
+    assert (ran.returncode, ran.stdout) == (0, f"cloudsd, version {__version__}\n"), ran

@@ -23,6 +23,17 @@ def test_reserve_update_and_events(tmp_path: Path) -> None:
         ledger.get("nope")
 
 
+def test_empty_means_nothing_was_ever_recorded(tmp_path: Path) -> None:
+    """`status` answers an empty ledger without its rules: a terminated machine or a deleted volume still counts."""
+    machines, volumes = Ledger(tmp_path / "m.db"), Ledger(tmp_path / "v.db")
+    assert machines.is_empty() and volumes.is_empty()
+    machines.reserve("a", "local", "img")
+    machines.update("a", status="terminated", terminated_at=1.0)
+    volumes.reserve_volume("v", "runpod", 10, None)
+    volumes.update_volume("v", status="deleted", deleted_at=1.0)
+    assert not machines.is_empty() and not volumes.is_empty()
+
+
 def test_name_reused_after_termination_keeps_old_session(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path / "l.db")
     ledger.reserve("a", "local", "img")

@@ -6,15 +6,16 @@ and the providers are opened on first use, so a command that needs none of them 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar, cast
-
+TYPE_CHECKING = False  # `typing` is not imported at run time: `cloudsd status` imports this module
 if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import Any, TypeVar
+
     from cloudsd.config import Settings
     from cloudsd.core.machines import Providers
     from cloudsd.ledger import Ledger
 
-F = TypeVar("F", bound=Callable[..., Any])
+    F = TypeVar("F", bound=Callable[..., Any])
 
 
 class App:
@@ -68,6 +69,8 @@ class App:
 def pass_app(func: F) -> F:
     """click's `make_pass_decorator(App, ensure=True)`: the command gets the run's `App` as its first argument.
     click is imported here, not at the top, so `cloudsd status` can open an `App` without it (`main.py`)."""
+    from typing import cast  # with click, which imports typing anyway
+
     import click
 
-    return cast(F, click.make_pass_decorator(App, ensure=True)(func))
+    return cast("F", click.make_pass_decorator(App, ensure=True)(func))

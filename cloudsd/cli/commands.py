@@ -57,6 +57,12 @@ class LazyGroup(click.Group):
         _, cmd, rest = super().resolve_command(ctx, args)
         return (cmd.name if cmd else None), cmd, rest
 
+    def invoke(self, ctx: click.Context) -> None:
+        """A command's return value is no exit code, as in click's standalone mode. `main` runs the group with
+        standalone_mode=False, where click returns either a command's value or the code of a `ctx.exit(code)`
+        (click.exceptions.Exit); with the values dropped here, what it returns is always an exit code."""
+        super().invoke(ctx)
+
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="cloudsd")

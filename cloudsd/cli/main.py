@@ -53,7 +53,9 @@ def main(argv: list[str] | None = None) -> None:
         else:
             from cloudsd.cli.commands import cli
 
-            cli.main(args=argv, prog_name="cloudsd", standalone_mode=False)
+            code = cli.main(args=argv, prog_name="cloudsd", standalone_mode=False)
+            if code:  # a `ctx.exit(code)`: click returns its code instead of exiting (LazyGroup.invoke)
+                sys.exit(code)
     except KeyboardInterrupt:
         import click
 

@@ -11,24 +11,35 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterable
-from typing import Any
 
 from cloudsd.cli.app import App
+
+TYPE_CHECKING = False  # `typing` is not imported at run time: `cloudsd status` imports this module
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import Any
 
 NO_MACHINES = "No machines. Start one with `cloudsd up`."
 
 
 def show_status(app: App, as_json: bool) -> None:
+    ledger = app.ledger  # opened before the settings are read: a CLOUDSD_HOME that is a file is said so
+    clouds = app.providers.configured_clouds()
+    if not clouds and ledger.is_empty():
+        # Every row comes from the ledger or from an account swept for strays: with neither, there is none to
+        # show. A new user's first command, answered without the status and volume rules (core.status,
+        # core.volumes and the dataclasses they make at import).
+        _echo(_json(()) if as_json else NO_MACHINES)
+        return
     from cloudsd.core.status import status as machine_status
 
-    rows = machine_status(app.ledger, app.providers, sweep=app.providers.configured_clouds())
+    rows = machine_status(app.ledger, app.providers, sweep=clouds)
     if as_json:
         _echo(_json(r.to_dict() for r in rows))
         return
     from cloudsd.core.volumes import listing, volume_clouds
 
-    volumes = listing(app.ledger, app.providers, time.time(), sweep=volume_clouds(app.providers.configured_clouds()))
+    volumes = listing(app.ledger, app.providers, time.time(), sweep=volume_clouds(clouds))
     if not rows and not volumes:  # the first thing a new user sees, without loading rich for it
         _echo(NO_MACHINES)
         return

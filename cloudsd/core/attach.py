@@ -5,7 +5,8 @@ from __future__ import annotations
 from cloudsd.core import lifecycle
 from cloudsd.core.access import Session, reconnect_record, tunnel_to_ready_ui
 from cloudsd.core.guard import ensure_watchdog
-from cloudsd.core.machines import Providers, Reporter
+from cloudsd.core.machines import Providers
+from cloudsd.core.reporter import Reporter
 from cloudsd.core.watchdog import WatchdogSettings
 from cloudsd.errors import CloudsdError
 from cloudsd.images import resume_installed_ui

@@ -17,7 +17,8 @@ from cloudsd.core.access import Session
 from cloudsd.core.budget import Deadline, use
 from cloudsd.core.cost import SessionCost, session_cost
 from cloudsd.core.guard import plan_of
-from cloudsd.core.machines import Providers, Reporter
+from cloudsd.core.machines import Providers
+from cloudsd.core.reporter import Reporter
 from cloudsd.core.teardown import down
 from cloudsd.core.watchdog import Reading, read
 from cloudsd.errors import CloudsdError

@@ -6,9 +6,7 @@ ledger row as the provider sees it now. Getting into a machine (SSH, the tunnel,
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
-from typing import TYPE_CHECKING, Protocol
+from contextlib import contextmanager
 
 from cloudsd.config import Settings
 from cloudsd.errors import CloudsdError, ProviderError, ProvisioningError, RateLimited
@@ -16,7 +14,10 @@ from cloudsd.ledger import Ledger, MachineRecord, Status
 from cloudsd.providers import Provider, cloud_names, get_provider
 from cloudsd.providers.credentials import has_key
 
+TYPE_CHECKING = False  # `typing` is not imported at run time: `cloudsd status` imports this module
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
     from cloudsd.machine import MachineInfo
     from cloudsd.sync.progress import Progress
 
@@ -26,20 +27,8 @@ if TYPE_CHECKING:
 POLL_S = 1.0
 
 
-class Reporter(Protocol):
-    """How core code tells the user what it is doing; the CLI draws it, tests record it."""
-
-    def phase(self, name: str, detail: str = "") -> None: ...
-
-    def note(self, message: str) -> None: ...
-
-    def transfer(self) -> AbstractContextManager[Progress]:
-        """Progress for a transfer (the models `up --models` pushes); phases pause while it is drawn."""
-        ...
-
-
 class QuietReporter:
-    """A reporter that draws nothing and keeps the lines (tests read them)."""
+    """A `Reporter` (core/reporter.py) that draws nothing and keeps the lines (tests read them)."""
 
     def __init__(self) -> None:
         self.lines: list[str] = []

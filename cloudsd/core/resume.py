@@ -23,7 +23,8 @@ from cloudsd.core.access import Session, end_master_of, reconnect_record, tunnel
 from cloudsd.core.budget import check_new_budget
 from cloudsd.core.cost import session_cost
 from cloudsd.core.guard import arm, plan_of
-from cloudsd.core.machines import POLL_S, Providers, Reporter, refresh_record
+from cloudsd.core.machines import POLL_S, Providers, refresh_record
+from cloudsd.core.reporter import Reporter
 from cloudsd.core.watchdog import WatchdogSettings
 from cloudsd.errors import BudgetError, CloudsdError, ProvisioningError, ResumeRefused
 from cloudsd.images import resume_installed_ui

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING
 
 from cloudsd.errors import CloudsdError, ConfigError
 from cloudsd.ledger import Ledger, MachineRecord, Status
 
+TYPE_CHECKING = False  # `typing` is not imported at run time: `cloudsd status` imports this module
 if TYPE_CHECKING:
     from cloudsd.core.cost import Event, SessionCost
     from cloudsd.core.guard import Plan
@@ -151,48 +151,53 @@ def status(ledger: Ledger, providers: Providers, *, sweep: tuple[str, ...] = ())
 
 def _ledger_rows(ledger: Ledger, providers: Providers, now: float) -> list[StatusRow]:
     """The active machines, asked of their providers, and those the watchdog ended in the last day."""
-    # The rules behind a row (cost, budgets, reconciling with the provider) load only when the ledger holds a
-    # machine: `status` on an empty ledger, every new user's first command, starts without them.
-    from cloudsd.core import lifecycle
-    from cloudsd.core.cost import session_cost
-    from cloudsd.core.guard import plan_of
-    from cloudsd.machine import MachineStatus
-
-    rows: list[StatusRow] = []
-    for record in ledger.machines(active_only=True):
-        live, note = "unknown", ""
-        try:
-            provider = providers.get(record.provider)
-            info = provider.get(record.provider_id) if record.provider_id else None
-            if record.provider_id and info is None:
-                note, live = lifecycle.reconcile(ledger, record, None, provider, now=now), "gone"
-            elif info is not None:
-                live = info.status.value + (f" ({info.detail})" if info.detail and info.detail != info.status.value
-                                            else "")
-                if info.status is MachineStatus.STOPPED and record.status in (Status.RUNNING, Status.BOOTING):
-                    note = lifecycle.reconcile(ledger, record, info.status, provider, now=now)
-                elif info.status is MachineStatus.RUNNING and record.status is Status.STOPPED:
-                    lifecycle.resumed(ledger, record)
-            else:
-                live = "not created"
-        except CloudsdError as exc:
-            live = f"unreachable: {exc.message}"
-            if isinstance(exc, ConfigError):  # a provider this version does not know: say so, under the table too
-                note = f"needs attention: {exc.message}; it may still bill there: end it in that provider's console"
-        record, events = ledger.session(record.name)
-        if not note and record.status is Status.STOPPED:
-            note = record.detail
-        row = _row(record, live, session_cost(record, events, now), note, events, now)
-        plan = plan_of(events)
-        if plan is not None and plan.script and plan.budget.enforced and record.status is Status.RUNNING \
-                and live.startswith("running"):
-            row = _with_watchdog(row, record, plan, events, now)
-        rows.append(row)
+    rows = [_active_row(ledger, providers, record, now) for record in ledger.machines(active_only=True)]
     listed = {(r.provider, r.provider_id) for r in rows}
     for record in ledger.machines():
         recent = record.terminated_at is not None and now - record.terminated_at < RECENT_S
         if (record.status is Status.TERMINATED and recent and record.detail.startswith("ended by the watchdog")
                 and (record.provider, record.provider_id) not in listed):
+            from cloudsd.core.cost import session_cost
+
             record, events = ledger.session(record.name)
             rows.append(_row(record, "gone", session_cost(record, events, now), record.detail))
     return rows
+
+
+def _active_row(ledger: Ledger, providers: Providers, record: MachineRecord, now: float) -> StatusRow:
+    """A machine that may still bill, as its provider sees it now (recorded when that changed meanwhile)."""
+    # The rules behind a row (cost, budgets, reconciling with the provider) load only when the ledger holds a
+    # machine that may bill: `status` on an empty ledger, or with every machine ended, starts without them.
+    from cloudsd.core import lifecycle
+    from cloudsd.core.cost import session_cost
+    from cloudsd.core.guard import plan_of
+    from cloudsd.machine import MachineStatus
+
+    live, note = "unknown", ""
+    try:
+        provider = providers.get(record.provider)
+        info = provider.get(record.provider_id) if record.provider_id else None
+        if record.provider_id and info is None:
+            note, live = lifecycle.reconcile(ledger, record, None, provider, now=now), "gone"
+        elif info is not None:
+            live = info.status.value + (f" ({info.detail})" if info.detail and info.detail != info.status.value
+                                        else "")
+            if info.status is MachineStatus.STOPPED and record.status in (Status.RUNNING, Status.BOOTING):
+                note = lifecycle.reconcile(ledger, record, info.status, provider, now=now)
+            elif info.status is MachineStatus.RUNNING and record.status is Status.STOPPED:
+                lifecycle.resumed(ledger, record)
+        else:
+            live = "not created"
+    except CloudsdError as exc:
+        live = f"unreachable: {exc.message}"
+        if isinstance(exc, ConfigError):  # a provider this version does not know: say so, under the table too
+            note = f"needs attention: {exc.message}; it may still bill there: end it in that provider's console"
+    record, events = ledger.session(record.name)
+    if not note and record.status is Status.STOPPED:
+        note = record.detail
+    row = _row(record, live, session_cost(record, events, now), note, events, now)
+    plan = plan_of(events)
+    if plan is not None and plan.script and plan.budget.enforced and record.status is Status.RUNNING \
+            and live.startswith("running"):
+        row = _with_watchdog(row, record, plan, events, now)
+    return row

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from cloudsd.core import lifecycle
 from cloudsd.core.access import end_master_of
-from cloudsd.core.machines import Providers, Reporter, destroy_and_confirm, refresh_record
+from cloudsd.core.machines import Providers, destroy_and_confirm, refresh_record
+from cloudsd.core.reporter import Reporter
 from cloudsd.core.sync import save_outputs
 from cloudsd.errors import (
     CloudsdError,

@@ -21,7 +21,8 @@ from cloudsd.core import offers as offer_choice
 from cloudsd.core.access import Session, tunnel_to_ready_ui
 from cloudsd.core.budget import Budget, check_new_budget, provider_deadline
 from cloudsd.core.guard import arm
-from cloudsd.core.machines import Providers, Reporter, wait_until_running
+from cloudsd.core.machines import Providers, wait_until_running
+from cloudsd.core.reporter import Reporter
 from cloudsd.core.sync import disk_gb_for, push_to
 from cloudsd.core.teardown import TryNextOffer, ended_unless_ready
 from cloudsd.core.watchdog import WatchdogSettings

@@ -12,16 +12,18 @@ Rules, all pure except the three commands at the end:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
 
 from cloudsd.core.machines import Providers
 from cloudsd.errors import CloudsdError, ConfigError, NoCapacity
 from cloudsd.ledger import Ledger, VolumeRecord, VolumeStatus
 from cloudsd.providers import Provider, provider_class, provider_names
 
+TYPE_CHECKING = False  # `typing` is not imported at run time: `cloudsd status` imports this module
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Sequence
+    from typing import Any
+
     from cloudsd.machine import Offer, OfferSpec
     from cloudsd.volumes import VolumeInfo, VolumeRequest
 

@@ -10,11 +10,13 @@ import importlib
 import os
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
 
 from cloudsd.errors import ConfigError
 
+TYPE_CHECKING = False  # `typing` is not imported at run time: `cloudsd status` imports this module
 if TYPE_CHECKING:
+    from typing import Any
+
     from cloudsd.machine import CreateRequest, MachineInfo, Offer, OfferSpec
     from cloudsd.volumes import VolumeInfo, VolumeRequest
 

@@ -16,13 +16,16 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 from cloudsd.errors import CloudsdError, ConfigError, CredentialsError
+
+TYPE_CHECKING = False  # `typing` is not imported at run time: `cloudsd status` imports this module
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+    from typing import Any
 
 ARGUMENT = "argument"
 
