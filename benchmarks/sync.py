@@ -42,7 +42,13 @@ if __package__ in (None, ""):
 
 from benchmarks._common import BENCH_DIR, MB, TESTBED_IMAGE, machine_info, require, table, write_json
 from benchmarks.delay_proxy import spawn_proxy
-from benchmarks.tunnel import make_key, pin_host_key, published_ssh_port, stop_process
+from benchmarks.tunnel import (
+    make_key,
+    pin_host_key,
+    published_ssh_port,
+    remove_stale_containers,
+    stop_process,
+)
 
 IMAGE = TESTBED_IMAGE
 LABEL = "cloudsd.bench"
@@ -303,8 +309,7 @@ def run(args: argparse.Namespace) -> int:
     only = set(args.only.split(","))
     require(["ssh", "scp", "rsync"])
     client = docker.from_env()
-    for old in client.containers.list(all=True, filters={"label": f"{LABEL}=sync"}):
-        old.remove(force=True)
+    remove_stale_containers(client, "sync")
     workdir = Path(tempfile.mkdtemp(prefix="cloudsd-bench-sync-"))
     container, processes = None, []
     paths_seen: list[tuple[int, str]] = []
@@ -312,7 +317,7 @@ def run(args: argparse.Namespace) -> int:
         key_path, public_line = make_key(workdir)
         container = client.containers.run(
             IMAGE, detach=True, name=f"cloudsd-bench-sync-{os.getpid()}", environment={"PUBLIC_KEY": public_line},
-            labels={LABEL: "sync"}, ports={"22/tcp": ("127.0.0.1", None)}, network=ensure_test_network(client))
+            labels={LABEL: "sync", f"{LABEL}.pid": str(os.getpid())}, ports={"22/tcp": ("127.0.0.1", None)}, network=ensure_test_network(client))
         ssh_port = published_ssh_port(container)
         host_key = pin_host_key(ssh_port, key_path)
         paths = {"loopback": ssh_port}

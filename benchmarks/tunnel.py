@@ -1,6 +1,7 @@
 """cloudsd's tunnel beside `ssh -N -L`, in the same run, on loopback and at 50 ms round-trip time.
 
     .venv/bin/python benchmarks/tunnel.py [--quick] [--skip-rtt] [--repeat N] [--only cloudsd|ssh]
+        [--baseline DIR]
 
 Boots one container of the test image (`cloudsd-testbed:latest`: sshd plus a stand-in web UI on
 127.0.0.1:7860 inside), published on 127.0.0.1 only, on the `cloudsd-test` network, with a key made for
@@ -14,6 +15,8 @@ and for each forwarder
 - ssh: OpenSSH `ssh -N -L` with aes128-gcm@openssh.com and the pinned host key;
 - cloudsd: `cloudsd.ssh.connect` + `cloudsd.tunnel.LocalForward`, in a process of its own
   (benchmarks/cloudsd_forward.py), as `cloudsd tunnel` runs beside a browser;
+- baseline (with `--baseline DIR`): the same from another checkout (`git archive main | tar -x -C DIR`), so a
+  change is measured against what it changes in the same rounds;
 
 it measures, with every forwarder of a path up at once and each measurement taken in turn for each
 (so load that comes and goes on the machine touches both alike; `--repeat N` gives medians of N):
@@ -309,24 +312,31 @@ class Forwarder:
 class CloudsdForwarder(Forwarder):
     name = "cloudsd"
 
-    def __init__(self, wrap: list[str] | None = None) -> None:
+    def __init__(self, wrap: list[str] | None = None, tree: Path | None = None) -> None:
+        """`tree`: another checkout (`--baseline`), whose cloudsd_forward.py imports that checkout's cloudsd."""
         self.wrap = wrap or []
+        self.tree = tree
+        if tree is not None:
+            self.name = "baseline"
         self.log_path = Path(os.devnull)
 
     def start(self, setup: Setup, ssh_port: int) -> int:
         self.port = free_port()
-        cmd = [*self.wrap, sys.executable, str(BENCH_DIR / "cloudsd_forward.py"), "--ssh", f"127.0.0.1:{ssh_port}",
+        script = (self.tree / "benchmarks" if self.tree is not None else BENCH_DIR) / "cloudsd_forward.py"
+        cmd = [*self.wrap, sys.executable, str(script), "--ssh", f"127.0.0.1:{ssh_port}",
                "--key", str(setup.key_path), "--local-port", str(self.port), "--remote-port", str(UI_PORT),
                "--host-key", setup.host_key]
-        self.log_path = setup.workdir / f"cloudsd-forward-{ssh_port}.log"
+        self.log_path = setup.workdir / f"{self.name}-forward-{ssh_port}.log"
         with self.log_path.open("a") as log:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
                                          start_new_session=True)
         setup.processes.append(self.proc)
         line = _read_line(self.proc, 60)
+        while line.startswith("py-spy>"):  # a --cloudsd-wrap profiler says hello on the same stdout
+            line = _read_line(self.proc, 60)
         if not line.startswith("listening "):
             stop_process(self.proc)
-            raise RuntimeError(f"cloudsd forward did not start (said {line!r})")
+            raise RuntimeError(f"{self.name} forward did not start (said {line!r})")
         self.port = int(line.rsplit(":", 1)[1])
         return self.port
 
@@ -346,7 +356,7 @@ class CloudsdForwarder(Forwarder):
         errors = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         if errors.strip():
             counters["stderr_tail"] = errors[-4000:]
-            print(f"  cloudsd forward wrote to stderr ({len(errors)} chars); last lines:\n"
+            print(f"  {self.name} forward wrote to stderr ({len(errors)} chars); last lines:\n"
                   + "\n".join(errors.strip().splitlines()[-12:]), file=sys.stderr)
             self.log_path.unlink()
         return counters
@@ -402,9 +412,10 @@ def make_key(workdir: Path) -> tuple[Path, str]:
     return pair.private_path, pair.public_line
 
 
-def remove_stale_containers(client: Any) -> None:
-    """Containers left by an earlier run of this script that was killed hard (its pid is gone)."""
-    for container in client.containers.list(all=True, filters={"label": f"{LABEL}=tunnel"}):
+def remove_stale_containers(client: Any, kind: str = "tunnel") -> None:
+    """Containers left by an earlier run of a benchmark (`kind`) that was killed hard (its pid is gone); never
+    those of a run still going (another session's, on the same engine)."""
+    for container in client.containers.list(all=True, filters={"label": f"{LABEL}={kind}"}):
         pid = int(container.labels.get(f"{LABEL}.pid", "0") or 0)
         if pid and pid != os.getpid() and not Path(f"/proc/{pid}").exists():
             container.remove(force=True)
@@ -540,11 +551,15 @@ def report(results: dict[str, dict[str, dict[str, Any]]], sizes: Sizes) -> tuple
         (f"{sizes.concurrent} concurrent: seconds", "concurrent_seconds", "{:.2f}", True),
         (f"{sizes.concurrent} concurrent: forwarder CPU-s", "concurrent_cpu_s", "{:.2f}", True),
     ]
+    with_baseline = any("baseline" in by_forwarder for by_forwarder in results.values())
     for path, by_forwarder in results.items():
-        ssh, cl = by_forwarder.get("ssh"), by_forwarder.get("cloudsd")
+        ssh, cl, base = by_forwarder.get("ssh"), by_forwarder.get("cloudsd"), by_forwarder.get("baseline")
         for label, key, fmt, with_ratio in measures:
-            rows.append([f"{path}: {label}", _cell(ssh, key, fmt), _cell(cl, key, fmt),
-                         _ratio_cell(cl, ssh, key) if with_ratio else ""])
+            row = [f"{path}: {label}", _cell(ssh, key, fmt), _cell(cl, key, fmt),
+                   _ratio_cell(cl, ssh, key) if with_ratio else ""]
+            if with_baseline:
+                row += [_cell(base, key, fmt), _ratio_cell(base, ssh, key) if with_ratio else ""]
+            rows.append(row)
 
     goals: list[dict[str, Any]] = []
     loop_cl = results.get("loopback", {}).get("cloudsd")
@@ -575,7 +590,10 @@ def report(results: dict[str, dict[str, dict[str, Any]]], sizes: Sizes) -> tuple
                               "value": round(cl["concurrent_seconds"], 2),
                               "met": cl["concurrent_seconds"] <= ssh["concurrent_seconds"]})
 
-    text = table(["measure", "ssh -N -L", "cloudsd", "cloudsd / ssh"], rows)
+    headers = ["measure", "ssh -N -L", "cloudsd", "cloudsd / ssh"]
+    if with_baseline:
+        headers += ["baseline", "baseline / ssh"]
+    text = table(headers, rows)
     text += "\n\ngoals:\n" + "\n".join(
         f"  [{'met' if g['met'] else 'MISSED'}] {g['goal']}: {g['value']}" for g in goals
     )
@@ -607,6 +625,8 @@ def run(args: argparse.Namespace) -> int:
         forwarders.append(OpenSSHForwarder())
     if args.only in (None, "cloudsd"):
         forwarders.append(CloudsdForwarder(wrap))
+    if args.baseline is not None:
+        forwarders.append(CloudsdForwarder(tree=args.baseline))
 
     container = None
     setup: Setup | None = None
@@ -648,7 +668,8 @@ def run(args: argparse.Namespace) -> int:
             "options": {"quick": args.quick, "skip_rtt": args.skip_rtt, "repeat": args.repeat,
                         "delay_ms_each_way": args.delay_ms, "ssh_cipher": SSH_CIPHER,
                         "download_bytes": sizes.download_bytes, "keepalive_requests": sizes.keepalive_requests,
-                        "concurrent_connections": sizes.concurrent},
+                        "concurrent_connections": sizes.concurrent,
+                        "baseline": str(args.baseline) if args.baseline else None},
             "results": results,
             "ratios_cloudsd_over_ssh": {
                 path: {k: ratio(r["cloudsd"][k], r["ssh"][k])
@@ -680,6 +701,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=("cloudsd", "ssh"), default=None, help="measure one forwarder")
     parser.add_argument("--delay-ms", type=float, default=25.0, help="one-way delay of the proxy (default 25)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds allowed for any one measurement")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="another checkout (e.g. `git archive main`) whose forwarder runs in the same rounds")
     parser.add_argument("--cloudsd-wrap", default="",
                         help="prefix for the cloudsd forward process, e.g. 'py-spy record -o prof.svg --'")
     args = parser.parse_args(argv)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import socket
 import sys
 import threading
@@ -20,13 +21,14 @@ from typing import Any, Protocol
 
 from cloudsd.errors import HostKeyMismatch, SSHError
 from cloudsd.machine import SSHEndpoint
-from cloudsd.openssh import host_key_mismatch
+from cloudsd.openssh import host_key_mismatch, pwrite_all
 
 # paramiko.config imports `invoke` (and with it unittest.mock: 50-150 ms, a third of paramiko's import) only to
 # run the `Match exec` lines of an ssh_config, which cloudsd never reads; paramiko catches the ImportError.
 _blocked = sys.modules.setdefault("invoke", None) is None  # type: ignore[arg-type]
 import paramiko  # noqa: E402
-from paramiko.common import cMSG_CHANNEL_OPEN, cMSG_CHANNEL_REQUEST  # noqa: E402
+from paramiko.buffered_pipe import BufferedPipe  # noqa: E402
+from paramiko.common import cMSG_CHANNEL_OPEN, cMSG_CHANNEL_REQUEST, cMSG_CHANNEL_WINDOW_ADJUST  # noqa: E402
 from paramiko.packet import NeedRekeyException, Packetizer  # noqa: E402
 
 if _blocked:
@@ -121,7 +123,8 @@ class Connection:
         return ChannelStream(channel)
 
     def request_forward_channel(self, port: int, origin: tuple[str, int], *,
-                                signal: ChannelSignal | None = None) -> PendingChannel:
+                                signal: ChannelSignal | None = None,
+                                make_buffer: ReceiveBufferFactory | None = None) -> PendingChannel:
         """Ask for a direct-tcpip channel to 127.0.0.1:`port` (8 MiB window) and return at once.
 
         Any number of requests can be in flight together, so a burst of connections (a web UI's page load)
@@ -129,7 +132,7 @@ class Connection:
         """
         return PendingChannel.request(
             self.transport, "direct-tcpip", ("127.0.0.1", port), origin,
-            window_bytes=WINDOW_BYTES, max_packet_bytes=MAX_PACKET_BYTES, signal=signal,
+            window_bytes=WINDOW_BYTES, max_packet_bytes=MAX_PACKET_BYTES, signal=signal, make_buffer=make_buffer,
         )
 
     def open_pty_keeper(self) -> paramiko.Channel:
@@ -164,6 +167,21 @@ class ChannelStream:
         except paramiko.SSHException as exc:
             raise OSError(str(exc)) from None
 
+    def send_from_file(self, fd: int, offset: int, size: int) -> None:
+        """Send `size` bytes of file `fd` from `offset`; EOFError if the file ends first."""
+        while size:
+            data = os.pread(fd, min(size, 1 << 20), offset)
+            if not data:
+                raise EOFError("the file ended before the bytes asked for")
+            self.sendall(data)
+            offset, size = offset + len(data), size - len(data)
+
+    def recv_into_file(self, fd: int, offset: int, size: int) -> int:
+        """Up to `size` bytes of the stream written to file `fd` at `offset`; 0 at the end."""
+        data = self.recv(size)
+        pwrite_all(fd, data, offset)
+        return len(data)
+
     def shutdown_write(self) -> None:
         self.channel.shutdown_write()
 
@@ -190,6 +208,11 @@ class ChannelSignal(Protocol):
     def clear(self) -> None: ...
 
 
+# The channel's receive buffer of the caller's making, given the channel it buffers for: paramiko's transport
+# thread calls its `feed` with each CHANNEL_DATA payload, and `close` on EOF and on close (a BufferedPipe).
+ReceiveBufferFactory = Callable[[paramiko.Channel], "BufferedPipe[bytes]"]
+
+
 class PendingChannel:
     """A channel whose CHANNEL_OPEN is on its way to sshd: `outcome()` says whether it opened, `wait()` blocks.
 
@@ -199,7 +222,8 @@ class PendingChannel:
     channel id, the channel registered with its window, an event that paramiko's transport thread sets on
     the answer, on a refusal and when the connection dies), and nothing polls. The same event is the
     channel's data event (paramiko sets it on data, EOF and close), so one `signal` tells an event loop
-    everything that happens on the channel; without one, `wait()` sleeps on a threading.Event.
+    everything that happens on the channel; without one, `wait()` sleeps on a threading.Event. `make_buffer`
+    replaces the channel's receive buffer before any data can reach it.
     """
 
     def __init__(self, transport: paramiko.Transport, channel: paramiko.Channel, event: threading.Event) -> None:
@@ -209,7 +233,8 @@ class PendingChannel:
 
     @classmethod
     def request(cls, transport: paramiko.Transport, kind: str, dest: tuple[str, int], origin: tuple[str, int], *,
-                window_bytes: int, max_packet_bytes: int, signal: ChannelSignal | None = None) -> PendingChannel:
+                window_bytes: int, max_packet_bytes: int, signal: ChannelSignal | None = None,
+                make_buffer: ReceiveBufferFactory | None = None) -> PendingChannel:
         if not transport.is_active():
             raise paramiko.SSHException("SSH session not active")
         t: Any = transport
@@ -229,6 +254,8 @@ class PendingChannel:
             message.add_string(origin[0])
             message.add_int(origin[1])
             channel: Any = paramiko.Channel(chanid)
+            if make_buffer is not None:
+                channel.in_buffer = make_buffer(channel)
             t._channels.put(chanid, channel)
             t.channel_events[chanid] = signal if signal is not None else event
             t.channels_seen[chanid] = True
@@ -274,6 +301,31 @@ class PendingChannel:
             t.channel_events.pop(chanid, None)
             if t._channels.get(chanid) is self.channel:
                 t._channels.delete(chanid)
+
+
+def consumed(channel: paramiko.Channel, nbytes: int) -> int:
+    """Count `nbytes` of the channel's data as taken by its reader, as `Channel.recv` does: returns the window
+    to grant sshd now (a tenth of the window or more, at once), else 0."""
+    return int(channel._check_add_window(nbytes))  # type: ignore[attr-defined]
+
+
+def grant_window(channel: paramiko.Channel, nbytes: int, *, wait: bool = True) -> bool:
+    """Send sshd a WINDOW_ADJUST of `nbytes` for `channel`. With `wait=False` (paramiko's transport thread,
+    which must never wait for a key exchange it alone can finish) nothing is sent while one is under way:
+    returns False, and the caller grants it later with `wait=True`."""
+    message = paramiko.Message()
+    message.add_byte(cMSG_CHANNEL_WINDOW_ADJUST)
+    message.add_int(channel.remote_chanid)
+    message.add_int(nbytes)
+    t: Any = channel.get_transport()
+    if wait:
+        t._send_user_message(message)
+        return True
+    with t.clear_to_send_lock:
+        if not t.clear_to_send.is_set():
+            return False
+        t._send_message(message)
+    return True
 
 
 class BufferedReads:

@@ -4,7 +4,8 @@ Built for a web UI, which opens dozens of connections on every page load: one th
 (epoll, no 1,024-descriptor limit) over the listening socket and every forwarded connection, so a
 connection costs no thread. A channel open is sent the moment a connection is accepted and the loop goes
 on at once, so a burst of connections waits one round trip for all its channels. paramiko's transport
-thread tells the loop about each channel (opened, refused, data, EOF, closed) through one socketpair.
+thread writes each channel's data straight to its local socket while that takes it (`_ClientPipe`), and
+tells the loop through one socketpair about the rest (opened, refused, data left over, EOF, closed).
 64 KiB socket reads, whole-buffer channel reads, half-close passed through, a listen backlog of 512, an
 8 MiB window on each forwarded channel, and a pty session kept open so sshd sets TCP_NODELAY (without it,
 every keep-alive request may wait ~40 ms for a delayed ACK). When the SSH connection drops (a laptop that
@@ -22,9 +23,16 @@ import time
 from collections.abc import Callable
 
 import paramiko
+from paramiko.buffered_pipe import BufferedPipe
 
 from cloudsd.errors import CloudsdError, SSHError, TunnelError
-from cloudsd.ssh import FORWARD_OPEN_TIMEOUT_S, WINDOW_BYTES, Connection, PendingChannel
+from cloudsd.ssh import (
+    FORWARD_OPEN_TIMEOUT_S,
+    Connection,
+    PendingChannel,
+    consumed,
+    grant_window,
+)
 
 CHUNK = 65536
 BACKLOG = 512
@@ -100,6 +108,82 @@ class _Signal:
         pass  # the loop tries a read whenever it is told, and a read with nothing there is harmless
 
 
+class _ClientPipe(BufferedPipe):  # type: ignore[type-arg]  # generic only in the stubs
+    """The channel's receive buffer, which hands each payload straight to the local socket from paramiko's
+    transport thread while that socket takes it.
+
+    Only what the socket does not take (a slow reader) is buffered here, and then the loop is woken to write it
+    out: new data queues behind it (`held`) until the loop has written all of it and finds nothing more. Without
+    this every 32 KiB packet woke the loop and crossed threads (buffer, lock, doorbell, epoll, a second copy):
+    over a third of the tunnel's CPU per GB. Backpressure is sshd's window, granted back only for bytes the local
+    socket has taken (`Channel.recv` grants them when read, which let a stalled reader's connection hold two
+    windows). The transport thread never waits for a key exchange, which only it can finish: a grant that
+    falls into one is left `owed` to the loop.
+    """
+
+    def __init__(self, channel: paramiko.Channel, client: socket.socket) -> None:
+        super().__init__()
+        self.channel = channel
+        self.client = client  # non-blocking
+        self.held = False  # bytes wait in the loop (here or in the link): new data queues behind them
+        self.owed = 0  # window that could not be granted during a key exchange; the loop grants it
+        self.lock: threading.Lock = self._lock  # type: ignore[attr-defined]
+
+    def feed(self, data: bytes) -> None:
+        grant = 0
+        with self.lock:
+            if not self.held:
+                try:
+                    sent = self.client.send(data)
+                except OSError:  # full (BlockingIOError), or gone: the loop finds out when it writes
+                    sent = 0
+                if sent:
+                    grant = consumed(self.channel, sent)
+                if sent < len(data):
+                    data = data[sent:]
+                    self.held = True
+                else:
+                    data = b""
+            if data:
+                self._buffer.frombytes(data)  # type: ignore[attr-defined]
+                if self._event is not None:  # type: ignore[attr-defined]
+                    self._event.set()  # type: ignore[attr-defined]
+        if grant:
+            try:
+                granted = grant_window(self.channel, grant, wait=False)
+            except CHANNEL_ERRORS:
+                return  # the connection is going away: paramiko closes the channel
+            if not granted:
+                with self.lock:
+                    self.owed += grant
+                    if self._event is not None:  # type: ignore[attr-defined]
+                        self._event.set()  # type: ignore[attr-defined]
+
+    def take(self) -> bytes | None:
+        """All that is buffered; b"" at EOF once nothing is left; None when nothing is, and then the transport
+        thread writes directly again (call only with nothing of the link's left unwritten)."""
+        with self.lock:
+            buffer = self._buffer  # type: ignore[attr-defined]
+            if len(buffer):
+                data: bytes = buffer.tobytes()
+                del buffer[:]
+                return data
+            if self._closed:  # type: ignore[attr-defined]
+                return b""
+            self.held = False
+            return None
+
+    def take_owed(self) -> int:
+        with self.lock:
+            owed, self.owed = self.owed, 0
+            return owed
+
+    def hold(self) -> None:
+        """From now on buffer everything (the local socket is closing)."""
+        with self.lock:
+            self.held = True
+
+
 class _Link:
     """One forwarded connection: the local socket, its channel (once sshd opened it) and the bytes in between."""
 
@@ -108,6 +192,7 @@ class _Link:
         self.requested_at = requested_at
         self.pending: PendingChannel | None = None
         self.channel: paramiko.Channel | None = None
+        self.pipe: _ClientPipe | None = None
         self.to_client = memoryview(b"")  # read from the channel, not yet taken by the local socket
         self.to_channel = b""  # read from the local socket, waiting for sshd's window
         self.client_eof = False  # the local side sent EOF (or can send no more): the channel's write side is shut
@@ -264,11 +349,16 @@ class LocalForward:
             client.setblocking(False)
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             link = _Link(client, time.monotonic())
+
+            def make_buffer(channel: paramiko.Channel, link: _Link = link) -> _ClientPipe:
+                link.pipe = _ClientPipe(channel, link.client)
+                return link.pipe
+
             # The channel is asked for now, and the loop goes on: a page load's burst of connections has all
             # its opens in flight at once and waits one round trip for all of them.
             try:
                 link.pending = self.ensure_connected().request_forward_channel(
-                    self.remote_port, origin, signal=_Signal(link, self._wakeup))
+                    self.remote_port, origin, signal=_Signal(link, self._wakeup), make_buffer=make_buffer)
             except (CloudsdError, *CHANNEL_ERRORS):
                 client.close()  # SSH dropped and cannot come back (yet): close this one connection
                 continue
@@ -311,23 +401,16 @@ class LocalForward:
         self._read_channel(link)
 
     def _read_channel(self, link: _Link) -> None:
-        channel = link.channel
-        assert channel is not None
-        first = True
+        """Write out what the channel's buffer holds (what the local socket did not take from paramiko's transport
+        thread directly), and pass on EOF."""
+        pipe = link.pipe
+        assert link.channel is not None and pipe is not None
+        if owed := pipe.take_owed():
+            self._grant(link, owed)
         while not link.to_client and not link.channel_eof:
-            # After the first read, look before reading again: an empty read costs paramiko two exceptions, and
-            # on a fast path the loop keeps up with the transport thread packet by packet.
-            if not first and not (channel.recv_ready() or channel.eof_received or channel.closed):
-                return
-            first = False
-            try:
-                # Take all that is buffered (at most one window): paramiko deletes a partial read from the front
-                # of its buffer, a memmove of everything behind it (40% of the tunnel's CPU in downloads).
-                data = channel.recv(WINDOW_BYTES)
-            except TimeoutError:
-                return  # nothing there (yet)
-            except CHANNEL_ERRORS:
-                data = b""
+            data = pipe.take()
+            if data is None:
+                return  # nothing there: the transport thread writes directly again
             if not data:
                 link.channel_eof = True
                 try:
@@ -348,9 +431,18 @@ class LocalForward:
             self._close_link(link)  # the local side went away
             return
         link.to_client = link.to_client[sent:]
+        if sent and link.channel is not None and (grant := consumed(link.channel, sent)):
+            self._grant(link, grant)
         self._watch(link)
         if not link.to_client:
             self._read_channel(link)
+
+    def _grant(self, link: _Link, nbytes: int) -> None:
+        assert link.channel is not None
+        try:
+            grant_window(link.channel, nbytes)
+        except CHANNEL_ERRORS:
+            pass  # the connection is going away: paramiko closes the channel
 
     def _read_client(self, link: _Link) -> None:
         try:
@@ -433,6 +525,8 @@ class LocalForward:
                 self._selector.unregister(link.client)
             except (KeyError, ValueError, OSError):
                 pass
+        if link.pipe is not None:
+            link.pipe.hold()  # so paramiko's transport thread never writes to a closed (or reused) descriptor
         link.client.close()
         if link.channel is not None:
             try:

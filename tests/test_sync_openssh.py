@@ -119,6 +119,36 @@ def test_system_ssh_streams_carry_push_and_pull_verified(pinned: tuple[Any, Targ
 
 @pytest.mark.docker
 @needs_ssh
+def test_a_big_file_changed_after_it_was_hashed_is_refused_not_committed(
+        pinned: tuple[Any, Target], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A block is hashed when it is read and sent later from the file itself (sendfile): bytes that changed in
+    between make the machine's digest differ, and the file is refused, never put in place."""
+    container, target = pinned
+    monkeypatch.setenv("CLOUDSD_SYNC_STREAMS", "1")
+    big = tmp_path / "sd" / "Stable-diffusion" / "big.safetensors"
+    big.parent.mkdir(parents=True)
+    big.write_bytes(os.urandom(70 * MB))
+    send = ProcessStream.send_from_file
+
+    def change_then_send(self: ProcessStream, fd: int, offset: int, size: int) -> None:
+        if offset == 0:  # the first block was hashed before it was queued; change it before it goes
+            with big.open("r+b") as f:
+                f.write(b"changed!")
+        send(self, fd, offset, size)
+
+    monkeypatch.setattr(ProcessStream, "send_from_file", change_then_send)
+    master = Master.for_target(target)
+    assert master is not None
+    master.ensure()
+    summary = push_models(master, profile("a1111"), [ModelRequest(str(tmp_path / "sd"))])
+    assert [r.outcome for r in summary.results] == ["failed"]
+    assert "sha256" in (summary.results[0].message or "")
+    found = container.exec_run(["sh", "-c", "ls -A /workspace/webui/models/Stable-diffusion"]).output.decode()
+    assert found.split() == []  # neither the file nor its partial
+
+
+@pytest.mark.docker
+@needs_ssh
 def test_a_host_key_other_than_the_pinned_one_is_refused_by_the_system_ssh(pinned: tuple[Any, Target]) -> None:
     _, target = pinned
     other = keys.create_key_pair("other").public_line.rsplit(" ", 1)[0]  # some other ed25519 key

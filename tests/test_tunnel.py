@@ -167,3 +167,102 @@ def test_closing_the_forward_closes_its_connections(session: Session) -> None:
         pass
     finally:
         sock.close()
+
+
+_BLOCKS_SERVER = """
+import hashlib, pathlib, socket, sys
+port = int(sys.argv[1])
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", port))
+s.listen()
+pathlib.Path(f"/tmp/blocks.{port}.ready").touch()
+c, _ = s.accept()
+for i in range(768):
+    c.sendall(hashlib.sha256(i.to_bytes(4, "big")).digest() * 1024)
+c.close()
+"""
+
+
+def _blocks(session: Session, port: int) -> bytes:
+    """Start a one-connection server on the machine's `port` that sends 24 MiB of distinct 32 KiB blocks (so a
+    byte written out of turn shows); returns what it will send."""
+    import hashlib
+    import time
+
+    status, _, err = session.connection.run(
+        f"rm -f /tmp/blocks.{port}.ready && cat > /tmp/blocks.py && "
+        f"(nohup python3 /tmp/blocks.py {port} >/dev/null 2>&1 &)", stdin=_BLOCKS_SERVER.encode())
+    assert status == 0, err
+    deadline = time.monotonic() + 20
+    while session.connection.run(f"test -e /tmp/blocks.{port}.ready")[0] != 0:
+        assert time.monotonic() < deadline, "the block server did not start"
+        time.sleep(0.1)
+    return b"".join(hashlib.sha256(i.to_bytes(4, "big")).digest() * 1024 for i in range(768))
+
+
+def test_slow_reader_gets_every_byte_in_order_within_the_window(session: Session) -> None:
+    # The reader stalls now and then: the forward then buffers what the local socket does not take, and hands
+    # data over directly again once that is written out; meanwhile it holds no more than the channel's window
+    # (backpressure is sshd's window).
+    import time
+
+    from cloudsd.ssh import WINDOW_BYTES
+    from cloudsd.tunnel import LocalForward
+
+    expected = _blocks(session, 7001)
+    with LocalForward(session.connection, 7001, 0) as forward:
+        sock = socket.create_connection(("127.0.0.1", forward.local_port), timeout=30)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        got = bytearray()
+        held_most = 0
+        try:
+            while chunk := sock.recv(65536):
+                got += chunk
+                if len(got) // (3 << 20) != (len(got) - len(chunk)) // (3 << 20):
+                    time.sleep(0.5)  # a stall: sshd's window fills up behind the forward
+                    held = sum(len(link.pipe or b"") + len(link.to_client) for link in list(forward._links))
+                    held_most = max(held_most, held)
+        finally:
+            sock.close()
+    assert len(got) == len(expected)
+    assert got == expected
+    assert 0 < held_most <= WINDOW_BYTES
+
+
+def test_window_granted_during_a_key_exchange_is_not_lost(session: Session) -> None:
+    # paramiko's transport thread writes the data and grants the window, but it must not wait for a key
+    # exchange (only it can finish one): a grant that falls into one is owed, and sent once it is over. Lost,
+    # sshd would stop for good once its window ran out. The key exchange is what paramiko does to start one:
+    # no user message may go out until clear_to_send is set again.
+    from cloudsd.tunnel import LocalForward
+
+    expected = _blocks(session, 7002)
+    transport = session.connection.transport
+    with LocalForward(session.connection, 7002, 0) as forward:
+        sock = socket.create_connection(("127.0.0.1", forward.local_port), timeout=30)
+        got = bytearray()
+        try:
+            while len(got) < 1 << 20:
+                got += sock.recv(65536)
+            with transport.clear_to_send_lock:
+                transport.clear_to_send.clear()
+            try:
+                sock.settimeout(1.0)
+                while True:  # until sshd's window is spent: every grant since is owed
+                    try:
+                        chunk = sock.recv(65536)
+                    except TimeoutError:
+                        break
+                    assert chunk, "the stream ended during the key exchange"
+                    got += chunk
+                assert len(got) < len(expected)
+            finally:
+                with transport.clear_to_send_lock:
+                    transport.clear_to_send.set()
+            sock.settimeout(30)
+            while chunk := sock.recv(65536):
+                got += chunk
+        finally:
+            sock.close()
+    assert got == expected

@@ -1,20 +1,24 @@
 """Pushing files to the machine over several `recv` streams at once.
 
-Small files travel whole, one per frame, and the agent hashes each as it writes it. A big file is read once,
-in order, by one thread that hashes it and cuts it into blocks; the blocks go out over all streams, and as
-the machine acks them the contiguous written prefix is reported to the agent's `serve`, whose follower
-hashes the file on the machine just behind the writes. So each file is read once here and once there, and
-checking a big file at the end costs only the last block. Nothing is renamed into place here: the caller
-commits what was sent, and the agent checks each digest first.
+Small files travel whole, one per frame, and the agent hashes each as it writes it. A big file is hashed in
+order by one thread (one reused buffer) that cuts it into blocks; the blocks go out over all streams straight
+from the file (`Stream.send_from_file`: sendfile over the system client, so the kernel hands the cached pages
+to the ssh pipe and Python never copies them), and as the machine acks them the contiguous written prefix is
+reported to the agent's `serve`, whose follower hashes the file on the machine just behind the writes. So
+checking a big file at the end costs only the last block. Bytes that change between their hash and their
+send make the machine's digest differ: the file is refused, never put in place torn. Nothing is renamed into
+place here: the caller commits what was sent, and the agent checks each digest first.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import queue
 import threading
 from dataclasses import dataclass, field
+from io import FileIO
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +136,7 @@ class Pusher:
         return False
 
     def _produce(self, jobs: list[PushJob], units: queue.Queue[Any], streams: int) -> None:
+        view = memoryview(bytearray(READ_CHUNK))  # one buffer for every read: nothing to allocate per block
         try:
             for job in jobs:
                 if not job.big:
@@ -143,15 +148,13 @@ class Pusher:
                 with job.local.open("rb", buffering=0) as f:
                     pos = 0
                     while pos < job.size:
-                        # the part already on the machine is only hashed; the rest goes out in blocks
-                        limit = job.start - pos if pos < job.start else min(BLOCK, job.size - pos)
-                        block = f.read(min(limit, READ_CHUNK) if pos < job.start else limit)
-                        if not block:
-                            raise SyncError(f"{job.local} got shorter while it was being sent; sync it again.")
-                        digest.update(block)
-                        if pos >= job.start and not self._put(units, (job, pos, block)):
+                        # the part already on the machine is only hashed; the rest goes out in blocks, each
+                        # hashed here before a sender hands it to its stream straight from the file
+                        end = job.start if pos < job.start else min(pos + BLOCK, job.size)
+                        _hash_range(f, view, digest, end - pos, job)
+                        if pos >= job.start and not self._put(units, (job, pos, end - pos)):
                             return
-                        pos += len(block)
+                        pos = end
                     if f.read(1):
                         raise SyncError(f"{job.local} grew while it was being sent; sync it again.")
                 job.sha256 = digest.hexdigest()
@@ -164,6 +167,7 @@ class Pusher:
                 self._put(units, None)
 
     def _send(self, channel: Stream, units: queue.Queue[Any]) -> None:
+        files: dict[int, int] = {}  # a descriptor of each big file this sender sends blocks of
         try:
             while not self.failed.is_set():
                 try:
@@ -175,17 +179,33 @@ class Pusher:
                 if isinstance(unit, PushJob):
                     self._send_file(channel, unit)
                 else:
-                    job, offset, block = unit
-                    head = {"op": "data", "fid": job.fid, "path": job.partial, "off": offset, "len": len(block)}
-                    channel.sendall(json.dumps(head).encode() + b"\n")
-                    channel.sendall(memoryview(block))
-                    self.progress.advance(job.key, len(block))
+                    job, offset, length = unit
+                    self._send_block(channel, files, job, offset, length)
             channel.sendall(b'{"op":"end"}\n')
             channel.shutdown_write()
         except (OSError, EOFError) as exc:
             self._fail(exc)
         except BaseException as exc:
             self._fail(exc)
+        finally:
+            for fd in files.values():
+                os.close(fd)
+
+    def _send_block(self, channel: Stream, files: dict[int, int], job: PushJob, offset: int, length: int) -> None:
+        """One block of a big file, from the file to the stream without passing through Python where the
+        stream allows it (`Stream.send_from_file`); the producer hashed it already."""
+        if job.fid not in files:
+            try:
+                files[job.fid] = os.open(job.local, os.O_RDONLY)
+            except OSError as exc:
+                raise SyncError(f"cannot read {job.local} ({exc.strerror}).") from None
+        head = {"op": "data", "fid": job.fid, "path": job.partial, "off": offset, "len": length}
+        channel.sendall(json.dumps(head).encode() + b"\n")
+        try:
+            channel.send_from_file(files[job.fid], offset, length)
+        except EOFError:
+            raise SyncError(f"{job.local} got shorter while it was being sent; sync it again.") from None
+        self.progress.advance(job.key, length)
 
     def _send_file(self, channel: Stream, job: PushJob) -> None:
         """A small file whole: read, hashed and sent in one pass."""
@@ -244,3 +264,13 @@ class Pusher:
             advanced = job.prefix != moved
         if advanced:
             self.serve.notify("ready", path=job.final, upto=job.prefix)
+
+
+def _hash_range(f: FileIO, view: memoryview, digest: Any, length: int, job: PushJob) -> None:
+    """The next `length` bytes of `f` into `digest`, read into `view` a piece at a time."""
+    while length:
+        n = f.readinto(view[:min(len(view), length)])
+        if not n:
+            raise SyncError(f"{job.local} got shorter while it was being sent; sync it again.")
+        digest.update(view[:n])
+        length -= n

@@ -15,6 +15,7 @@ import os
 import threading
 from collections.abc import Callable
 
+from cloudsd.openssh import pwrite_all
 from cloudsd.sync.agent import Agent, Stream
 
 # What a transfer should be able to reach where the link allows it (a datacenter or fibre path).
@@ -89,6 +90,23 @@ class StreamReader:
             if len(self.buf) > 65536:
                 raise ValueError("a header line longer than 64 KiB")
             self.buf = memoryview(bytes(self.buf) + self._recv())
+
+    def write_into(self, fd: int, offset: int, length: int, written: Callable[[int], None]) -> None:
+        """Write the next `length` bytes into file `fd` at `offset`, calling `written(n)` after each piece: what
+        was already read first, then the rest straight from the stream (`Stream.recv_into_file`: over the
+        system client, the kernel moves it from the pipe into the file)."""
+        if self.buf:
+            piece = self.buf[:length]
+            self.buf = self.buf[len(piece):]
+            pwrite_all(fd, piece, offset)
+            offset, length = offset + len(piece), length - len(piece)
+            written(len(piece))
+        while length:
+            n = self.stream.recv_into_file(fd, offset, length)
+            if not n:
+                raise EOFError("the stream ended")
+            offset, length = offset + n, length - n
+            written(n)
 
     def read_into(self, length: int, sink: Callable[[memoryview], None]) -> None:
         """Hand the next `length` bytes to `sink`, in the pieces they arrive in."""
