@@ -17,9 +17,11 @@ nice -n 19 .venv/bin/python scripts/resolve_pins.py >"$pins_log" 2>&1 &
 pins=$!
 trap 'kill "$pins" 2>/dev/null || true' EXIT
 # Most Docker tests wait (on boots, budgets, idle timers) rather than compute, so they run side by side in
-# pytest-xdist workers. CLOUDSD_TEST_WORKERS=0 runs everything in one process, one test at a time.
+# pytest-xdist workers, handed out one at a time, the longest first (tests/durations.json; --store-durations
+# updates it). 6 workers on 2 cores: 4 were slower, 8 and more ran the timers close to their margins under
+# load. CLOUDSD_TEST_WORKERS=0 runs everything in one process, one test at a time.
 rc=0
-.venv/bin/pytest -q -ra -n "${CLOUDSD_TEST_WORKERS:-6}" --dist worksteal --durations=10 "$@" || rc=$?
+.venv/bin/pytest -q -ra -n "${CLOUDSD_TEST_WORKERS:-6}" --dist load --maxschedchunk 1 --durations=10 "$@" || rc=$?
 pins_rc=0
 wait "$pins" || pins_rc=$?
 cat "$pins_log"

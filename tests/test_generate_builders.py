@@ -258,8 +258,10 @@ def test_progress_comes_from_the_ui_and_pictures_arrive_one_by_one(standin, tmp_
     etas = [u[2] for u in steps]  # the UI's ETA; none in the last step, where A1111's goes negative
     assert all(eta is None or eta > 0 for eta in etas) and 2 * sum(eta is not None for eta in etas) >= len(etas)
     assert all(0 <= u[0] <= 3 and u[1] == 3 for u in events.updates)
-    done_marks = [u[0] for u in events.updates if u[3] == ""]
-    assert done_marks == [1, 2, 3]  # each picture counted as it arrived, not all at the end
+    # each picture counted as it arrived, not all at the end: `run` reports an arrival as a whole count (a poll that
+    # finds the UI not yet sampling, as on a loaded machine, is a fraction with no detail either)
+    done_marks = [u[0] for u in events.updates if u[3] == "" and isinstance(u[0], int)]
+    assert done_marks == [1, 2, 3]
     assert not events.notes or "seed" not in events.notes[0]  # the seed was given: nothing printed
 
 
@@ -274,7 +276,7 @@ def test_comfy_runner_queues_ahead_and_reports_progress(standin, tmp_path: Path)
     result = run(requests, jobs, profile("comfyui"), port, tmp_path / "out", None, events)
     assert len(result.pictures) == 3 and all(p.path.is_file() for p in result.pictures)  # type: ignore[attr-defined]
     assert events.notes[0].startswith(f"seed {jobs[0].seed} (random)")
-    assert [u[0] for u in events.updates if u[3] == ""] == [1, 2, 3]
+    assert [u[0] for u in events.updates if u[3] == "" and isinstance(u[0], int)] == [1, 2, 3]
     steps = [u for u in events.updates if u[3].startswith("step ")]
     assert steps and all(u[3].endswith("/10") for u in steps), "ComfyUI's own progress, from its WebSocket"
 

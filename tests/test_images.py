@@ -79,7 +79,7 @@ class Machine:
         transport.auth_publickey("root", self.key)
         return transport
 
-    def wait_for(self, check: Callable[[], bool], what: str, timeout_s: float = 30) -> None:
+    def wait_for(self, check: Callable[[], bool], what: str, timeout_s: float = 90) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if check():

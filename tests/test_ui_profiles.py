@@ -176,8 +176,9 @@ def run_testbed() -> Iterator[Callable[..., Any]]:
 
 
 def _inside(container: Any, port: int, path: str, body: dict[str, Any] | None = None,
-            deadline_s: float = 30) -> Any:
-    """GET (or POST `body` to) http://127.0.0.1:<port><path> inside the container, once it answers."""
+            deadline_s: float = 90) -> Any:
+    """GET (or POST `body` to) http://127.0.0.1:<port><path> inside the container, once it answers (a boot
+    takes seconds, more on a loaded machine: the deadline only bounds a failure)."""
     data = "None" if body is None else repr(json.dumps(body).encode())
     code = (f"import urllib.request as u; r = u.Request('http://127.0.0.1:{port}{path}', data={data}); "
             "print(u.urlopen(r, timeout=5).read().decode())")
@@ -246,6 +247,7 @@ def test_start_script_refuses_argparse_prefixes_and_commandline_args(run_testbed
     """argparse takes `--lis` for --listen and `--sha` for --share, and A1111/Forge append COMMANDLINE_ARGS
     to their command line: both ways around the refusal are closed (issue 11 item 13)."""
     box = run_testbed({"CLOUDSD_UI_PORT": "7871"})
+    allowed = run_testbed({"CLOUDSD_UI_PORT": "7872", "COMMANDLINE_ARGS": "--lowvram --no-half-vae"})  # boots meanwhile
     _inside(box, 7871, "/internal/ping")
 
     def start(env: dict[str, str]) -> tuple[int, str]:
@@ -264,7 +266,6 @@ def test_start_script_refuses_argparse_prefixes_and_commandline_args(run_testbed
                                           "the UI listens on 127.0.0.1 only (reach it over SSH)"), env
     # Flags that are no prefix of a public one still reach the UI, from COMMANDLINE_ARGS too, as upstream's
     # launch.py appends them (the stand-in does the same).
-    allowed = run_testbed({"CLOUDSD_UI_PORT": "7872", "COMMANDLINE_ARGS": "--lowvram --no-half-vae"})
     flags = _inside(allowed, 7872, "/sdapi/v1/cmd-flags")
     assert flags["lowvram"] and flags["no_half_vae"]
 

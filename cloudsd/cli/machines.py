@@ -316,8 +316,10 @@ def tunnel(app: App, name: str, port: int | None) -> None:
 
     with LiveReporter() as reporter:
         session = attach(name, port, app.ledger, app.providers, reporter)
-    render.console(stderr=True).print(render.styled((f"{name}:", "bold green"), f" {session.url}"))
+    # The watchdog is back before the URL is shown: a Ctrl-C after the URL detaches (in _hold), and one while it
+    # was still being rearmed, after the URL, ended the command as aborted (exit 130).
     note = rearm(app.ledger, app.providers, session, WatchdogSettings.from_settings(app.settings))
+    render.console(stderr=True).print(render.styled((f"{name}:", "bold green"), f" {session.url}"))
     if note:
         render.console(stderr=True).print(f"  {note}")
     _hold(app, session)

@@ -20,7 +20,7 @@ from cloudsd.ssh import Connection, connect
 from cloudsd.tunnel import LocalForward
 from cloudsd.ui import UIProfile, profile
 
-POLL_S = 1.0
+POLL_S = 0.25  # how often the web UI is probed through the tunnel while it starts: one small GET
 
 
 @dataclass
