@@ -207,7 +207,7 @@ def test_slow_reader_gets_every_byte_in_order_within_the_window(session: Session
     # (backpressure is sshd's window).
     import time
 
-    from cloudsd.ssh import WINDOW_BYTES
+    from cloudsd.ssh import TUNNEL_WINDOW_BYTES
     from cloudsd.tunnel import LocalForward
 
     expected = _blocks(session, 7001)
@@ -227,7 +227,7 @@ def test_slow_reader_gets_every_byte_in_order_within_the_window(session: Session
             sock.close()
     assert len(got) == len(expected)
     assert got == expected
-    assert 0 < held_most <= WINDOW_BYTES
+    assert 0 < held_most <= TUNNEL_WINDOW_BYTES
 
 
 def test_window_granted_during_a_key_exchange_is_not_lost(session: Session) -> None:
