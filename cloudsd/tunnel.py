@@ -6,8 +6,8 @@ connection costs no thread. A channel open is sent the moment a connection is ac
 on at once, so a burst of connections waits one round trip for all its channels. paramiko's transport
 thread writes each channel's data straight to its local socket while that takes it (`_ClientPipe`), and
 tells the loop through one socketpair about the rest (opened, refused, data left over, EOF, closed).
-64 KiB socket reads, whole-buffer channel reads, half-close passed through, a listen backlog of 512, an
-8 MiB window on each forwarded channel, and a pty session kept open so sshd sets TCP_NODELAY (without it,
+64 KiB socket reads, whole-buffer channel reads, half-close passed through, a listen backlog of 512, a
+12 MiB window on each forwarded channel (`ssh.TUNNEL_WINDOW_BYTES`), and a pty session kept open so sshd sets TCP_NODELAY (without it,
 every keep-alive request may wait ~40 ms for a delayed ACK). When the SSH connection drops (a laptop that
 slept), the next connection reconnects through `reconnect`.
 """

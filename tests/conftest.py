@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from collections import defaultdict
 from pathlib import Path
 
@@ -16,6 +17,15 @@ pytest_plugins = ["tests.fakes.fixtures_vast", "tests.fakes.fixtures_runpod", "t
 DURATIONS_FILE = Path(__file__).with_name("durations.json")
 STORED_FROM_S = 2.0  # shorter tests keep pytest's own order, after the long ones
 _durations: defaultdict[str, float] = defaultdict(float)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl-C reaches the commands the tests start, however the run was started. A shell starts a background
+    job (`scripts/test.sh &`, `nohup … &`) with SIGINT ignored, every process below inherits that, and a Python
+    started with SIGINT ignored keeps ignoring it: each test that interrupts a `cloudsd tunnel` or `up` would
+    then wait out its timeout on a command that never sees the signal."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
