@@ -130,15 +130,13 @@ class _ClientPipe(BufferedPipe):  # type: ignore[type-arg]  # generic only in th
         self.lock: threading.Lock = self._lock  # type: ignore[attr-defined]
 
     def feed(self, data: bytes) -> None:
-        grant = 0
+        sent = 0
         with self.lock:
             if not self.held:
                 try:
                     sent = self.client.send(data)
                 except OSError:  # full (BlockingIOError), or gone: the loop finds out when it writes
                     sent = 0
-                if sent:
-                    grant = consumed(self.channel, sent)
                 if sent < len(data):
                     data = data[sent:]
                     self.held = True
@@ -148,6 +146,9 @@ class _ClientPipe(BufferedPipe):  # type: ignore[type-arg]  # generic only in th
                 self._buffer.frombytes(data)  # type: ignore[attr-defined]
                 if self._event is not None:  # type: ignore[attr-defined]
                     self._event.set()  # type: ignore[attr-defined]
+        # The window is counted outside our lock: paramiko takes the channel's lock for it, and a thread closing
+        # the transport holds that lock while it closes this buffer (which takes ours): both inside, they deadlock.
+        grant = consumed(self.channel, sent) if sent else 0
         if grant:
             try:
                 granted = grant_window(self.channel, grant, wait=False)

@@ -266,3 +266,33 @@ def test_window_granted_during_a_key_exchange_is_not_lost(session: Session) -> N
         finally:
             sock.close()
     assert got == expected
+
+
+def test_window_is_counted_outside_the_buffers_lock() -> None:
+    # paramiko's Transport.close holds a channel's lock while it closes the channel's buffer (which takes the
+    # buffer's lock); the transport thread feeding the buffer must therefore not take the channel's lock (to count
+    # the window) while it holds the buffer's, or the two deadlock (seen once in a whole run: test_reconnects_…).
+    import paramiko
+
+    from cloudsd.tunnel import _ClientPipe
+
+    channel = paramiko.Channel(0)
+    channel.in_window_size = 1 << 20
+    client, peer = socket.socketpair()
+    try:
+        client.setblocking(False)
+        pipe = _ClientPipe(channel, client)
+        held_during_count: list[bool] = []
+        count = channel._check_add_window  # type: ignore[attr-defined]
+
+        def counting(n: int) -> int:
+            held_during_count.append(pipe.lock.locked())
+            return int(count(n))
+
+        channel._check_add_window = counting  # type: ignore[attr-defined]  # the real count, watched
+        pipe.feed(b"x" * 4096)
+        assert peer.recv(8192) == b"x" * 4096
+        assert held_during_count == [False]
+    finally:
+        client.close()
+        peer.close()
