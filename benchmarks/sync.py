@@ -120,6 +120,9 @@ class Bench:
         client = (tree / "benchmarks" if tree else BENCH_DIR) / "sync_client.py"
         if tree is not None and "--cold" not in client.read_text():
             args = tuple(a for a in args if a != "--cold")
+        if op == "push" and (tree is None or "--record" in client.read_text()):
+            # what earlier pushes put on this machine, as the ledger tells `cloudsd sync models`
+            args = (*args, "--record", str(self.workdir / f"pushed-{port}.json"))
         argv = [sys.executable, str(client), op, "--ssh", f"127.0.0.1:{port}",
                 "--key", str(self.key), "--host-key", self.host_key, *args]
         started = time.perf_counter()
@@ -155,6 +158,10 @@ def prepare(bench: Bench, sizes: Sizes) -> dict[str, Path]:
 
 
 def clean_remote(bench: Bench) -> None:
+    """Empty the machine's model folders, as a new machine has them (cloudsd's record of what it put there
+    goes too)."""
+    for record in bench.workdir.glob("pushed-*.json"):
+        record.unlink()
     bench.sh(f"rm -rf /workspace/bench-up {DATA}/models/Stable-diffusion {DATA}/models/Lora; mkdir -p /workspace/bench-up")
 
 

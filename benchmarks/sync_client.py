@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sha256", help="fetch: the file's sha256")
     parser.add_argument("--remote", help="fetch: where it goes on the machine")
     parser.add_argument("--cold", action="store_true", help="end the machine's OpenSSH master first")
+    parser.add_argument("--record", help="push: what earlier pushes put on this machine (read, then written), "
+                        "as `cloudsd sync models` reads it from its ledger; the benchmark removes it when it "
+                        "empties the machine")
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
@@ -73,7 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         from cloudsd.sync.manifest import ModelRequest
         from cloudsd.sync.models import push_models
 
-        summary = push_models(connection, ui, [ModelRequest(args.source)])
+        record = Path(args.record) if args.record else None
+        present = json.loads(record.read_text()) if record is not None and record.exists() else []
+        summary = push_models(connection, ui, [ModelRequest(args.source)], present=present)
+        if record is not None:
+            record.write_text(json.dumps(sorted(
+                {r.remote for r in summary.results if r.outcome in ("sent", "resumed", "present")} | set(present))))
         outcomes = sorted({r.outcome for r in summary.results})
         result = {"outcomes": outcomes, "files": len(summary.results), "bytes": summary.bytes_sent,
                   "agent_runs": summary.agent_runs, "failed": [r.message for r in summary.failed]}

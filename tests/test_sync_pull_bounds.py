@@ -20,7 +20,7 @@ from cloudsd.core.up import UpOptions, up
 from cloudsd.errors import SyncError
 from cloudsd.ledger import Ledger
 from cloudsd.sync.agent import agent_path, state_dir_for
-from cloudsd.sync.outputs import _place, pull_outputs
+from cloudsd.sync.outputs import _Folders, _place, pull_outputs
 
 
 def test_place_checks_containment_before_it_makes_a_folder(tmp_path: Path) -> None:
@@ -30,10 +30,13 @@ def test_place_checks_containment_before_it_makes_a_folder(tmp_path: Path) -> No
     (dest / "link").symlink_to(elsewhere)  # a folder on the way is a link out of DEST
     partial = dest / "1.partial"
     partial.write_bytes(b"png")
-    assert _place(dest, os.path.realpath(dest), partial, "link/sub/deeper/x.png") is None
+    folders = _Folders(os.path.realpath(dest))
+    assert _place(dest, folders, partial, "link/sub/deeper/x.png") is None
     assert list(elsewhere.iterdir()) == [], "no folder was made outside DEST"
     assert partial.exists()
-    assert _place(dest, os.path.realpath(dest), partial, "inside/x.png") == "inside/x.png"
+    assert _place(dest, folders, partial, "link/sub/deeper/y.png") is None  # the folder's answer is kept
+    assert list(elsewhere.iterdir()) == []
+    assert _place(dest, folders, partial, "inside/x.png") == "inside/x.png"
     assert (dest / "inside" / "x.png").read_bytes() == b"png"
 
 

@@ -9,13 +9,15 @@ from collections.abc import Iterator
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cloudsd.sync import timeline
 from cloudsd.sync.agent import agent_path
 from cloudsd.sync.manifest import ModelRequest
-from cloudsd.sync.models import push_models
+from cloudsd.sync.models import PushSummary, push_models
+from cloudsd.sync.outputs import pull_outputs
 from cloudsd.ui import UIProfile, profile
 from tests.sync_helpers import LocalLink
 
@@ -78,9 +80,10 @@ def test_nothing_to_send_is_one_request_and_no_refresh(ui: tuple[UIProfile, list
     (tmp_path / "src" / "Lora").mkdir(parents=True)
     (tmp_path / "src" / "Lora" / "a.safetensors").write_bytes(b"a" * 1000)
     link = LocalLink()
-    push_models(link, profile_, [ModelRequest(str(tmp_path / "src"))])
+    first = push_models(link, profile_, [ModelRequest(str(tmp_path / "src"))])
     seen.clear()
-    again = push_models(link, profile_, [ModelRequest(str(tmp_path / "src"))])
+    # what the ledger tells `cloudsd sync models`: the machine holds what the first sync put there
+    again = push_models(link, profile_, [ModelRequest(str(tmp_path / "src"))], present=_remotes(first))
     assert again.agent_runs == 1 and again.refresh == {} and seen == []
     assert [r.outcome for r in again.results] == ["present"]
 
@@ -97,10 +100,113 @@ def test_the_agent_is_unpacked_with_its_bytecode_compiled_once(ui: tuple[UIProfi
     (tmp_path / "src" / "Lora").mkdir(parents=True)
     (tmp_path / "src" / "Lora" / "a.safetensors").write_bytes(os.urandom(5000))
     link = LocalLink()
-    assert [r.outcome for r in push_models(link, profile_, [ModelRequest(str(tmp_path / "src"))]).results] == ["sent"]
+    first = push_models(link, profile_, [ModelRequest(str(tmp_path / "src"))])
+    assert [r.outcome for r in first.results] == ["sent"]
     folder = Path(agent_path(str(state)))
     assert sorted(p.name for p in state.iterdir() if p.name.startswith("agent-")) == [folder.name]
     cached = {p.name.split(".")[0] for p in (folder / "cloudsd_agent" / "__pycache__").glob("*.pyc")}
     assert {"main", "common", "serve", "streams", "web"} <= cached
-    again = push_models(link, profile_, [ModelRequest(str(tmp_path / "src"))])
+    again = push_models(link, profile_, [ModelRequest(str(tmp_path / "src"))], present=_remotes(first))
     assert again.agent_runs == 1 and [r.outcome for r in again.results] == ["present"]
+
+
+def _remotes(summary: PushSummary) -> set[str]:
+    return {r.remote for r in summary.results}
+
+
+def test_the_streams_start_while_the_index_is_on_its_way(ui: tuple[UIProfile, list[tuple[str, list[str]]]],
+                                                        tmp_path: Path) -> None:
+    """Files the machine is not known to hold: their streams' agents start before the index's reply (not a
+    round trip and a Python start after it), and they carry the files. Files it is known to hold start none,
+    even when one of them turns out missing: the index decides what is sent, and a stream opens for it then."""
+    profile_, _ = ui
+    names = [f"l{i}.safetensors" for i in range(6)]
+    for name in names:
+        path = tmp_path / "src" / "Lora" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(os.urandom(3000))
+    link = LocalLink()
+    push_models(link, profile_, [ModelRequest(str(tmp_path / "src" / "Lora" / names[0]))])  # the agent is there
+    timeline.start()
+    try:
+        summary = push_models(link, profile_, [ModelRequest(str(tmp_path / "src"))])
+        marks = [name for name, _ in timeline.marks()]
+    finally:
+        timeline.stop()
+    assert sorted(r.outcome for r in summary.results) == ["present"] + ["sent"] * 5
+    index = next(name.split()[1] for name in marks if name.startswith("request") and name.endswith("index"))
+    assert marks.index("prestart 2") < marks.index(f"reply {index}"), marks
+    assert summary.agent_runs == 3, "serve and the two streams started ahead, no more"
+    assert sum(" recv" in c for c in link.commands[-3:]) == 2
+
+    (profile_path := Path(profile_.data_dir) / "models" / "Lora" / names[1]).unlink()
+    again = push_models(link, profile_, [ModelRequest(str(tmp_path / "src"))], present=_remotes(summary))
+    assert sorted(r.outcome for r in again.results) == ["present"] * 5 + ["sent"]
+    assert profile_path.read_bytes() == (tmp_path / "src" / "Lora" / names[1]).read_bytes()
+    assert again.agent_runs == 2, "serve, and one stream opened once the index said what to send"
+
+
+def test_streams_started_for_nothing_end_quietly(ui: tuple[UIProfile, list[tuple[str, list[str]]]],
+                                                 tmp_path: Path) -> None:
+    """A push the machine needs nothing of, though nothing said so beforehand: the streams started ahead are
+    ended unused, each agent exits 0 with nothing on its error output, and no partial file is left."""
+    profile_, _ = ui
+    (tmp_path / "src" / "Lora").mkdir(parents=True)
+    (tmp_path / "src" / "Lora" / "a.safetensors").write_bytes(os.urandom(5000))
+    link = _Recording()
+    push_models(link, profile_, [ModelRequest(str(tmp_path / "src"))])
+    link.streams.clear()
+    again = push_models(link, profile_, [ModelRequest(str(tmp_path / "src"))])
+    assert [r.outcome for r in again.results] == ["present"] and again.agent_runs == 2
+    (stream,) = [s for s in link.streams if " recv" in s.process.args[-1]]
+    assert stream.exit_status(10) == 0 and stream.stderr_text() == ""
+    assert not list(Path(profile_.data_dir).rglob("*.partial"))
+
+
+class _Recording(LocalLink):
+    """A LocalLink that keeps each stream it opened."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.streams: list[Any] = []
+
+    def open_stream(self, command: str) -> Any:
+        stream = super().open_stream(command)
+        self.streams.append(stream)
+        return stream
+
+
+def test_a_pull_starts_its_streams_while_the_listing_is_on_its_way(
+        ui: tuple[UIProfile, list[tuple[str, list[str]]]], tmp_path: Path) -> None:
+    """Over a link whose round trip is known (an OpenSSH master timed it), a pull starts an evening's worth of
+    streams with its listing; it uses what it needs, and the rest, like all of them when nothing is new, end
+    unused and quietly."""
+    profile_, _ = ui
+    outputs = Path(profile_.data_dir) / profile_.output_dir / "txt2img-images"
+    outputs.mkdir(parents=True)
+    for i in range(3):
+        (outputs / f"{i:05d}.png").write_bytes(os.urandom(20_000 + i))
+    link = _Recording()
+    link.rtt_s = 0.05  # type: ignore[attr-defined]  # what the master measured: 4 streams started ahead
+    dest = tmp_path / "home"
+    pull_outputs(link, profile_, tmp_path / "warmup")  # the agent is there
+    for name in ("00000.png", "00001.png"):
+        (Path(profile_.data_dir) / profile_.output_dir / "txt2img-images" / name).touch()  # pulled again: new mtime
+    link.streams.clear()
+    timeline.start()
+    try:
+        pulled = pull_outputs(link, profile_, dest)
+        marks = [name for name, _ in timeline.marks()]
+    finally:
+        timeline.stop()
+    assert sorted(local for _, local in pulled.pulled) == [f"txt2img-images/{i:05d}.png" for i in range(3)]
+    for i in range(3):
+        assert (dest / "txt2img-images" / f"{i:05d}.png").read_bytes() == (outputs / f"{i:05d}.png").read_bytes()
+    assert pulled.agent_runs == 5 and "streams 3" in marks, (pulled.agent_runs, marks)
+    first = [s for s in link.streams if s.process.args[-1].endswith(" send")]
+    again = pull_outputs(link, profile_, dest)
+    assert again.pulled == [] and again.agent_runs == 5
+    unused = [s for s in link.streams if s.process.args[-1].endswith(" send") and s not in first]
+    assert len(first) == len(unused) == 4
+    assert all(s.exit_status(10) == 0 and s.stderr_text() == "" for s in unused)
+    assert all(s.stderr_text() == "" for s in first)

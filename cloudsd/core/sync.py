@@ -92,12 +92,29 @@ def push_to(ledger: Ledger, record: MachineRecord, link: Link, requests: list[Mo
     """Push models over an open link and record what is on the machine (`models-synced`). Over a paramiko
     connection (`up`), the data goes over the machine's OpenSSH master when one can be had."""
     bulk = open_master(record) if isinstance(link, Connection) and requests else None
-    summary = push_models(link, profile(record.ui or "a1111"), requests, progress=progress, bulk=bulk)
+    summary = push_models(link, profile(record.ui or "a1111"), requests, progress=progress, bulk=bulk,
+                          present=models_on_machine(ledger, record))
     fetched = sum(r.size or 0 for r in summary.results if r.outcome == "fetched")  # the machine downloaded these
     ledger.event(record.name, EventKind.MODELS_SYNCED,
                  {"results": [[r.remote, r.outcome, r.short_hash] for r in summary.results],
                   "bytes_in": summary.bytes_sent + fetched})
     return summary
+
+
+def models_on_machine(ledger: Ledger, record: MachineRecord) -> set[str] | None:
+    """The paths on the machine that this session's earlier syncs put there or found there (a hint for how
+    many streams to start ahead; the machine's own index decides what is sent). None when a volume is mounted:
+    it may hold the models of any earlier evening."""
+    if any(volume.attached_to == record.name for volume in ledger.volumes(active_only=True)):
+        return None
+    _, events = ledger.session(record.name)
+    present = set()
+    for _, _, kind, data in events:
+        if kind == EventKind.MODELS_SYNCED:
+            for entry in data.get("results", []):
+                if isinstance(entry, list) and len(entry) >= 2 and entry[1] in ("sent", "resumed", "present", "fetched"):
+                    present.add(str(entry[0]))
+    return present
 
 
 def sync_outputs(ledger: Ledger, name: str, dest: Path, progress: Progress) -> PullSummary:

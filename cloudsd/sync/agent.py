@@ -142,6 +142,7 @@ class Agent:
         self.data, self.name = build_agent()
         self.path = agent_path(state_dir)
         self.execs = 0  # agent runs started: tests and benchmarks count round trips with it
+        self.installs = 0  # times the agent was put on the machine by this command
         # the link's round trip: timed by an OpenSSH master as it connected, else by `Serve.measure_rtt`
         self.rtt_s: float | None = getattr(self.bulk, "rtt_s", None)
 
@@ -168,6 +169,7 @@ class Agent:
                    f"{shlex.quote(posixpath.basename(self.path))}")
         status, _, err = self.link.run(command, stdin=self.data, timeout_s=120)
         self.execs += 1
+        self.installs += 1
         if status == 127:
             raise SyncError("the machine has no python3, which cloudsd's agent needs.",
                             hint="cloudsd's images have it; install python3 in a foreign image.")

@@ -3,14 +3,16 @@
 One `serve` session on the machine carries the whole sync: resolve references, look at what is there (one
 request: sizes, cached digests, partial files, free disk), decide (`plan`), check the disk, send, commit
 (verify and rename), fetch what the machine downloads itself, and tell the UI to rescan. When nothing
-changed, that is one exec and one request.
+changed, that is one exec and one request. The data streams start while the index is on its way, for the
+files the machine is not known to hold (`present`: what earlier syncs put there), so a sync of models the
+machine already has starts none.
 """
 
 from __future__ import annotations
 
 import posixpath
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -24,8 +26,9 @@ from cloudsd.sync.hashcache import HashCache
 from cloudsd.sync.manifest import ModelRequest
 from cloudsd.sync.plan import SPLIT_BYTES, LocalFile, PushAction, RemoteFile, plan_push
 from cloudsd.sync.progress import NullProgress, Progress
-from cloudsd.sync.push import Pusher, PushJob
+from cloudsd.sync.push import BLOCK, Pusher, PushJob
 from cloudsd.sync.sources import Endpoints, parse_ref
+from cloudsd.sync.streams import Prestart, prestart_count
 from cloudsd.ui import UIProfile
 
 FETCH_PARALLEL = 3
@@ -73,10 +76,12 @@ class PushSummary:
 
 def push_models(link: Link, ui: UIProfile, requests: list[ModelRequest], *,
                 progress: Progress | None = None, endpoints: Endpoints | None = None,
-                bulk: Link | None = None) -> PushSummary:
+                bulk: Link | None = None, present: Collection[str] | None = ()) -> PushSummary:
     """Put every requested model on the machine; failures of single models are in the summary, a dropped
     connection or a full disk raise SyncError (after which a new run resumes). The data streams go over
-    `bulk` when given (the system ssh's master), the requests over `link`."""
+    `bulk` when given (the system ssh's master), the requests over `link`. `present`: the paths on the machine
+    that earlier syncs put there, None when it may hold any of them (a volume from another evening): only a hint
+    for what streams to start ahead; the machine's index decides what is sent."""
     started = time.monotonic()
     progress = progress or NullProgress()
     endpoints = endpoints or Endpoints.from_env()
@@ -90,9 +95,11 @@ def push_models(link: Link, ui: UIProfile, requests: list[ModelRequest], *,
             local = [m for r in requests if not r.is_ref for m in expand_local(ui, r, hashes)]
             _no_collisions(local)
             timeline.mark("listed")
+            if present is not None:
+                run.start_streams([m.file for m in local if m.file.remote not in present])
             summary = run.go(local, refs)
         finally:
-            run.serve.close()
+            run.close()
         summary.agent_runs = agent.execs
         summary.seconds = time.monotonic() - started
         return summary
@@ -117,6 +124,22 @@ class _Run:
         self.summary = PushSummary()
         self._fetch_keys: dict[str, tuple[str, int]] = {}
         self._refreshed: Callable[[], dict[str, Any]] | None = None  # a refresh sent right behind a commit
+        self._prestart: Prestart | None = None
+
+    def start_streams(self, files: list[LocalFile]) -> None:
+        """Start the streams that `files` would want, in the index's shadow (see `Prestart`)."""
+        pieces = sum(-(-f.size // BLOCK) if f.size >= SPLIT_BYTES else 1 for f in files)
+        count = prestart_count(self.agent, "push", sum(f.size for f in files), pieces)
+        if count:
+            timeline.mark(f"prestart {count}")
+            self._prestart = Prestart(self.agent, "recv", count)
+
+    def close(self) -> None:
+        try:
+            if self._prestart is not None:
+                self._prestart.close()
+        finally:
+            self.serve.close()
 
     def go(self, local: list[LocalModel], refs: list[RefModel]) -> PushSummary:
         if refs:
@@ -200,7 +223,8 @@ class _Run:
                         m.file.size >= SPLIT_BYTES, a.start, m.file.identity) for i, (m, a) in enumerate(actions)]
         self.progress.begin(len(jobs), sum(j.size - j.start for j in jobs))
         try:
-            Pusher(self.agent, self.serve, self.progress).push(jobs)
+            prestart = self._prestart if self._prestart is not None and not self._prestart.taken else None
+            Pusher(self.agent, self.serve, self.progress, prestart).push(jobs)
         except AgentFailure as exc:
             if exc.kind == "disk-full":
                 self.serve.request("abort", paths=[j.final for j in jobs])

@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from cloudsd.errors import SyncError
-from cloudsd.sync.agent import Agent, Link, state_dir_for
+from cloudsd.sync.agent import Agent, Link, Serve, state_dir_for
 from cloudsd.sync.hashcache import HashCache
 from cloudsd.sync.plan import LocalOutput, PullAction, Pulled, RemoteOutput, conflict_name, plan_pull
 from cloudsd.sync.progress import NullProgress, Progress
 from cloudsd.sync.pull import Puller, PullJob
-from cloudsd.sync.streams import MEASURE_RTT_BYTES
+from cloudsd.sync.streams import MEASURE_RTT_BYTES, Prestart, prestart_count
 from cloudsd.ui import UIProfile
 
 STATE = ".cloudsd"
@@ -57,11 +57,28 @@ def pull_outputs(link: Link, ui: UIProfile, dest: Path, *,
     progress = progress or NullProgress()
     dest = dest.expanduser().absolute()
     summary = PullSummary(dest)
-    record = _load_record(dest)
-    local = _scan(dest)
     agent = Agent(link, state_dir_for(ui), bulk=bulk)
     serve = agent.serve()
+    serve.start()  # the agent starts on the machine while DEST is read
+    # the data streams start while the listing is on its way (as many as an evening's outputs want; the ones a
+    # small pull does not need are ended unused, and a big one opens more)
+    count = prestart_count(agent, "pull")
+    prestart = Prestart(agent, "send", count) if count else None
     try:
+        _pull_new(agent, ui, dest, serve, summary, progress, prestart)
+    finally:
+        if prestart is not None:
+            prestart.close()
+    summary.seconds = time.monotonic() - started
+    summary.agent_runs = agent.execs
+    return summary
+
+
+def _pull_new(agent: Agent, ui: UIProfile, dest: Path, serve: Serve, summary: PullSummary, progress: Progress,
+              prestart: Prestart | None) -> None:
+    try:
+        record = _load_record(dest)
+        local = _scan(dest)
         reply = serve.request("outputs", root=posixpath.join(ui.data_dir, ui.output_dir),
                               known={rel: [p.size, p.mtime_ns] for rel, p in record.items()},
                               local={rel: o.size for rel, o in local.items()})
@@ -92,16 +109,13 @@ def pull_outputs(link: Link, ui: UIProfile, dest: Path, *,
             summary.problems.append(f"{out.rel!r}: refused, the name would write outside {dest}")
     pulls = [a for a in actions if a.action == "pull"]
     if pulls:
-        _pull(agent, ui, dest, pulls, record, summary, progress)
+        _pull(agent, ui, dest, pulls, record, summary, progress, prestart)
     if pulls or summary.same:
         _save_record(dest, record)
-    summary.seconds = time.monotonic() - started
-    summary.agent_runs = agent.execs
-    return summary
 
 
 def _pull(agent: Agent, ui: UIProfile, dest: Path, pulls: list[PullAction], record: dict[str, Pulled],
-          summary: PullSummary, progress: Progress) -> None:
+          summary: PullSummary, progress: Progress, prestart: Prestart | None) -> None:
     partials = dest / STATE / "partial"
     try:
         shutil.rmtree(partials, ignore_errors=True)  # what a broken run left: it starts over
@@ -118,8 +132,8 @@ def _pull(agent: Agent, ui: UIProfile, dest: Path, pulls: list[PullAction], reco
     jobs = [PullJob(i, a.output.rel, posixpath.join(root, a.output.rel), a.output.size, a.output.mtime_ns,
                     partials / f"{i}.partial") for i, a in enumerate(pulls)]
     progress.begin(len(jobs), sum(j.size for j in jobs))
-    Puller(agent, progress).pull(jobs)
-    real_dest = os.path.realpath(dest)
+    Puller(agent, progress, prestart).pull(jobs)
+    folders = _Folders(os.path.realpath(dest))
     for action, job in zip(pulls, jobs, strict=True):
         if not job.complete:
             summary.problems.append(f"{job.key}: {job.problem or 'did not arrive whole'}")
@@ -127,7 +141,7 @@ def _pull(agent: Agent, ui: UIProfile, dest: Path, pulls: list[PullAction], reco
             continue
         os.utime(job.partial, ns=(time.time_ns(), job.mtime_ns))
         try:
-            target = _place(dest, real_dest, job.partial, action.target)
+            target = _place(dest, folders, job.partial, action.target)
         except OSError as exc:  # a name this disk cannot hold (too long; a file where a folder must go)
             summary.problems.append(f"{job.key!r}: cannot be saved here ({exc.strerror or exc})")
             progress.finish(job.key, "failed")
@@ -144,19 +158,35 @@ def _pull(agent: Agent, ui: UIProfile, dest: Path, pulls: list[PullAction], reco
     shutil.rmtree(partials, ignore_errors=True)
 
 
-def _place(dest: Path, real_dest: str, partial: Path, rel: str) -> str | None:
+class _Folders:
+    """The folders that files of one pull go into, each made and checked once to lie inside DEST (realpath
+    walks every part of a path: twice per file, it was a third of a 1,000-file pull's own CPU)."""
+
+    def __init__(self, real_dest: str) -> None:
+        self.real_dest = real_dest
+        self.ready: dict[Path, bool] = {}
+
+    def inside(self, folder: Path) -> bool:
+        ready = self.ready.get(folder)
+        if ready is None:
+            # realpath follows the links among the folders that exist and appends the rest as written (the plan
+            # refused `..` and absolute names): checked before any folder is made, and again after, in case one
+            # became a link meanwhile.
+            ready = _inside(self.real_dest, folder)
+            if ready:
+                folder.mkdir(parents=True, exist_ok=True)
+                ready = _inside(self.real_dest, folder)
+            self.ready[folder] = ready
+        return ready
+
+
+def _place(dest: Path, folders: _Folders, partial: Path, rel: str) -> str | None:
     """Link the verified file in at `rel` (or the next free `name (n)` if one appeared meanwhile), never
     replacing a file, never outside DEST. Returns the name it got."""
     taken: set[str] = set()
     while True:
         target = dest / rel
-        # realpath follows the links among the folders that exist and appends the rest as written (the plan
-        # refused `..` and absolute names): checked before any folder is made, and again after, in case one
-        # became a link meanwhile.
-        if not _inside(real_dest, target.parent):
-            return None
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if not _inside(real_dest, target.parent):
+        if not folders.inside(target.parent):
             return None
         try:
             os.link(partial, target)  # fails if the name exists, where a rename would replace it

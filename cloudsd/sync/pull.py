@@ -28,7 +28,7 @@ from cloudsd.sync.agent import Agent, Stream, lost_connection
 from cloudsd.sync.digest import TrailingDigest
 from cloudsd.sync.plan import SPLIT_BYTES
 from cloudsd.sync.progress import Progress
-from cloudsd.sync.streams import StreamReader, close_quietly, open_streams, stream_count
+from cloudsd.sync.streams import Prestart, StreamReader, close_quietly, open_streams, stream_count
 
 # Ranges at least this big are written without passing through Python and hashed by a thread behind the writes
 # (`Puller._receive_big`); smaller ones are hashed and written as they arrive (a thread per file costs more).
@@ -56,9 +56,10 @@ class PullJob:
 
 
 class Puller:
-    def __init__(self, agent: Agent, progress: Progress) -> None:
+    def __init__(self, agent: Agent, progress: Progress, prestart: Prestart | None = None) -> None:
         self.agent = agent
         self.progress = progress
+        self.prestart = prestart  # streams started while the listing was on its way
         self.errors: list[BaseException] = []
         self._lock = threading.Lock()
         self._started: set[int] = set()
@@ -67,7 +68,10 @@ class Puller:
         if not jobs:
             return
         total = sum(j.size for j in jobs)
-        count = stream_count(self.agent, "pull", total, max(len(jobs), 1 if total < SPLIT_BYTES else 64))
+        units = max(len(jobs), 1 if total < SPLIT_BYTES else 64)
+        count = stream_count(self.agent, "pull", total, units)
+        if self.prestart is not None:  # already running: all of them carry a share
+            count = max(count, min(self.prestart.count, units))
         loads: list[list[dict[str, Any]]] = [[] for _ in range(count)]
         weights = [0] * count
         for job in sorted(jobs, key=lambda j: -j.size):
@@ -81,7 +85,10 @@ class Puller:
                                       "mtime_ns": job.mtime_ns, "off": offset, "len": length})
         loads = [load for load in loads if load]
         timeline.mark(f"streams {len(loads)}")
-        channels = open_streams(self.agent, "send", len(loads))
+        if self.prestart is not None:
+            channels = self.prestart.take(len(loads))
+        else:
+            channels = open_streams(self.agent, "send", len(loads))
         timeline.mark("streams-opened")
         by_fid = {j.fid: j for j in jobs}
         threads = [threading.Thread(target=self._run, args=(c, load, by_fid), daemon=True)

@@ -27,7 +27,14 @@ from cloudsd.remote.agent.common import partial_path
 from cloudsd.sync import timeline
 from cloudsd.sync.agent import Agent, AgentFailure, Serve, Stream, lost_connection
 from cloudsd.sync.progress import Progress
-from cloudsd.sync.streams import MEASURE_RTT_BYTES, StreamReader, close_quietly, open_streams, stream_count
+from cloudsd.sync.streams import (
+    MEASURE_RTT_BYTES,
+    Prestart,
+    StreamReader,
+    close_quietly,
+    open_streams,
+    stream_count,
+)
 
 BLOCK = 4 << 20
 READ_CHUNK = 1 << 20
@@ -55,10 +62,11 @@ class PushJob:
 
 
 class Pusher:
-    def __init__(self, agent: Agent, serve: Serve, progress: Progress) -> None:
+    def __init__(self, agent: Agent, serve: Serve, progress: Progress, prestart: Prestart | None = None) -> None:
         self.agent = agent
         self.serve = serve
         self.progress = progress
+        self.prestart = prestart  # streams started while the index was on its way
         self.errors: list[BaseException] = []
         self.failed = threading.Event()
         self._lock = threading.Lock()
@@ -72,6 +80,8 @@ class Pusher:
         if total >= MEASURE_RTT_BYTES and self.agent.rtt_s is None:
             self.serve.measure_rtt()
         count = stream_count(self.agent, "push", total, pieces)
+        if self.prestart is not None:  # already running: all of them carry a share
+            count = max(count, min(self.prestart.count, pieces))
         timeline.mark(f"streams {count}")
         big = [j for j in jobs if j.big]
         opened: list[Stream] = []
@@ -109,6 +119,8 @@ class Pusher:
 
     def _open(self, count: int) -> list[Stream]:
         try:
+            if self.prestart is not None:
+                return self.prestart.take(count)
             return open_streams(self.agent, "recv", count)
         except BaseException as exc:
             self._fail(exc)

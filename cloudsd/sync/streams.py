@@ -70,6 +70,76 @@ def open_streams(agent: Agent, job: str, count: int) -> list[Stream]:
     return [s for s in streams if s is not None]
 
 
+# What a pull's streams are started ahead for, before its size is known: an evening's outputs, a few hundred
+# images. 1,000 files (128 MB) at 50 ms pulled as fast with 4 streams started ahead (and 2 more after the
+# listing) as with 6 or 8, and 0.2 s faster than with none (cold, medians of 8 interleaved).
+PULL_AHEAD_BYTES = 4 * MIN_BYTES_PER_STREAM
+
+
+def prestart_count(agent: Agent, direction: str, total_bytes: int | None = None, units: int = MAX_AUTO_STREAMS) -> int:
+    """How many streams to start before the reply that says what they carry: `stream_count` for `total_bytes`
+    (a push's, known from its files; a pull's is not known yet: `PULL_AHEAD_BYTES`). 0 when the round trip is
+    not known and matters (the transfer measures it first, and then opens its streams)."""
+    if total_bytes is None:
+        total_bytes = PULL_AHEAD_BYTES
+    if not total_bytes or (agent.rtt_s is None and total_bytes >= MEASURE_RTT_BYTES):
+        return 0
+    return stream_count(agent, direction, total_bytes, units)
+
+
+class Prestart:
+    """Agent streams started ahead, while the request whose reply says what they will carry (a push's
+    `index`, a pull's `outputs`) is on its way: each stream's channel opens and its agent starts on the machine
+    (a round trip and a Python start) in that reply's shadow instead of after it. Single use: the transfer
+    `take`s them, and `close` ends the ones nobody took (a sync with nothing to move)."""
+
+    def __init__(self, agent: Agent, job: str, count: int) -> None:
+        self.agent, self.job, self.count = agent, job, count
+        self._installs = agent.installs  # an agent put on the machine meanwhile: these found none and ended
+        self._streams: list[Stream] = []
+        self._error: BaseException | None = None
+        self.taken = False
+        self._thread = threading.Thread(target=self._open, name="cloudsd-prestart", daemon=True)
+        self._thread.start()
+
+    def _open(self) -> None:
+        try:
+            self._streams = open_streams(self.agent, self.job, self.count)
+        except BaseException as exc:  # the transfer opens its own, and meets the cause there
+            self._error = exc
+
+    def take(self, count: int) -> list[Stream]:
+        """`count` open streams: the ones started ahead (the rest closed), and more if they are too few."""
+        self._thread.join()
+        streams, self._streams, self.taken = self._streams, [], True
+        if self._error is not None or self.agent.installs != self._installs:
+            close_quietly(streams)
+            streams = []
+        close_quietly(streams[count:])
+        streams = streams[:count]
+        if len(streams) < count:
+            try:
+                streams += open_streams(self.agent, self.job, count - len(streams))
+            except BaseException:
+                close_quietly(streams)
+                raise
+        return streams
+
+    def close(self) -> None:
+        """End what was started and not taken: each agent sees its input end and exits."""
+        if not self.taken:
+            self._thread.join()
+            self.taken = True
+            for stream in self._streams:
+                try:
+                    stream.shutdown_write()
+                    if not stream.lingers:  # an `ssh` process exits by itself once its agent has
+                        stream.close()
+                except (OSError, EOFError):
+                    pass
+            self._streams = []
+
+
 class StreamReader:
     """JSON lines and exact byte counts from a stream."""
 
