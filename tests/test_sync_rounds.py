@@ -210,3 +210,64 @@ def test_a_pull_starts_its_streams_while_the_listing_is_on_its_way(
     assert len(first) == len(unused) == 4
     assert all(s.exit_status(10) == 0 and s.stderr_text() == "" for s in unused)
     assert all(s.stderr_text() == "" for s in first)
+
+
+def test_small_files_are_committed_in_batches_while_the_push_goes_on(
+        ui: tuple[UIProfile, list[tuple[str, list[str]]]], tmp_path: Path) -> None:
+    """The end of a push waits for the last batch of commits, not for all of them: batches go as the machine
+    reports files written, before the last acks are in; each file is verified and in place, and the agent's
+    index knows every digest (a second sync finds all of them present with one request)."""
+    profile_, _ = ui
+    src = tmp_path / "src" / "Lora"
+    src.mkdir(parents=True)
+    for i in range(300):
+        (src / f"l{i:03d}.safetensors").write_bytes(os.urandom(2000 + i))
+    link = LocalLink()
+    timeline.start()
+    try:
+        summary = push_models(link, profile_, [ModelRequest(str(tmp_path / "src"))])
+        marks = [name for name, _ in timeline.marks()]
+    finally:
+        timeline.stop()
+    assert [r.outcome for r in summary.results] == ["sent"] * 300
+    commits = [i for i, name in enumerate(marks) if name.startswith("request") and name.endswith("commit")]
+    assert len(commits) >= 300 // 64 + 1 and commits[0] < marks.index("data-acked"), marks
+    lora = Path(profile_.data_dir) / "models" / "Lora"
+    assert sorted(p.name for p in lora.iterdir()) == sorted(p.name for p in src.iterdir())  # no partial left
+    assert all((lora / p.name).read_bytes() == p.read_bytes() for p in src.iterdir())
+    again = push_models(link, profile_, [ModelRequest(str(tmp_path / "src"))], present=_remotes(summary))
+    assert again.agent_runs == 1 and {r.outcome for r in again.results} == {"present"}
+
+
+def test_a_file_whose_digest_is_cached_is_not_hashed_again_and_a_stale_one_is_caught(
+        ui: tuple[UIProfile, list[tuple[str, list[str]]]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pushed to another machine, a file the hash cache knows (same size and mtime) goes out unread by Python:
+    the machine's digest of what it got must equal the cached one. A file changed behind an unchanged mtime
+    fails that check, is sent again whole and hashed, and the machine ends up with what the disk holds now."""
+    import hashlib
+
+    from cloudsd.sync import push
+
+    profile_, _ = ui
+    src = tmp_path / "src" / "Lora"
+    src.mkdir(parents=True)
+    for name in ("a.safetensors", "b.safetensors"):
+        (src / name).write_bytes(os.urandom(4000))
+    link = LocalLink()
+    push_models(link, profile_, [ModelRequest(str(tmp_path / "src"))])
+    lora = Path(profile_.data_dir) / "models" / "Lora"
+    for p in lora.iterdir():
+        p.unlink()  # another evening's machine
+    st = (src / "b.safetensors").stat()
+    changed = os.urandom(4000)
+    (src / "b.safetensors").write_bytes(changed)
+    os.utime(src / "b.safetensors", ns=(st.st_atime_ns, st.st_mtime_ns))  # same size, same mtime
+    made: list[str] = []
+    monkeypatch.setattr(push, "hashlib", type("H", (), {"sha256": staticmethod(
+        lambda *a: made.append("digest") or hashlib.sha256(*a))}))
+    summary = push_models(link, profile_, [ModelRequest(str(tmp_path / "src"))])
+    assert {r.name: r.outcome for r in summary.results} == {"a.safetensors": "sent", "b.safetensors": "sent"}
+    assert made == ["digest"], "only the changed file, on its second sending, was hashed here"
+    assert (lora / "a.safetensors").read_bytes() == (src / "a.safetensors").read_bytes()
+    assert (lora / "b.safetensors").read_bytes() == changed
+    assert {r.name: r.sha256 for r in summary.results}["b.safetensors"] == hashlib.sha256(changed).hexdigest()

@@ -1,6 +1,9 @@
 """Pushing files to the machine over several `recv` streams at once.
 
-Small files travel whole, one per frame, and the agent hashes each as it writes it. A big file is hashed in
+Small files travel whole, one per frame, and the agent hashes each as it writes it. A file whose sha256 the
+hash cache knows (same size and mtime as when it was read) is not hashed here at all: the machine's digest of
+what it received must equal the known one, so the check is as strict, one pass cheaper; a file changed behind
+an unchanged mtime fails that check and is sent again, hashed. A big file is hashed in
 order by one thread (one reused buffer) that cuts it into blocks; the blocks go out over all streams straight
 from the file (`Stream.send_from_file`: sendfile over the system client, so the kernel hands the cached pages
 to the ssh pipe and Python never copies them), and as the machine acks them the contiguous written prefix is
@@ -17,6 +20,7 @@ import json
 import os
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from io import FileIO
 from pathlib import Path
@@ -51,7 +55,8 @@ class PushJob:
     big: bool
     start: int = 0  # bytes the machine has already verified (a resume)
     identity: dict[str, int] = field(default_factory=dict)
-    sha256: str | None = None  # of the local file, learned while sending it
+    known: str | None = None  # the local file's sha256 from the hash cache: not hashed again here
+    sha256: str | None = None  # of the local file: `known`, else learned while sending it
     written_sha256: str | None = None  # of what the agent wrote (small files)
     acked: dict[int, int] = field(default_factory=dict)
     prefix: int = 0
@@ -62,11 +67,13 @@ class PushJob:
 
 
 class Pusher:
-    def __init__(self, agent: Agent, serve: Serve, progress: Progress, prestart: Prestart | None = None) -> None:
+    def __init__(self, agent: Agent, serve: Serve, progress: Progress, prestart: Prestart | None = None,
+                 written: Callable[[PushJob], None] | None = None) -> None:
         self.agent = agent
         self.serve = serve
         self.progress = progress
         self.prestart = prestart  # streams started while the index was on its way
+        self.written = written  # called (from a reader thread) when the machine has written a small file whole
         self.errors: list[BaseException] = []
         self.failed = threading.Event()
         self._lock = threading.Lock()
@@ -161,6 +168,12 @@ class Pusher:
                         return
                     continue
                 self.progress.file(job.key, job.key, job.size, job.start)
+                if job.known is not None:  # the machine's digest of what it gets must equal it: no pass here
+                    job.sha256 = job.known
+                    for pos in range(job.start, job.size, BLOCK):
+                        if not self._put(units, (job, pos, min(BLOCK, job.size - pos))):
+                            return
+                    continue
                 digest = hashlib.sha256()
                 with job.local.open("rb", buffering=0) as f:
                     pos = 0
@@ -225,30 +238,45 @@ class Pusher:
         self.progress.advance(job.key, length)
 
     def _send_file(self, channel: Stream, job: PushJob) -> None:
-        """A small file whole: read, hashed and sent in one pass."""
+        """A small file whole: read, hashed and sent in one pass; straight from the file when its digest is
+        known (the machine's must equal it)."""
         self.progress.file(job.key, job.key, job.size)
-        digest = hashlib.sha256()
         head = {"op": "file", "fid": job.fid, "path": job.partial, "len": job.size}
         try:
             f = job.local.open("rb", buffering=0)
         except OSError as exc:
             raise SyncError(f"cannot read {job.local} ({exc.strerror}).") from None
+        if job.known is not None:
+            job.sha256 = job.known
+            with f:
+                channel.sendall(json.dumps(head).encode() + b"\n")
+                try:
+                    channel.send_from_file(f.fileno(), 0, job.size)
+                except EOFError:
+                    raise SyncError(f"{job.local} got shorter while it was being sent; sync it again.") from None
+            self.progress.advance(job.key, job.size)
+            return
+        digest = hashlib.sha256()
         with f:
             header = json.dumps(head).encode() + b"\n"
             # the header and a first chunk in one buffer: one packet fewer per file, and most fit whole
             buf = bytearray(len(header) + min(READ_CHUNK, job.size))
             buf[:len(header)] = header
             view, start, left = memoryview(buf), len(header), job.size
+            if not left:  # an empty file: its header is all there is
+                job.sha256 = digest.hexdigest()
+                channel.sendall(view[:start])
             while left:
                 n = f.readinto(view[start:start + min(READ_CHUNK, left)])
                 if not n:
                     raise SyncError(f"{job.local} got shorter while it was being sent; sync it again.")
                 digest.update(view[start:start + n])
+                if n == left:  # known before the last byte goes: the machine's answer finds it set
+                    job.sha256 = digest.hexdigest()
                 channel.sendall(view[:start + n])
                 self.progress.advance(job.key, n)
                 left -= n
                 start = 0
-        job.sha256 = digest.hexdigest()
 
     def _acks(self, channel: Stream, jobs: dict[int, PushJob]) -> None:
         reader = StreamReader(channel)
@@ -262,7 +290,10 @@ class Pusher:
                 if "ack" in message:
                     self._acked(jobs[message["ack"]], int(message["off"]), int(message["len"]))
                 elif "wrote" in message:
-                    jobs[message["wrote"]].written_sha256 = message["sha256"]
+                    job = jobs[message["wrote"]]
+                    job.written_sha256 = message["sha256"]
+                    if self.written is not None:
+                        self.written(job)
                 elif "error" in message:
                     self._fail(AgentFailure({"kind": message["error"], "message": message.get("message", "")}))
                     return

@@ -167,7 +167,9 @@ class Serve:
             follower.save_note()
 
     def op_commit(self, req: dict[str, Any]) -> dict[str, Any]:
-        """Check each partial file's size and sha256, then set its mtime and rename it into place."""
+        """Check each partial file's size and sha256, then set its mtime and rename it into place. The digests
+        are saved to the index at once unless `save` is false (a batch sent while the push goes on: the last
+        one, or the end of the session, saves them)."""
         results = []
         for item in req["files"]:
             try:
@@ -178,7 +180,8 @@ class Serve:
                 results.append(fail.reply(path=item["path"]))
             except ValueError as exc:
                 results.append(bad_name(exc).reply(path=item["path"]))
-        self.index.save()
+        if req.get("save", True):
+            self.index.save()
         return {"files": results}
 
     def _commit(self, item: dict[str, Any]) -> dict[str, Any]:
