@@ -115,7 +115,7 @@ class Prestart:
         if self._error is not None or self.agent.installs != self._installs:
             close_quietly(streams)
             streams = []
-        close_quietly(streams[count:])
+        release(streams[count:])
         streams = streams[:count]
         if len(streams) < count:
             try:
@@ -130,14 +130,20 @@ class Prestart:
         if not self.taken:
             self._thread.join()
             self.taken = True
-            for stream in self._streams:
-                try:
-                    stream.shutdown_write()
-                    if not stream.lingers:  # an `ssh` process exits by itself once its agent has
-                        stream.close()
-                except (OSError, EOFError):
-                    pass
+            release(self._streams)
             self._streams = []
+
+
+def release(streams: list[Stream]) -> None:
+    """End streams that carried nothing: their input ends, and each agent exits by itself (an `ssh` process
+    then ends with it; a paramiko channel is closed here)."""
+    for stream in streams:
+        try:
+            stream.shutdown_write()
+            if not stream.lingers:
+                stream.close()
+        except (OSError, EOFError):
+            pass
 
 
 class StreamReader:
