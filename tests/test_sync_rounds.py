@@ -271,3 +271,20 @@ def test_a_file_whose_digest_is_cached_is_not_hashed_again_and_a_stale_one_is_ca
     assert (lora / "a.safetensors").read_bytes() == (src / "a.safetensors").read_bytes()
     assert (lora / "b.safetensors").read_bytes() == changed
     assert {r.name: r.sha256 for r in summary.results}["b.safetensors"] == hashlib.sha256(changed).hexdigest()
+
+
+def test_an_empty_file_is_pushed_hashed_or_not(ui: tuple[UIProfile, list[tuple[str, list[str]]]],
+                                              tmp_path: Path) -> None:
+    """A 0-byte file has only its header to send; it arrives (and again to another machine, its digest known)."""
+    profile_, _ = ui
+    src = tmp_path / "src" / "Lora"
+    src.mkdir(parents=True)
+    (src / "empty.safetensors").write_bytes(b"")
+    link = LocalLink()
+    lora = Path(profile_.data_dir) / "models" / "Lora"
+    for _ in range(2):  # the second time, as to another evening's machine, with the digest cached
+        summary = push_models(link, profile_, [ModelRequest(str(tmp_path / "src"))])
+        assert [(r.outcome, r.sha256) for r in summary.results] == [
+            ("sent", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")], summary.results
+        assert (lora / "empty.safetensors").read_bytes() == b""
+        (lora / "empty.safetensors").unlink()
