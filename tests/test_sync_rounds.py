@@ -288,3 +288,65 @@ def test_an_empty_file_is_pushed_hashed_or_not(ui: tuple[UIProfile, list[tuple[s
             ("sent", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")], summary.results
         assert (lora / "empty.safetensors").read_bytes() == b""
         (lora / "empty.safetensors").unlink()
+
+
+def test_a_pull_places_each_file_as_it_is_verified_with_few_files_open(
+        ui: tuple[UIProfile, list[tuple[str, list[str]]]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An evening's outputs are placed while the rest still arrive (not all at the end), each already whole
+    where it lands, and the pull holds a file open only while its bytes arrive: 400 outputs pull under an
+    open-files limit of 64 more than the test holds (macOS gives a process 256)."""
+    import resource
+
+    from cloudsd.sync import outputs as outputs_module
+    from cloudsd.sync.progress import RecordingProgress
+
+    profile_, _ = ui
+    folder = Path(profile_.data_dir) / profile_.output_dir / "txt2img-images"
+    folder.mkdir(parents=True)
+    made = {f"txt2img-images/{i:05d}.png": os.urandom(2_000 + i) for i in range(400)}
+    for rel, data in made.items():
+        (Path(profile_.data_dir) / profile_.output_dir / rel).write_bytes(data)
+    dest = tmp_path / "home"
+    pull_outputs(LocalLink(), profile_, tmp_path / "warmup")  # the agent is unpacked: its files are not counted
+
+    class Watching(RecordingProgress):
+        def __init__(self) -> None:
+            super().__init__()
+            self.early: list[str] = []  # placed before the last bytes came
+
+        def finish(self, key: str, outcome: str) -> None:
+            assert outcome == "verified" and (dest / key).read_bytes() == made[key]
+            if "data-received" not in [name for name, _ in timeline.marks()]:
+                self.early.append(key)
+            super().finish(key, outcome)
+
+    progress = Watching()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    held = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else 64
+    timeline.start()
+    resource.setrlimit(resource.RLIMIT_NOFILE, (held + 64, hard))
+    try:
+        pulled = pull_outputs(LocalLink(), profile_, dest, progress=progress)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        timeline.stop()
+    assert pulled.problems == [] and len(pulled.pulled) == 400
+    assert len(progress.outcomes) == 400 and progress.early, "every file was placed after the last byte"
+
+    # a pull that fails after files were placed keeps them, and records them: the next pull fetches nothing
+    for i in range(400, 410):
+        made[f"txt2img-images/{i:05d}.png"] = os.urandom(3_000)
+        (folder / f"{i:05d}.png").write_bytes(made[f"txt2img-images/{i:05d}.png"])
+    real_pull = outputs_module.Puller.pull
+
+    def pull_then_drop(self: Any, jobs: list[Any]) -> None:
+        real_pull(self, jobs)
+        raise outputs_module.SyncError("the connection dropped")
+
+    monkeypatch.setattr(outputs_module.Puller, "pull", pull_then_drop)
+    with pytest.raises(outputs_module.SyncError, match="dropped"):
+        pull_outputs(LocalLink(), profile_, dest)
+    monkeypatch.undo()
+    for i in range(400, 410):
+        assert (dest / "txt2img-images" / f"{i:05d}.png").read_bytes() == made[f"txt2img-images/{i:05d}.png"]
+    assert pull_outputs(LocalLink(), profile_, dest).pulled == []

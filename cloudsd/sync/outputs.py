@@ -14,7 +14,9 @@ import errno
 import json
 import os
 import posixpath
+import queue
 import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +33,10 @@ from cloudsd.ui import UIProfile
 
 STATE = ".cloudsd"
 RECORD = "pulled.json"
+# Partial files are spread over this many folders: the streams create files at once, and a file system creates
+# a name under its folder's lock (ext4 finds the new inode while holding it), so one folder kept the streams
+# waiting on one another.
+PARTIAL_SHELVES = 8
 
 
 @dataclass
@@ -120,6 +126,8 @@ def _pull(agent: Agent, ui: UIProfile, dest: Path, pulls: list[PullAction], reco
     try:
         shutil.rmtree(partials, ignore_errors=True)  # what a broken run left: it starts over
         partials.mkdir(parents=True)
+        for shelf in range(PARTIAL_SHELVES):
+            (partials / str(shelf)).mkdir()
     except OSError as exc:
         raise SyncError(f"cannot write to {dest} ({exc.strerror}).", hint="Choose another folder with --dest.") from None
     need, free = sum(a.output.size for a in pulls), shutil.disk_usage(partials).free
@@ -130,32 +138,69 @@ def _pull(agent: Agent, ui: UIProfile, dest: Path, pulls: list[PullAction], reco
                         hint="Free some space, or choose another folder with --dest.")
     root = posixpath.join(ui.data_dir, ui.output_dir)
     jobs = [PullJob(i, a.output.rel, posixpath.join(root, a.output.rel), a.output.size, a.output.mtime_ns,
-                    partials / f"{i}.partial") for i, a in enumerate(pulls)]
+                    partials / str(i % PARTIAL_SHELVES) / f"{i}.partial") for i, a in enumerate(pulls)]
     progress.begin(len(jobs), sum(j.size for j in jobs))
-    Puller(agent, progress, prestart).pull(jobs)
-    folders = _Folders(os.path.realpath(dest))
-    for action, job in zip(pulls, jobs, strict=True):
-        if not job.complete:
-            summary.problems.append(f"{job.key}: {job.problem or 'did not arrive whole'}")
-            progress.finish(job.key, "failed")
-            continue
-        os.utime(job.partial, ns=(time.time_ns(), job.mtime_ns))
-        try:
-            target = _place(dest, folders, job.partial, action.target)
-        except OSError as exc:  # a name this disk cannot hold (too long; a file where a folder must go)
-            summary.problems.append(f"{job.key!r}: cannot be saved here ({exc.strerror or exc})")
-            progress.finish(job.key, "failed")
-            continue
-        if target is None:
-            summary.problems.append(f"{job.key!r}: refused, a folder on its way is a link out of {dest}")
-            continue
-        record[job.key] = Pulled(job.size, job.mtime_ns, target)
-        summary.pulled.append((job.key, target))
-        if target != job.key:
-            summary.renamed.append((job.key, target))
-        summary.bytes_pulled += job.size
-        progress.finish(job.key, "verified")
+    placer = _Placer(dest, {job.fid: action.target for job, action in zip(jobs, pulls, strict=True)}, progress)
+    failed = True
+    try:
+        Puller(agent, progress, prestart, completed=placer.put).pull(jobs)
+        failed = False
+    finally:
+        # what was verified and placed stays placed, and recorded, even when the connection dropped
+        placed = placer.finish()
+        for job in jobs:
+            outcome = placed.get(job.fid)
+            if isinstance(outcome, str):
+                record[job.key] = Pulled(job.size, job.mtime_ns, outcome)
+                summary.pulled.append((job.key, outcome))
+                if outcome != job.key:
+                    summary.renamed.append((job.key, outcome))
+                summary.bytes_pulled += job.size
+            elif isinstance(outcome, OSError):  # a name this disk cannot hold (too long; a file where a folder must go)
+                summary.problems.append(f"{job.key!r}: cannot be saved here ({outcome.strerror or outcome})")
+                progress.finish(job.key, "failed")
+            elif job.fid in placed:
+                summary.problems.append(f"{job.key!r}: refused, a folder on its way is a link out of {dest}")
+            elif not job.complete:
+                summary.problems.append(f"{job.key}: {job.problem or 'did not arrive whole'}")
+                progress.finish(job.key, "failed")
+        if failed and placed:  # else the caller saves it
+            _save_record(dest, record)
     shutil.rmtree(partials, ignore_errors=True)
+
+
+class _Placer:
+    """Links each verified file into place while the others still arrive, on a thread of its own (a stream
+    that finished a file goes on to its next one at once): a 1,000-file pull no longer ends with 1,000 links
+    done one after another. `finish` waits for the last and gives each placed file's outcome by job: its name
+    under DEST, None (refused: a folder on its way leads out of DEST) or the OSError that kept it out."""
+
+    def __init__(self, dest: Path, targets: dict[int, str], progress: Progress) -> None:
+        self.dest, self.targets, self.progress = dest, targets, progress
+        self.folders = _Folders(os.path.realpath(dest))
+        self.outcomes: dict[int, str | OSError | None] = {}
+        self._queue: queue.SimpleQueue[PullJob | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="cloudsd-place", daemon=True)
+        self._thread.start()
+
+    def put(self, job: PullJob) -> None:
+        self._queue.put(job)
+
+    def finish(self) -> dict[int, str | OSError | None]:
+        self._queue.put(None)
+        self._thread.join()
+        return self.outcomes
+
+    def _run(self) -> None:
+        while (job := self._queue.get()) is not None:
+            try:
+                os.utime(job.partial, ns=(time.time_ns(), job.mtime_ns))
+                outcome: str | OSError | None = _place(self.dest, self.folders, job.partial, self.targets[job.fid])
+            except OSError as exc:
+                outcome = exc
+            self.outcomes[job.fid] = outcome
+            if isinstance(outcome, str):
+                self.progress.finish(job.key, "verified")
 
 
 class _Folders:

@@ -4,7 +4,7 @@ Files are spread over the streams by size; a big file is cut into one byte range
 hashes what it sends and puts the digest after the bytes; here the bytes of a small range are hashed as they
 are written to a local partial file, and a big range goes from the stream into the file without passing
 through Python (splice, over the system client) and is hashed from the file by a thread just behind the
-writes. Renaming into place is the caller's business, once every range matched.
+writes. Placing a file is the caller's business: it is told of each as its last range matches (`completed`).
 
 The machine is not trusted with the laptop's disk: each stream must answer exactly the ranges it was asked for,
 in order, so no file grows past the size the machine listed for it.
@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,10 +57,12 @@ class PullJob:
 
 
 class Puller:
-    def __init__(self, agent: Agent, progress: Progress, prestart: Prestart | None = None) -> None:
+    def __init__(self, agent: Agent, progress: Progress, prestart: Prestart | None = None,
+                 completed: Callable[[PullJob], None] | None = None) -> None:
         self.agent = agent
         self.progress = progress
         self.prestart = prestart  # streams started while the listing was on its way
+        self.completed = completed  # told of each file as its last range matches (from a stream's thread)
         self.errors: list[BaseException] = []
         self._lock = threading.Lock()
         self._started: set[int] = set()
@@ -130,17 +133,22 @@ class Puller:
                     if job.fid not in self._started:
                         self._started.add(job.fid)
                         self.progress.file(job.key, job.key, job.size)
-                if job.fid not in fds:  # the caller made the partials' folder
-                    fds[job.fid] = os.open(job.partial, os.O_WRONLY | os.O_CREAT, 0o644)
+                # the caller made the partials' folder; a file is open only while its range arrives (a
+                # pull of thousands would otherwise hold thousands: macOS allows a process 256)
+                fds[job.fid] = os.open(job.partial, os.O_WRONLY | os.O_CREAT, 0o644)
                 digest = self._receive(reader, fds[job.fid], job, int(head["off"]), int(head["len"]))
+                os.close(fds.pop(job.fid))
                 trailer = json.loads(reader.readline())
                 if trailer.get("short") or trailer.get("sha256") != digest:
                     job.problem = "arrived with another sha256 than the machine's"
                 else:
-                    with self._lock:
-                        job.verified += 1
                     if len(job.ranges) == 1:
                         job.sha256 = digest
+                    with self._lock:
+                        job.verified += 1
+                        complete = job.complete
+                    if complete and self.completed is not None:
+                        self.completed(job)
         except OSError as exc:
             # a local file, or else the channel (a dropped connection)
             self.errors.append(SyncError(f"cannot write {exc.filename} ({exc.strerror}).") if exc.filename else exc)
