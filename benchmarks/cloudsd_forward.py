@@ -38,7 +38,7 @@ def raise_fd_limit(wanted: int = 16384) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ssh", required=True, help="HOST:PORT of sshd")
-    parser.add_argument("--key", required=True, type=Path, help="ed25519 private key file")
+    parser.add_argument("--key", required=True, type=Path, help="the machine's private key file")
     parser.add_argument("--user", default="root")
     parser.add_argument("--remote-port", type=int, default=7860)
     parser.add_argument("--local-port", type=int, required=True)

@@ -401,10 +401,11 @@ def run(args: argparse.Namespace) -> int:
 
 def end_masters(ports: list[tuple[int, str]], workdir: Path) -> None:
     """The OpenSSH masters cloudsd's runs left (one per path), ended before their machine goes."""
+    from cloudsd.keys import PRIVATE
     from cloudsd.machine import SSHEndpoint
     from cloudsd.openssh import Target, end_master
 
-    key = workdir / "cloudsd-home" / "keys" / "bench" / "id_ed25519"
+    key = workdir / "cloudsd-home" / "keys" / "bench" / PRIVATE
     for port, host_key in ports:
         end_master(Target(SSHEndpoint("127.0.0.1", port), key, host_key))
 

@@ -404,7 +404,7 @@ class OpenSSHForwarder(Forwarder):
 
 
 def make_key(workdir: Path) -> tuple[Path, str]:
-    """An ed25519 pair made by cloudsd itself, under a CLOUDSD_HOME in the temp dir."""
+    """A key pair made by cloudsd itself, under a CLOUDSD_HOME in the temp dir."""
     os.environ["CLOUDSD_HOME"] = str(workdir / "cloudsd-home")
     from cloudsd.keys import create_key_pair
 

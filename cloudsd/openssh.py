@@ -52,11 +52,14 @@ PIPE_BYTES = 1 << 20
 F_SETPIPE_SZ = 1031  # Linux
 # Lines of ssh's DEBUG1 log around one round trip each, logged as the request goes and as its answer comes:
 # the key exchange's reply (plus the server's key agreement, ~1 ms), the service request (the keys are listed
-# just before it goes; nothing to do for the server) and the key query (plus an authorized_keys lookup): the
+# just before it goes; nothing to do for the server), the `none` probe, and the signed key offer (plus an
+# authorized_keys lookup and a signature check) or, for a key whose public half ssh could read, the query: the
 # master's round trip, which the stream count needs, is their median when they agree (`handshake_rtt`).
 ROUND_TRIPS = (("expecting SSH2_MSG_KEX_ECDH_REPLY", "SSH2_MSG_KEX_ECDH_REPLY received"),
                ("Will attempt key", "SSH2_MSG_SERVICE_ACCEPT received"),
-               ("Offering public key", "Server accepts key"))
+               ("SSH2_MSG_SERVICE_ACCEPT received", "Authentications that can continue"),  # the `none` probe
+               ("Trying private key", "Authenticated to"),  # a signed offer (a key with no public half beside it)
+               ("Offering public key", "Server accepts key"))  # a query first (an ed25519 key)
 # what splice(2) answers when this pair of descriptors cannot take it (the caller reads and writes instead)
 SENDFILE_BYTES = 4 << 20  # per call: a blocked call still returns what it moved, as soon as the pipe has room
 NO_SPLICE = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF})

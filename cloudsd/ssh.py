@@ -451,7 +451,7 @@ def connect_once(
         host_key = HostKey.of(transport.get_remote_server_key())
         if pinned is not None and host_key.text != pinned:
             raise host_key_mismatch(endpoint)
-        pkey = paramiko.Ed25519Key.from_private_key_file(str(key_path))
+        pkey = paramiko.PKey.from_path(key_path)  # ECDSA; ed25519 for machines started before
         transport.auth_publickey(endpoint.user, pkey)
         transport.set_keepalive(KEEPALIVE_S)
         BufferedReads.install(transport.packetizer)

@@ -55,7 +55,7 @@ def test_racing_up_leaves_the_first_machine_intact(local_env: dict[str, str], do
     finally:
         providers.close()
     folder = keys.machine_dir("busy")
-    assert (folder / "id_ed25519").read_bytes() == key
+    assert keys.load_key_pair("busy").private_path.read_bytes() == key
     assert (folder / "known_hosts").read_text() == known_hosts
     assert ledger.get("busy").status == "running" and ledger.get("busy").provider_id == "abc"
     assert _containers(docker_client, "busy") == []
@@ -72,7 +72,7 @@ def test_up_of_a_running_name_is_refused_before_anything(local_env: dict[str, st
     finally:
         providers.close()
     assert reporter.lines == [], "not even the offers were asked for"
-    assert (keys.machine_dir("busy") / "id_ed25519").read_bytes() == key
+    assert keys.load_key_pair("busy").private_path.read_bytes() == key
 
 
 class FullDiskLedger(Ledger):
