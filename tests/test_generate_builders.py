@@ -106,6 +106,26 @@ def test_a1111_payload_has_every_option() -> None:
     assert "enable_hr" not in img2img
 
 
+def test_a_checkpoint_the_ui_has_not_hashed_is_found_by_the_hash_cloudsd_synced() -> None:
+    """A1111 lists a checkpoint it has not loaded yet with no hash (title without ` [hash]`, hash and sha256
+    null); the short hash cloudsd verified when it put the file there stands in, for that file only."""
+    fresh = {"title": "fresh.safetensors", "model_name": "fresh", "hash": None, "sha256": None,
+             "filename": "/w/models/Stable-diffusion/fresh.safetensors", "config": None}
+    other = {**fresh, "title": "other.safetensors", "model_name": "other",
+             "filename": "/w/models/Stable-diffusion/other.safetensors"}
+    listed = [*A1111_CATALOG.checkpoints, fresh, other]
+    synced = {fresh["filename"]: "1234567890", A1111_CATALOG.checkpoints[0]["filename"]: "ffffffffff"}
+    catalog = a1111.Catalog(**{**A1111_CATALOG.__dict__, "checkpoints": a1111.with_synced_hashes(listed, synced)})
+    assert a1111.resolve(GenerateRequest("x", checkpoint="1234567890"), catalog).checkpoint_title == "fresh.safetensors"
+    assert a1111.resolve(GenerateRequest("x", checkpoint="fresh"), catalog).checkpoint_title == "fresh.safetensors"
+    # the UI's own hash wins where it has one; a file cloudsd did not sync stays as listed
+    assert a1111.resolve(GenerateRequest("x", checkpoint="879db523c3"), catalog).checkpoint_title.startswith("dream")
+    with pytest.raises(ConfigError, match="checkpoint 'ffffffffff'"):
+        a1111.resolve(GenerateRequest("x", checkpoint="ffffffffff"), catalog)
+    assert catalog.checkpoints[2] == other
+    assert listed[1]["hash"] is None  # the UI's answer is not changed in place
+
+
 @pytest.mark.parametrize(("change", "flag", "closest"), [
     ({"checkpoint": "dreamshaper8"}, "--checkpoint", "'dreamshaper_8'"),
     ({"loras": (Lora("Ash"),)}, "--lora", "'Ashe2-8'"),

@@ -162,29 +162,42 @@ def test_models_listed_at_start_and_after_refresh_only(make_ui: Any, tmp_path: P
     assert ui.json("POST", "/sdapi/v1/refresh-vae") is None
     models = {m["model_name"]: m for m in ui.json("GET", "/sdapi/v1/sd-models")}
     assert set(models) == {"first", "sub_second"}
+    # as A1111 lists a checkpoint it has not loaded (nor found in cache.json): no hash yet; loading hashes it
+    assert models["first"]["title"] == f"first.safetensors [{digest[:10]}]"  # loaded at start
+    assert models["sub_second"] == {"title": "sub/second.ckpt", "model_name": "sub_second", "hash": None,
+                                    "sha256": None, "filename": str(second), "config": None}
+    assert ui.json("POST", "/sdapi/v1/options", {"sd_model_checkpoint": "sub/second.ckpt"}) is None
+    models = {m["model_name"]: m for m in ui.json("GET", "/sdapi/v1/sd-models")}
     assert models["sub_second"]["title"] == f"sub/second.ckpt [{sha256_of(second)[:10]}]"
+    assert ui.json("GET", "/sdapi/v1/options")["sd_model_checkpoint"] == models["sub_second"]["title"]
+    assert ui.json("POST", "/sdapi/v1/refresh-checkpoints") is None  # the digest is kept (cache.json)
+    assert {m["model_name"]: m for m in ui.json("GET", "/sdapi/v1/sd-models")} == models
     assert ui.json("GET", "/sdapi/v1/loras") == [
         {"name": "style", "alias": "style", "path": str(lora), "metadata": {}}
     ]
 
 
-def test_hash_cache_reused_while_mtime_and_size_hold(make_ui: Any, tmp_path: Path) -> None:
+def test_hash_cache_reused_while_the_mtime_holds(make_ui: Any, tmp_path: Path) -> None:
+    """cache.json as A1111's modules/hashes.py keeps it: `{"mtime": getmtime, "sha256": …}` per title, good
+    while the mtime is exactly that."""
     model = write_model(tmp_path / "a1111" / "models" / "Stable-diffusion" / "m.safetensors", b"weights")
-    make_ui().close()
+    make_ui().close()  # the first checkpoint is loaded at start, and so hashed
     cache_file = tmp_path / "a1111" / "cache.json"
     cache = json.loads(cache_file.read_text())
-    entry = cache["hashes"]["checkpoint/m.safetensors"]
-    assert entry["sha256"] == sha256_of(model) and entry["size"] == len(b"weights")
+    assert cache["hashes"]["checkpoint/m.safetensors"] == {"mtime": os.path.getmtime(model),
+                                                            "sha256": sha256_of(model)}
 
     # An unchanged file is not hashed again: a planted digest comes back as is.
-    entry["sha256"] = "ab" * 32
+    cache["hashes"]["checkpoint/m.safetensors"]["sha256"] = "ab" * 32
     cache_file.write_text(json.dumps(cache))
     ui = make_ui()
     assert ui.json("GET", "/sdapi/v1/sd-models")[0]["hash"] == "abababab" + "ab"
 
-    # A new mtime invalidates the entry.
+    # A new mtime invalidates the entry: listed without a hash until it is loaded again.
     os.utime(model, (time.time() + 10, time.time() + 10))
     ui.json("POST", "/sdapi/v1/refresh-checkpoints")
+    assert ui.json("GET", "/sdapi/v1/sd-models")[0]["sha256"] is None
+    ui.json("POST", "/sdapi/v1/options", {"sd_model_checkpoint": "m"})
     assert ui.json("GET", "/sdapi/v1/sd-models")[0]["sha256"] == sha256_of(model)
 
 
@@ -200,6 +213,25 @@ def test_options_switch_checkpoint(make_ui: Any, tmp_path: Path) -> None:
     )
     error = ui.json("POST", "/sdapi/v1/options", {"sd_model_checkpoint": "nope"}, status=500)
     assert "not found" in error["errors"]
+
+
+def test_a_job_loads_its_checkpoint_and_so_hashes_it(make_ui: Any, tmp_path: Path) -> None:
+    """Checkpoints that came after the start are listed without a hash; a job loads the one it runs on (the
+    override's, else the option's, else the first) and only that one gets its hash, in the listing and in the
+    picture's infotext. An override is undone after the job."""
+    ui = make_ui()  # no checkpoint at start: none loaded
+    ckpts = tmp_path / "a1111" / "models" / "Stable-diffusion"
+    a, b = write_model(ckpts / "a.safetensors", b"a" * 100), write_model(ckpts / "b.safetensors", b"b" * 100)
+    ui.json("POST", "/sdapi/v1/refresh-checkpoints")
+    assert [m["title"] for m in ui.json("GET", "/sdapi/v1/sd-models")] == ["a.safetensors", "b.safetensors"]
+    result = ui.json("POST", "/sdapi/v1/txt2img", {"prompt": "x", "steps": 1,
+                                                   "override_settings": {"sd_model_checkpoint": "b"}})
+    assert json.loads(result["info"])["sd_model_hash"] == sha256_of(b)[:10]
+    assert [m["hash"] for m in ui.json("GET", "/sdapi/v1/sd-models")] == [None, sha256_of(b)[:10]]
+    assert ui.json("GET", "/sdapi/v1/options")["sd_model_checkpoint"] is None  # the override was undone
+    result = ui.json("POST", "/sdapi/v1/txt2img", {"prompt": "x", "steps": 1})
+    assert json.loads(result["info"])["sd_model_hash"] == sha256_of(a)[:10]
+    assert ui.json("GET", "/sdapi/v1/options")["sd_model_checkpoint"] == f"a.safetensors [{sha256_of(a)[:10]}]"
 
 
 def test_txt2img_png_info_and_save_only_when_asked(make_ui: Any, tmp_path: Path) -> None:

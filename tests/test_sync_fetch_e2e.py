@@ -75,8 +75,7 @@ def test_the_machine_fetches_verifies_and_the_token_stays_home(machine: str, sou
     for remote, (_, _, digest) in got.items():
         assert on_machine(machine, f"sha256sum {remote}").split()[0] == digest
     listed = json.loads(on_machine(machine, "curl -sf 127.0.0.1:7860/sdapi/v1/sd-models"))
-    assert sorted(m["title"] for m in listed) == [f"dreamshaper_8.safetensors [{sha_of('dream', 5_000_000)[:10]}]",
-                                                  f"v1-5.safetensors [{sha_of('hf', 3_000_000)[:10]}]"]
+    assert sorted(m["title"] for m in listed) == ["dreamshaper_8.safetensors", "v1-5.safetensors"]  # not loaded yet
 
     log = request_log(sources)
     civitai = [e for e in log if e["role"] == "civitai" and e["path"].endswith("/555")]

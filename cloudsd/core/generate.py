@@ -30,6 +30,7 @@ from cloudsd.core.generate_comfy import ComfyBackend
 from cloudsd.core.generate_common import Events, GenerateError, Job, RemoteStat, Stat
 from cloudsd.core.guard import plan_of
 from cloudsd.core.machines import Providers, refresh_record
+from cloudsd.core.sync import synced_hashes
 from cloudsd.errors import BudgetError, CloudsdError, SSHError
 from cloudsd.generate.request import MAX_SEED, GenerateRequest, Picture
 from cloudsd.ledger import EventKind, Ledger, MachineRecord, Status
@@ -170,7 +171,9 @@ def run(requests: list[GenerateRequest], jobs: list[Job], ui: UIProfile, port: i
         name: str | None = None) -> RunResult:
     """Run `jobs` against the UI tunneled to 127.0.0.1:`port`, writing pictures into `dest`. With the
     machine's SSH `connection`, the pictures' files on the machine are noted in DEST's pulled-index."""
-    backend: Backend = ComfyBackend(port, dest, ui) if ui.name == "comfyui" else A1111Backend(port, dest, ui)
+    synced = synced_hashes(ledger, name) if ledger is not None and name is not None else {}
+    backend: Backend = (ComfyBackend(port, dest, ui) if ui.name == "comfyui"
+                        else A1111Backend(port, dest, ui, synced))
     stat = RemoteStat(connection) if connection is not None else None
     try:
         return _run(backend, requests, jobs, dest, stat, events, ledger, name)

@@ -27,10 +27,13 @@ LISTS = ["/sdapi/v1/sd-models", "/sdapi/v1/loras", "/sdapi/v1/samplers", "/sdapi
 
 
 class A1111Backend:
-    def __init__(self, port: int, dest: Path, ui: UIProfile) -> None:
+    def __init__(self, port: int, dest: Path, ui: UIProfile, synced: dict[str, str] | None = None) -> None:
         self.port = port
         self.dest = dest
         self.ui = ui
+        # {path on the machine: short hash} of the models cloudsd put there: A1111 lists a checkpoint's hash only
+        # once it has loaded it (or found it in its cache.json), so a fresh one is still known by its hash here
+        self.synced = synced or {}
         self.client = UIClient(port)  # lists and progress
         self.resolved: dict[int, a1111.Resolved] = {}
         self.catalog: a1111.Catalog | None = None
@@ -76,7 +79,8 @@ class A1111Backend:
             return body if status == 200 and isinstance(body, list) else []
 
         self.catalog = a1111.Catalog(
-            checkpoints=listed("/sdapi/v1/sd-models"), loras=listed("/sdapi/v1/loras"),
+            checkpoints=a1111.with_synced_hashes(listed("/sdapi/v1/sd-models"), self.synced),
+            loras=listed("/sdapi/v1/loras"),
             samplers=listed("/sdapi/v1/samplers"), schedulers=listed("/sdapi/v1/schedulers"),
             upscalers=[str(u["name"]) for u in listed("/sdapi/v1/upscalers")]
             + [str(u["name"]) for u in listed("/sdapi/v1/latent-upscale-modes")],

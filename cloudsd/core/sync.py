@@ -117,6 +117,20 @@ def models_on_machine(ledger: Ledger, record: MachineRecord) -> set[str] | None:
     return present
 
 
+def synced_hashes(ledger: Ledger, name: str) -> dict[str, str]:
+    """{path on the machine: short sha256} of every model this session's syncs put on the machine or found
+    there, the newest for a path that was synced more than once."""
+    _, events = ledger.session(name)
+    hashes: dict[str, str] = {}
+    for _, _, kind, data in events:
+        if kind == EventKind.MODELS_SYNCED:
+            for entry in data.get("results", []):
+                if (isinstance(entry, list) and len(entry) >= 3 and entry[2]
+                        and entry[1] in ("sent", "resumed", "present", "fetched")):
+                    hashes[str(entry[0])] = str(entry[2])
+    return hashes
+
+
 def sync_outputs(ledger: Ledger, name: str, dest: Path, progress: Progress) -> PullSummary:
     return pull_record_outputs(ledger, running_record(ledger, name), dest, progress)
 

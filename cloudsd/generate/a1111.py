@@ -42,6 +42,14 @@ class Resolved:
     upscaler: str | None
 
 
+def with_synced_hashes(checkpoints: list[dict[str, Any]], synced: dict[str, str]) -> list[dict[str, Any]]:
+    """The UI's checkpoints, each one it has not hashed yet (A1111 hashes a checkpoint when it first loads it:
+    until then `hash` and `sha256` are null and the title has no ` [hash]`) given the short hash cloudsd
+    verified when it put that file on the machine, so `--checkpoint <hash>` finds it."""
+    return [{**m, "hash": synced[str(m.get("filename"))]} if not m.get("hash") and str(m.get("filename")) in synced
+            else m for m in checkpoints]
+
+
 def checkpoint_names(model: dict[str, Any]) -> set[str]:
     title = str(model.get("title") or "")
     filename = str(model.get("filename") or "").replace("\\", "/").rsplit("/", 1)[-1]

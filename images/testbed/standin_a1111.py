@@ -34,7 +34,9 @@ LORA_EXTS = (".safetensors", ".ckpt", ".pt")
 
 
 class HashCache:
-    """sha256 digests in <data-dir>/cache.json, reused while a file's mtime and size are unchanged."""
+    """A1111's `modules/hashes.py` over <data-dir>/cache.json: the "hashes" section is read once and kept in
+    memory; an entry (`{"mtime": os.path.getmtime(file), "sha256": …}`) counts while the file's mtime is exactly
+    the one recorded; a new digest is added and the whole file written back."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -46,24 +48,31 @@ class HashCache:
         if not isinstance(self.data.get("hashes"), dict):
             self.data["hashes"] = {}
 
-    def sha256(self, file: Path, key: str) -> str:
-        st = file.stat()
+    def sha256_from_cache(self, file: Path, title: str) -> str | None:
+        """`hashes.sha256_from_cache`: the recorded digest, or None (never reads the file)."""
+        try:
+            mtime = os.path.getmtime(file)
+        except FileNotFoundError:
+            return None
         with self.lock:
-            entry = self.data["hashes"].get(key) or {}
-            if entry.get("mtime") == st.st_mtime and entry.get("size") == st.st_size and entry.get("sha256"):
-                return str(entry["sha256"])
+            entry = self.data["hashes"].get(title)
+        if not isinstance(entry, dict) or entry.get("sha256") is None or mtime != entry.get("mtime", 0):
+            return None
+        return str(entry["sha256"])
+
+    def sha256(self, file: Path, title: str) -> str:
+        """`hashes.sha256`: from the cache, else read the whole file, record it and write the cache out."""
+        cached = self.sha256_from_cache(file, title)
+        if cached is not None:
+            return cached
         digest = hashlib.sha256()
         with file.open("rb") as fh:
             while block := fh.read(1 << 20):
                 digest.update(block)
         with self.lock:
-            self.data["hashes"][key] = {
-                "mtime": st.st_mtime,
-                "size": st.st_size,
-                "sha256": digest.hexdigest(),
-            }
+            self.data["hashes"][title] = {"mtime": os.path.getmtime(file), "sha256": digest.hexdigest()}
             try:
-                write_new_file(self.path, json.dumps(self.data, indent=2).encode())
+                write_new_file(self.path, json.dumps(self.data, indent=4).encode())
             except OSError:
                 pass
         return digest.hexdigest()
@@ -226,28 +235,41 @@ class A1111App:
             ("GET", "/sdapi/v1/memory"): lambda q, b: json_reply(memory_stats()),
             ("GET", "/sdapi/v1/cmd-flags"): lambda q, b: json_reply(self.cmd_flags),
         }
+        if self.checkpoints:  # A1111 loads one at start (the first, with no option saved), and so hashes it
+            self.load_checkpoint(self.checkpoints[0])
         self.jobs = A1111Jobs(self)  # txt2img, img2img, progress, interrupt and the lists they check against
         self.routes.update(self.jobs.routes())
         if not api:  # without --api, A1111 serves only the web UI and /internal/*
             self.routes = {k: v for k, v in self.routes.items() if not k[1].startswith("/sdapi/")}
 
     def _scan_checkpoints(self) -> list[dict[str, Any]]:
+        """`sd_models.list_models`: each checkpoint as `CheckpointInfo` makes it, with the sha256 only if
+        cache.json has it (the title then ends in ` [short hash]`); nothing is hashed here."""
         root = self.data_dir / A1111_FOLDERS["checkpoints"]
-        models = []
-        for path in scan(root, CHECKPOINT_EXTS):
-            name = path.relative_to(root).as_posix()
-            sha256 = self.cache.sha256(path, f"checkpoint/{name}")
-            models.append(
-                {
-                    "title": f"{name} [{sha256[:10]}]",
-                    "model_name": os.path.splitext(name.replace("/", "_"))[0],
-                    "hash": sha256[:10],
-                    "sha256": sha256,
-                    "filename": str(path),
-                    "config": None,
-                }
-            )
-        return models
+        return [self._checkpoint(path, path.relative_to(root).as_posix(),
+                                 self.cache.sha256_from_cache(path, f"checkpoint/{path.relative_to(root).as_posix()}"))
+                for path in scan(root, CHECKPOINT_EXTS)]
+
+    @staticmethod
+    def _checkpoint(path: Path, name: str, sha256: str | None) -> dict[str, Any]:
+        """A checkpoint as /sdapi/v1/sd-models shows it (`title`, `model_name`, `hash` = the short hash or None,
+        `sha256`, `filename`, `config`)."""
+        short = sha256[:10] if sha256 else None
+        return {"title": f"{name} [{short}]" if short else name,
+                "model_name": os.path.splitext(name.replace("/", "_"))[0],
+                "hash": short, "sha256": sha256, "filename": str(path), "config": None}
+
+    def load_checkpoint(self, model: dict[str, Any]) -> dict[str, Any]:
+        """`sd_models.load_model_weights`: loading a checkpoint hashes it (`calculate_shorthash`, through the
+        cache), which gives it its ` [short hash]` title, and the `sd_model_checkpoint` option becomes that
+        title. Returns the entry as listed from now on."""
+        root = self.data_dir / A1111_FOLDERS["checkpoints"]
+        path = Path(model["filename"])
+        name = path.relative_to(root).as_posix()
+        loaded = self._checkpoint(path, name, self.cache.sha256(path, f"checkpoint/{name}"))
+        self.checkpoints = [loaded if m["filename"] == model["filename"] else m for m in self.checkpoints]
+        self.options["sd_model_checkpoint"] = loaded["title"]
+        return loaded
 
     def _scan_loras(self) -> list[dict[str, Any]]:
         paths = scan(self.data_dir / A1111_FOLDERS["loras"], LORA_EXTS)
@@ -275,10 +297,12 @@ class A1111App:
         return json_reply({"loaded": loaded, "skipped": {}})
 
     def find_checkpoint(self, alias: str | None) -> dict[str, Any] | None:
+        """`checkpoint_aliases`: the title, the name with and without the short hash, model_name, the file's
+        stem, and the hashes once known."""
         for model in self.checkpoints:
             names = {model["title"], model["model_name"], model["hash"], model["sha256"]}
             names |= {model["title"].rsplit(" [", 1)[0], Path(model["filename"]).stem}
-            if alias in names:
+            if alias is not None and alias in names - {None}:
                 return model
         return None
 
@@ -289,7 +313,7 @@ class A1111App:
             if model is None:
                 message = f"model {update['sd_model_checkpoint']!r} not found"
                 raise HTTPError(500, {"error": "RuntimeError", "detail": "", "body": "", "errors": message})
-            update["sd_model_checkpoint"] = model["title"]
+            update["sd_model_checkpoint"] = self.load_checkpoint(model)["title"]
         self.options.update(update)
         return json_reply(None)
 

@@ -22,6 +22,7 @@ import json
 import random
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from standin_common import HTTPError, Reply, image_size, json_reply, parse_json, png_image, step_seconds
@@ -150,13 +151,38 @@ class A1111Jobs:
                          errors=f"CUDA out of memory. Tried to allocate {final_w * final_h * batch * 4 / 2**30:.2f} "
                                 "GiB (GPU 0; 24.00 GiB total capacity; 21.94 GiB already allocated)")
         with self.queue_lock:
-            return self._run(req, sent, img2img, sampler, scheduler, hires, upscaler, (width, height),
-                             (final_w, final_h), batch, n_iter)
+            model, restore = self._load_for_job(req)
+            try:
+                return self._run(req, sent, img2img, sampler, scheduler, hires, upscaler, (width, height),
+                                 (final_w, final_h), batch, n_iter, model)
+            finally:
+                restore()
+
+    def _load_for_job(self, req: dict[str, Any]) -> tuple[dict[str, Any], Callable[[], None]]:
+        """The checkpoint a job runs on, loaded (and so hashed) first: the override's, else the option's, else
+        the first listed (`select_checkpoint`); and what undoes an override once the job is done (the option's
+        model loaded again) unless `override_settings_restore_afterwards` is false."""
+        app = self.app
+        previous = app.options.get("sd_model_checkpoint")
+        override = (req.get("override_settings") or {}).get("sd_model_checkpoint")
+        found = app.find_checkpoint(override or previous) or (app.checkpoints[0] if app.checkpoints else None)
+        if found is None:
+            return {}, lambda: None
+        model = app.load_checkpoint(found)
+
+        def restore() -> None:
+            if override and req.get("override_settings_restore_afterwards", True):
+                before = app.find_checkpoint(previous)
+                if before is not None:
+                    app.load_checkpoint(before)
+                else:
+                    app.options["sd_model_checkpoint"] = previous
+
+        return model, restore
 
     def _run(self, req: dict[str, Any], sent: dict[str, Any], img2img: bool, sampler: str, scheduler: str | None,
              hires: bool, upscaler: str, size: tuple[int, int], final: tuple[int, int], batch: int,
-             n_iter: int) -> Reply:
-        app = self.app
+             n_iter: int, model: dict[str, Any]) -> Reply:
         prompt, negative = str(req["prompt"]), str(req["negative_prompt"])
         seed = int(req["seed"])
         if seed == -1:
@@ -166,8 +192,6 @@ class A1111Jobs:
         hr_steps = int(req.get("hr_second_pass_steps") or 0) or steps
         first_pass = steps if not img2img else max(1, int(steps * float(denoise or 0.75)))
         total_steps = first_pass + (hr_steps if hires else 0)
-        wanted = (req.get("override_settings") or {}).get("sd_model_checkpoint") or app.options["sd_model_checkpoint"]
-        model = app.find_checkpoint(wanted) or {}
         loras = self._loras(prompt)
         with self.state_lock:
             self.state.update(job_count=n_iter, job_no=0, sampling_step=0, sampling_steps=total_steps,
