@@ -3,8 +3,10 @@ and streams as on a machine, no SSH), and the sync's timeline says when each req
 
 from __future__ import annotations
 
+import json
 import os
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -49,29 +51,66 @@ def ui(tmp_path: Path) -> Iterator[tuple[UIProfile, list[tuple[str, list[str]]]]
         server.server_close()
 
 
+class _CommitRepliesHeld(LocalLink):
+    """A LocalLink whose `serve` channel holds back the agent's answer to each `commit` until a `refresh`
+    request has gone out (or 5 s passed): a sync that waits for the commit's answer before it asks for the
+    rescan gets it 5 s late. Deterministic where timing the two on a link with no round trip is not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refresh_sent = threading.Event()
+        self.held_s: list[float] = []
+
+    def open_stream(self, command: str) -> Any:
+        stream = super().open_stream(command)
+        return _HoldingServe(stream, self) if command.endswith(" serve") else stream
+
+
+class _HoldingServe:
+    def __init__(self, inner: Any, link: _CommitRepliesHeld) -> None:
+        self.inner, self.link = inner, link
+        self.commits: set[int] = set()
+        self.pending = b""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def sendall(self, data: bytes | bytearray | memoryview) -> None:
+        for line in bytes(data).splitlines():
+            request = json.loads(line)
+            if request.get("op") == "commit":
+                self.commits.add(request["id"])
+            elif request.get("op") == "refresh":
+                self.link.refresh_sent.set()
+        self.inner.sendall(data)
+
+    def recv(self, size: int) -> bytes:
+        data = self.pending + self.inner.recv(size)
+        *lines, self.pending = data.split(b"\n")
+        for line in lines:
+            if line and json.loads(line).get("id") in self.commits:
+                started = time.monotonic()
+                self.link.refresh_sent.wait(5)
+                self.link.held_s.append(time.monotonic() - started)
+        return b"".join(line + b"\n" for line in lines) if lines or not data else self.recv(size)
+
+
 def test_the_ui_refresh_goes_right_behind_the_commit(ui: tuple[UIProfile, list[tuple[str, list[str]]]],
                                                      tmp_path: Path) -> None:
-    """The rescan is sent before the commit's reply comes back (the agent answers them in order: one round
-    trip for both, not two), and the UI still sees every verified file in place when it rescans."""
+    """The rescan is asked for before the commit's answer comes back (the agent answers them in order: one
+    round trip for both, not two), and the UI still sees every verified file in place when it rescans."""
     profile_, seen = ui
     names = [f"l{i}.safetensors" for i in range(5)]
     for name in names:
         path = tmp_path / "src" / "Lora" / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(os.urandom(50_000))
-    timeline.start()
-    try:
-        summary = push_models(LocalLink(), profile_, [ModelRequest(str(tmp_path / "src"))])
-        marks = timeline.marks()
-    finally:
-        timeline.stop()
+    link = _CommitRepliesHeld()
+    summary = push_models(link, profile_, [ModelRequest(str(tmp_path / "src"))])
     assert sorted(r.outcome for r in summary.results) == ["sent"] * 5
     assert summary.refresh and set(summary.refresh.values()) == {200}
     assert seen and all(files == names for _, files in seen)
-    at = {name: t for name, t in marks}
-    commit = next(name.split()[1] for name, _ in marks if name.startswith("request") and name.endswith("commit"))
-    refresh = next(name for name, _ in marks if name.startswith("request") and name.endswith("refresh"))
-    assert at[refresh] < at[f"reply {commit}"], marks
+    assert link.held_s and max(link.held_s) < 2.5, link.held_s  # the refresh went while the commit's answer was held
 
 
 def test_nothing_to_send_is_one_request_and_no_refresh(ui: tuple[UIProfile, list[tuple[str, list[str]]]],
