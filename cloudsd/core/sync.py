@@ -107,28 +107,25 @@ def models_on_machine(ledger: Ledger, record: MachineRecord) -> set[str] | None:
     it may hold the models of any earlier evening."""
     if any(volume.attached_to == record.name for volume in ledger.volumes(active_only=True)):
         return None
-    _, events = ledger.session(record.name)
-    present = set()
-    for _, _, kind, data in events:
-        if kind == EventKind.MODELS_SYNCED:
-            for entry in data.get("results", []):
-                if isinstance(entry, list) and len(entry) >= 2 and entry[1] in ("sent", "resumed", "present", "fetched"):
-                    present.add(str(entry[0]))
-    return present
+    return {remote for remote, _ in _synced(ledger, record.name)}
 
 
 def synced_hashes(ledger: Ledger, name: str) -> dict[str, str]:
     """{path on the machine: short sha256} of every model this session's syncs put on the machine or found
     there, the newest for a path that was synced more than once."""
+    return {remote: short for remote, short in _synced(ledger, name) if short}
+
+
+def _synced(ledger: Ledger, name: str) -> Iterator[tuple[str, str]]:
+    """(path on the machine, short sha256 or "") of each model that this session's syncs left on the machine,
+    oldest first (`models-synced` events: sent, resumed, present or fetched)."""
     _, events = ledger.session(name)
-    hashes: dict[str, str] = {}
     for _, _, kind, data in events:
         if kind == EventKind.MODELS_SYNCED:
             for entry in data.get("results", []):
-                if (isinstance(entry, list) and len(entry) >= 3 and entry[2]
-                        and entry[1] in ("sent", "resumed", "present", "fetched")):
-                    hashes[str(entry[0])] = str(entry[2])
-    return hashes
+                if isinstance(entry, list) and len(entry) >= 2 and entry[1] in ("sent", "resumed", "present", "fetched"):
+                    short = entry[2] if len(entry) >= 3 else None
+                    yield str(entry[0]), str(short or "")
 
 
 def sync_outputs(ledger: Ledger, name: str, dest: Path, progress: Progress) -> PullSummary:

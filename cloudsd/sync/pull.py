@@ -109,7 +109,6 @@ class Puller:
             raise first if isinstance(first, SyncError) else lost_connection(first)
 
     def _run(self, channel: Stream, load: list[dict[str, Any]], jobs: dict[int, PullJob]) -> None:
-        fds: dict[int, int] = {}
         try:
             channel.sendall(json.dumps({"items": load}).encode() + b"\n")
             channel.shutdown_write()
@@ -135,9 +134,11 @@ class Puller:
                         self.progress.file(job.key, job.key, job.size)
                 # the caller made the partials' folder; a file is open only while its range arrives (a
                 # pull of thousands would otherwise hold thousands: macOS allows a process 256)
-                fds[job.fid] = os.open(job.partial, os.O_WRONLY | os.O_CREAT, 0o644)
-                digest = self._receive(reader, fds[job.fid], job, int(head["off"]), int(head["len"]))
-                os.close(fds.pop(job.fid))
+                fd = os.open(job.partial, os.O_WRONLY | os.O_CREAT, 0o644)
+                try:
+                    digest = self._receive(reader, fd, job, int(head["off"]), int(head["len"]))
+                finally:
+                    os.close(fd)
                 trailer = json.loads(reader.readline())
                 if trailer.get("short") or trailer.get("sha256") != digest:
                     job.problem = "arrived with another sha256 than the machine's"
@@ -154,9 +155,6 @@ class Puller:
             self.errors.append(SyncError(f"cannot write {exc.filename} ({exc.strerror}).") if exc.filename else exc)
         except (EOFError, ValueError, KeyError) as exc:
             self.errors.append(exc)
-        finally:
-            for fd in fds.values():
-                os.close(fd)
 
     def _receive(self, reader: StreamReader, fd: int, job: PullJob, offset: int, length: int) -> str:
         """Write the range into the partial file and return the sha256 of what was written."""

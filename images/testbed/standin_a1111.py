@@ -246,9 +246,9 @@ class A1111App:
         """`sd_models.list_models`: each checkpoint as `CheckpointInfo` makes it, with the sha256 only if
         cache.json has it (the title then ends in ` [short hash]`); nothing is hashed here."""
         root = self.data_dir / A1111_FOLDERS["checkpoints"]
-        return [self._checkpoint(path, path.relative_to(root).as_posix(),
-                                 self.cache.sha256_from_cache(path, f"checkpoint/{path.relative_to(root).as_posix()}"))
-                for path in scan(root, CHECKPOINT_EXTS)]
+        names = {path: path.relative_to(root).as_posix() for path in scan(root, CHECKPOINT_EXTS)}
+        return [self._checkpoint(path, name, self.cache.sha256_from_cache(path, f"checkpoint/{name}"))
+                for path, name in names.items()]
 
     @staticmethod
     def _checkpoint(path: Path, name: str, sha256: str | None) -> dict[str, Any]:

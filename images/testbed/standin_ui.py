@@ -6,8 +6,8 @@
 It answers the routes cloudsd relies on with the shapes the real UIs use (A1111/Forge: /internal/ping,
 /sdapi/v1/*; ComfyUI: /system_stats, /object_info, /models, /prompt, /history, /view), keeps their model
 listing rules (A1111 scans at start and after refresh-*, a checkpoint's hash taken from cache.json only and
-computed when the checkpoint is loaded; ComfyUI rescans a folder when its mtime changes), and renders small deterministic PNGs instead of images. /bench/* routes
-serve bytes for tunnel benchmarks. The time of the last request (and of the start) goes to
+computed when the checkpoint is loaded; ComfyUI rescans a folder when its mtime changes), and renders small
+deterministic PNGs instead of images. /bench/* routes serve bytes for tunnel benchmarks. The time of the last request (and of the start) goes to
 /run/cloudsd/ui-activity, at most once a second, for the idle watchdog: with the UI's app folder (the
 testbed), written by cloudsd's own code in the real UIs, through the same hooks: for A1111/Forge the built-in
 extension (images/ui/extension/scripts/cloudsd_ui_activity.py, on_app_started), for ComfyUI the custom node
